@@ -1,0 +1,1 @@
+"""One module per ``distillseg`` sub-command (see :mod:`DistillSegLib.cli`)."""

@@ -1,0 +1,101 @@
+"""Resampling volumes onto other grids through their world geometry (SimpleITK).
+
+Arrays are never paired by index: a PET is brought onto the CT grid through both
+affines, linear for images and nearest-neighbour for labels, 0 outside the source's
+field of view.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import DistillSegError
+from .volume import Volume, volume_from_sitk, volume_to_sitk
+
+Interpolation = Literal["linear", "nearest", "bspline"]
+_INTERPOLATORS = {
+    "linear": sitk.sitkLinear,
+    "nearest": sitk.sitkNearestNeighbor,
+    "bspline": sitk.sitkBSpline,
+}
+
+
+def overlap_fraction(a: Volume, b: Volume) -> float:
+    """Fraction of the smaller axis-aligned physical extent that the two volumes share."""
+    a_lo, a_hi = a.world_bounds()
+    b_lo, b_hi = b.world_bounds()
+    inter = np.clip(np.minimum(a_hi, b_hi) - np.maximum(a_lo, b_lo), 0, None).prod()
+    smaller = min((a_hi - a_lo).prod(), (b_hi - b_lo).prod())
+    return float(inter / smaller) if smaller > 0 else 0.0
+
+
+def require_overlap(a: Volume, b: Volume, what: str = "CT and PET") -> None:
+    """Raise a clear error when two volumes do not share any physical space."""
+    if overlap_fraction(a, b) <= 0.0:
+        a_lo, a_hi = a.world_bounds()
+        b_lo, b_hi = b.world_bounds()
+        raise DistillSegError(
+            f"{what} do not overlap in space: {a.describe()} spans RAS {np.round(a_lo, 1).tolist()}"
+            f"..{np.round(a_hi, 1).tolist()} mm, {b.describe()} spans {np.round(b_lo, 1).tolist()}"
+            f"..{np.round(b_hi, 1).tolist()} mm"
+        )
+
+
+def resample_to(
+    volume: Volume,
+    reference: Volume,
+    interpolation: Interpolation = "linear",
+    fill: float = 0.0,
+) -> Volume:
+    """Resample ``volume`` onto the grid (shape and affine) of ``reference``.
+
+    Returns a new Volume with ``reference``'s geometry, ``volume``'s meta and dtype
+    (float32 for interpolated images). Voxels outside ``volume``'s field of view get
+    ``fill``.
+    """
+    require_overlap(reference, volume, "the two volumes")
+    source = volume_to_sitk(_as_float_or_label(volume, interpolation))
+    target = volume_to_sitk(Volume(np.zeros((1, 1, 1), np.uint8), reference.affine))
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetOutputOrigin(target.GetOrigin())
+    resampler.SetOutputDirection(target.GetDirection())
+    resampler.SetOutputSpacing(target.GetSpacing())
+    resampler.SetSize([int(n) for n in reference.shape])
+    resampler.SetInterpolator(_INTERPOLATORS[interpolation])
+    resampler.SetDefaultPixelValue(float(fill))
+    resampler.SetOutputPixelType(source.GetPixelID())
+    out = volume_from_sitk(resampler.Execute(source))
+    return Volume(out.array, reference.affine.copy(), dict(volume.meta))
+
+
+def resample_to_spacing(
+    volume: Volume,
+    spacing: Sequence[float],
+    interpolation: Interpolation = "linear",
+    fill: float = 0.0,
+) -> Volume:
+    """Resample onto a grid with the same orientation and extent but another voxel size (mm)."""
+    spacing = np.asarray(spacing, dtype=float)
+    old_spacing = np.asarray(volume.spacing)
+    extent = np.asarray(volume.shape) * old_spacing
+    shape = np.maximum(np.round(extent / spacing).astype(int), 1)
+    directions = volume.affine[:3, :3] / old_spacing
+    affine = np.eye(4)
+    affine[:3, :3] = directions * spacing
+    # Keep the outer edge of the first voxel where it was: centre moves by half a voxel change.
+    first_edge = volume.affine[:3, 3] - directions @ (old_spacing / 2)
+    affine[:3, 3] = first_edge + directions @ (spacing / 2)
+    reference = Volume(np.zeros(tuple(shape), np.uint8), affine)
+    return resample_to(volume, reference, interpolation, fill)
+
+
+def _as_float_or_label(volume: Volume, interpolation: Interpolation) -> Volume:
+    if interpolation == "nearest":
+        array = volume.array
+        if array.dtype == bool:
+            array = array.astype(np.uint8)
+        return Volume(array, volume.affine, volume.meta)
+    return Volume(volume.array.astype(np.float32, copy=False), volume.affine, volume.meta)

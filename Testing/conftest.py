@@ -1,0 +1,48 @@
+"""Shared fixtures: where the real PET/CT data lives, and small helpers.
+
+The data is read from ``$DISTILLSEG_DATA`` or ``../shared/data`` relative to the project
+root; tests that need it skip with a clear reason when it is absent (CI has it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("DISTILLSEG_DATA", ROOT.parent / "shared" / "data")).resolve()
+
+
+def require_data(*parts: str) -> Path:
+    """Path under the shared data folder, or skip the test naming what is missing."""
+    path = data_root().joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real PET/CT data not found at {path} (set DISTILLSEG_DATA or place ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def sts_dir() -> Path:
+    return require_data("sts-petct")
+
+
+@pytest.fixture(scope="session")
+def sts_case_dir(sts_dir: Path):
+    """Folder of one STS case: ``sts_case_dir("STS_001")``."""
+
+    def get(case_id: str) -> Path:
+        return require_data("sts-petct", case_id)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def sts_001(sts_dir: Path):
+    from DistillSegLib.case import load_case_folder
+
+    return load_case_folder(sts_dir / "STS_001")
