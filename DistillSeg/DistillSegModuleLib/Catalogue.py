@@ -1,0 +1,97 @@
+"""Which student models and teachers the module offers: bundled catalogue + user folder.
+
+The bundled catalogue is ``Resources/ModelCatalogue.json``: in an installed extension it
+sits in the module's ``Resources/`` (CMake copies it there), in a source checkout in the
+repository's top-level ``Resources/``. Students the user distils are ``.pt`` files
+(format ``distillseg-student/1``, ``DistillSegLib/student/model_file.py``) in a models folder.
+No Qt and no Slicer import here.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MODULE_DIR = Path(__file__).resolve().parent.parent
+CATALOGUE_NAME = "ModelCatalogue.json"
+MODEL_SUFFIX = ".pt"
+CHECKPOINT_SUFFIX = ".checkpoint.pt"  # training checkpoints of ``distillseg train``, not offered
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A student model the user can pick."""
+
+    title: str
+    path: Path
+    source: str  # "catalogue" or "user"
+
+
+def catalogueCandidates() -> list[Path]:
+    """Where the catalogue is looked for: installed layout first, then the source checkout."""
+    return [MODULE_DIR / "Resources" / CATALOGUE_NAME, MODULE_DIR.parent / "Resources" / CATALOGUE_NAME]
+
+
+def bundledCatalogue() -> dict:
+    """The parsed catalogue (``{"students": [...], "teachers": [...]}``)."""
+    for path in catalogueCandidates():
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+    raise FileNotFoundError(f"{CATALOGUE_NAME} not found in {[str(p) for p in catalogueCandidates()]}")
+
+
+def defaultModelsFolder() -> Path:
+    """``$DISTILLSEG_MODELS`` or ``~/.distillseg/models``."""
+    return Path(os.environ.get("DISTILLSEG_MODELS", Path.home() / ".distillseg" / "models"))
+
+
+def studentModels(folder: str | os.PathLike | None = None, catalogue: dict | None = None) -> list[ModelEntry]:
+    """Students in the user folder (newest first), then catalogue students already downloaded."""
+    folder = Path(folder) if folder else defaultModelsFolder()
+    entries: list[ModelEntry] = []
+    if folder.is_dir():
+        files = sorted((p for p in folder.glob(f"*{MODEL_SUFFIX}")
+                        if not p.name.startswith(".") and not p.name.endswith(CHECKPOINT_SUFFIX)),
+                       key=lambda p: p.stat().st_mtime, reverse=True)
+        entries += [ModelEntry(p.stem, p, "user") for p in files]
+    for student in (catalogue or {}).get("students", []):
+        path = folder / student["file_name"]
+        if path.is_file() and all(e.path != path for e in entries):
+            entries.append(ModelEntry(student.get("title", path.stem), path, "catalogue"))
+    return entries
+
+
+def newModelPath(folder: str | os.PathLike, strategy: str) -> Path:
+    """A fresh file name for a distilled student: ``student-<strategy>-<UTC time>.pt``."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = Path(folder) / f"student-{strategy}-{stamp}{MODEL_SUFFIX}"
+    counter = 1
+    while path.exists():
+        path = Path(folder) / f"student-{strategy}-{stamp}-{counter}{MODEL_SUFFIX}"
+        counter += 1
+    return path
+
+
+def teacherAvailability(teacher: dict, checkpoint: str | os.PathLike | None) -> tuple[bool, str]:
+    """Whether a teacher can run here, and why not.
+
+    Embedded teachers need their package; the others need a readable checkpoint file.
+    """
+    if teacher.get("checkpoint") == "embedded":
+        package = teacher.get("package", "")
+        if importlib.util.find_spec(package) is None:
+            return False, f"{teacher['title']}: package {package} is not installed (install the dependencies)"
+        return True, f"{teacher['title']}: available (weights embedded in {package})"
+    if not checkpoint:
+        expected = teacher.get("file_name", "a checkpoint file")
+        return False, f"{teacher['title']}: select its checkpoint ({expected})"
+    path = Path(checkpoint)
+    if not path.is_file():
+        return False, f"{teacher['title']}: checkpoint not found: {path}"
+    if not os.access(path, os.R_OK):
+        return False, f"{teacher['title']}: checkpoint not readable: {path}"
+    return True, f"{teacher['title']}: checkpoint {path.name} ({path.stat().st_size / 1e6:.0f} MB)"

@@ -1,0 +1,34 @@
+"""The module's parameter node (saved with the scene), via ``slicer.parameterNodeWrapper``.
+
+Imported only from the widget: ``slicer.parameterNodeWrapper`` exists in the Slicer
+application (5.4+), not in ``slicer-core``. The Logic takes plain arguments instead.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import slicer
+from slicer.parameterNodeWrapper import Choice, Default, parameterNodeWrapper
+
+from .Logic import DEVICES, STRATEGIES
+
+
+@parameterNodeWrapper
+class DistillSegParameterNode:
+    """State of the DistillSeg GUI.
+
+    ctVolume / petVolume: the study (HU / SUVbw). roi: box around the lesion (RAS), required
+    by crop models. segmentation: the result, corrected in the Segment Editor.
+    device: where the engine runs; strategy / steps: how "Distil" trains.
+    Paths (models folder, teacher checkpoint, training set) are per-user settings of their
+    ctkPathLineEdits, not scene state.
+    """
+
+    ctVolume: slicer.vtkMRMLScalarVolumeNode
+    petVolume: slicer.vtkMRMLScalarVolumeNode
+    roi: slicer.vtkMRMLMarkupsROINode
+    segmentation: slicer.vtkMRMLSegmentationNode
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    strategy: Annotated[str, Choice(list(STRATEGIES))] = "supervised"
+    steps: Annotated[int, Default(1200)]
