@@ -1,0 +1,105 @@
+"""``distillseg predict``: segment a PET/CT study with a student model."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "segment a PET/CT study with a trained student (label map on the CT grid, lesion statistics)"
+DESCRIPTION = """\
+Segment a PET/CT study with a student model: sliding-window inference at the model's
+spacing, result resampled onto the CT grid (same shape and affine as the CT).
+
+A model trained on crops around the tumour (field of view 'crop', e.g. on sts-petct) runs
+only inside a region of interest: --roi x0,y0,z0,x1,y1,z1 (RAS mm), --roi-from MASK (its
+bounding box plus --roi-margin mm), or --roi all when the input is itself such a crop.
+Outside the ROI the label is background.
+
+--out: .nii.gz, .nii, .nrrd (label map), .seg.nrrd (3D Slicer segmentation with names
+and terminology) or .dcm (DICOM SEG referencing the CT series; the CT must be DICOM).
+--stats: one row per connected lesion (MTV mL, SUVmax, SUVmean, SUVpeak, TLG, centroid).
+
+example:
+  distillseg predict --model student.pt --ct STS_010/CT_image.nii.gz --pet STS_010/PET_image.nii.gz \\
+                     --roi all --out STS_010.nii.gz --stats STS_010.csv
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="MODEL", help="student model file (.pt)")
+    parser.add_argument("--ct", required=True, metavar="PATH", help="CT image file or DICOM folder")
+    parser.add_argument("--pet", required=True, metavar="PATH", help="PET image file or DICOM folder")
+    parser.add_argument("--out", required=True, metavar="FILE", help="label map to write (.nii.gz/.nii/.nrrd/.seg.nrrd/.dcm)")
+    parser.add_argument("--prob", metavar="FILE", help="also write the foreground probability map (float, CT grid)")
+    roi = parser.add_mutually_exclusive_group()
+    roi.add_argument("--roi", metavar="BOX", help="x0,y0,z0,x1,y1,z1 in RAS mm, or 'all' (the input is the region)")
+    roi.add_argument("--roi-from", metavar="MASK", help="label map whose bounding box (+ margin) is the region")
+    parser.add_argument("--roi-margin", type=float, default=10.0, metavar="MM", help="margin around --roi-from (default: 10)")
+    parser.add_argument("--stats", metavar="FILE", help="lesion statistics table (.csv or .json)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--json-progress", action="store_true", help="JSON progress lines on stdout")
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="CPU threads for torch (default: 0 = all cores; 1 is faster on a busy machine)")
+
+
+def resolve_roi(args: argparse.Namespace, case):
+    """The ROI from --roi / --roi-from (None when neither is given)."""
+    from ..inference import parse_roi, roi_from_mask
+
+    if args.roi:
+        return parse_roi(args.roi)
+    if args.roi_from:
+        from ..case import load_label
+
+        return roi_from_mask(load_label(args.roi_from, case.ct, case.pet), args.roi_margin)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..case import load_case
+    from ..errors import DistillSegError
+    from ..progress import CancelToken, Progress
+    from ..segmentation_export import check_label_path
+
+    out = check_label_path(args.out)
+    if args.stats and not args.stats.lower().endswith((".csv", ".json")):
+        raise DistillSegError(f"--stats must end in .csv or .json, got {args.stats}")
+    from ..inference import predict_case, require_roi_for_crop_model
+    from ..lesions import lesion_statistics, write_lesion_table
+    from ..segmentation_export import write_label_map
+    from ..student.model_file import load_model
+    from ..volume import write_image
+
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    progress = Progress(json_lines=args.json_progress)
+    cancel = CancelToken()
+    with cancel.on_signals():
+        model = load_model(args.model)
+        if not (args.roi or args.roi_from):
+            require_roi_for_crop_model(model, None)  # before the (slow) loading of the study
+        case = load_case(args.ct, args.pet)
+        roi = resolve_roi(args, case)
+        require_roi_for_crop_model(model, roi)
+        progress.start("predict", 3)
+        progress.update(1)
+        prediction = predict_case(model, case, roi, args.device, cancel)
+        progress.update(2)
+        write_label_map(prediction.label, out, model.config.classes, case.ct)
+        if args.prob:
+            write_image(prediction.probability, args.prob)
+        rows = None
+        if args.stats:
+            rows = lesion_statistics(prediction.label, case.pet, model.config.class_names)
+            write_lesion_table(rows, args.stats)
+        progress.update(3)
+        progress.close()
+    voxels = int((prediction.label.array > 0).sum())
+    volume_ml = voxels * case.ct.voxel_volume_ml
+    progress.emit(stage="done", output=str(out), seconds=round(prediction.seconds, 2),
+                  foreground_ml=round(volume_ml, 2), lesions=len(rows) if rows is not None else None)
+    if not args.json_progress:
+        print(f"wrote {out}: {volume_ml:.1f} mL foreground in {prediction.seconds:.1f} s"
+              + (f", {len(rows)} lesion(s) in {args.stats}" if rows is not None else ""))
+    return 0

@@ -1,0 +1,207 @@
+"""``distillseg train``: train a student (supervised or distilled) on a set of cases."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "train a student network on PET/CT cases (supervised baseline or a distillation strategy)"
+DESCRIPTION = """\
+Train a small 3D student (MONAI U-Net, CT+PET channels) on the cases in DATA.
+
+DATA is an nnU-Net raw dataset (imagesTr/, labelsTr/) or a folder of case folders
+(CT_image.nii.gz, PET_image.nii.gz, CT_mask.nii.gz). Case lists are comma-separated ids;
+--unlabelled rest takes every case not otherwise used. A checkpoint (a loadable model
+plus the optimiser state) is written atomically every --checkpoint-every steps to
+MODEL's name with .checkpoint.pt; --resume continues from it. SIGINT/SIGTERM stop
+cleanly: the last checkpoint stays usable and an existing MODEL is left untouched.
+Under torchrun the run is data-parallel (DDP; gloo on CPU, nccl on CUDA).
+
+example:
+  distillseg train --data ../shared/data/sts-petct --labelled STS_001,STS_002,STS_003,STS_004,STS_005 \\
+                   --val STS_006,STS_008 --steps 400 --seed 0 --out student.pt
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="DATA", help="nnU-Net raw dataset or folder of case folders")
+    parser.add_argument("--labelled", metavar="CASES", help="labelled training case ids (default: all labelled cases not in --val)")
+    parser.add_argument("--unlabelled", metavar="CASES", help="unlabelled case ids, or 'rest' (labels, if any, are ignored)")
+    parser.add_argument("--val", metavar="CASES", help="validation case ids (Dice reported every --val-every steps)")
+    parser.add_argument("--strategy", default="supervised", help="training strategy (default: supervised)")
+    parser.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.pt)")
+    parser.add_argument("--steps", type=int, default=400,
+                        help="optimiser steps (default: 400; 800 scored no better on sts-petct, see benchmarks/results)")
+    parser.add_argument("--batch-size", type=int, default=2, help="patches per step (default: 2)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="initial learning rate, poly decay (default: 2e-3)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--val-every", type=int, default=200, metavar="N", help="validate every N steps (default: 200)")
+    parser.add_argument("--checkpoint-every", type=int, default=100, metavar="N", help="checkpoint every N steps (default: 100)")
+    parser.add_argument("--refresh-every", type=int, default=100, metavar="N",
+                        help="round length: distillation strategies refresh teacher pseudo-labels every N steps (default: 100)")
+    parser.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: MODEL with .checkpoint.pt)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--init", metavar="MODEL", help="start from an existing student's weights (same configuration)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--json-progress", action="store_true", help="JSON progress lines on stdout")
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="CPU threads for torch (default: 0 = all cores; 1 is faster on a busy machine)")
+    group = parser.add_argument_group("student configuration (ignored with --init: the model's own is used)")
+    group.add_argument("--spacing", metavar="X,Y,Z", help="student voxel size in mm (default: 2.5,2.5,3.27)")
+    group.add_argument("--patch-size", metavar="X,Y,Z", help="patch size in voxels (default: 64,64,32)")
+    group.add_argument("--channels", metavar="C1,C2,...", help="U-Net channels per level (default: 16,32,64,128)")
+    group.add_argument("--res-units", type=int, help="residual units per level (default: 2)")
+    group.add_argument("--field-of-view", choices=["crop", "whole-body"], help="what the training images cover (default: crop)")
+    group.add_argument("--class-name", help="name of the foreground class (default: tumour)")
+    from ..training.strategies.options import add_distillation_arguments
+
+    add_distillation_arguments(parser)
+
+
+def _ids(text: str | None) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+
+
+def _numbers(text: str, kind=float) -> tuple:
+    from ..errors import DistillSegError
+
+    try:
+        return tuple(kind(v) for v in text.split(","))
+    except ValueError as exc:
+        raise DistillSegError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def student_config_from_args(args: argparse.Namespace):
+    from ..student.config import SegmentClass, StudentConfig
+
+    values = {}
+    if args.spacing:
+        values["spacing"] = _numbers(args.spacing)
+    if args.patch_size:
+        values["patch_size"] = _numbers(args.patch_size, int)
+    if args.channels:
+        values["channels"] = _numbers(args.channels, int)
+        values["strides"] = (2,) * (len(values["channels"]) - 1)
+    if args.res_units is not None:
+        values["num_res_units"] = args.res_units
+    if args.field_of_view:
+        values["field_of_view"] = args.field_of_view
+    if args.class_name:
+        values["classes"] = (SegmentClass(args.class_name),)
+    return StudentConfig(**values)
+
+
+def select_cases(args: argparse.Namespace):
+    """(labelled, unlabelled, validation) CaseSource lists from the id options."""
+    from ..dataset import find_cases
+    from ..errors import DistillSegError
+
+    cases = {c.case_id: c for c in find_cases(args.data)}
+    val_ids = _ids(args.val)
+    labelled_ids = _ids(args.labelled) or [i for i, c in cases.items() if c.labelled and i not in val_ids]
+    if args.unlabelled and args.unlabelled.strip() == "rest":
+        unlabelled_ids = [i for i in cases if i not in labelled_ids and i not in val_ids]
+    else:
+        unlabelled_ids = _ids(args.unlabelled)
+    for what, ids in (("--labelled", labelled_ids), ("--unlabelled", unlabelled_ids), ("--val", val_ids)):
+        missing = [i for i in ids if i not in cases]
+        if missing:
+            raise DistillSegError(f"{what}: no case {', '.join(missing)} in {args.data}")
+    for what, ids in (("--labelled", labelled_ids), ("--val", val_ids)):
+        unlabelled = [i for i in ids if not cases[i].labelled]
+        if unlabelled:
+            raise DistillSegError(f"{what}: case(s) {', '.join(unlabelled)} in {args.data} have no label")
+    overlap = set(val_ids) & (set(labelled_ids) | set(unlabelled_ids))
+    if overlap:
+        raise DistillSegError(f"validation case(s) {', '.join(sorted(overlap))} are also training cases")
+    if not labelled_ids:
+        raise DistillSegError(f"no labelled cases to train on in {args.data}")
+    return [cases[i] for i in labelled_ids], [cases[i] for i in unlabelled_ids], [cases[i] for i in val_ids]
+
+
+def default_checkpoint(out: Path) -> Path:
+    name = out.name[:-3] if out.name.endswith(".pt") else out.name
+    return out.with_name(f"{name}.checkpoint.pt")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import CancelledError, DistillSegError
+    from ..progress import CancelToken, Progress
+
+    out = Path(args.out)
+    if out.exists() and out.is_dir():
+        raise DistillSegError(f"--out {out} is a folder; give a model file name such as student.pt")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(out)
+    if args.resume and not checkpoint.exists():
+        raise DistillSegError(f"--resume: no checkpoint at {checkpoint} to resume from")
+    labelled_src, unlabelled_src, val_src = select_cases(args)
+
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    from ..inference import resolve_device
+    from ..student.model_file import read_payload, save_model
+    from ..student.config import StudentConfig
+    from ..student.preprocess import prepare_case
+    from ..training.strategies import get_strategy_class
+    from ..training.trainer import Trainer, TrainingOptions, init_distributed
+
+    strategy_class = get_strategy_class(args.strategy)
+    distributed = init_distributed()
+    rank = torch.distributed.get_rank() if distributed else 0
+    progress = Progress(json_lines=args.json_progress, enabled=rank == 0)
+    config = student_config_from_args(args)
+    init_weights, metadata = None, {}
+    if args.init:
+        payload = read_payload(args.init)
+        config = StudentConfig.from_dict(payload["metadata"]["config"])
+        init_weights = payload["weights"]
+        metadata["init_from"] = {"path": str(args.init), "weights_sha256": payload["metadata"]["weights_sha256"]}
+    options = TrainingOptions(
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+        val_every=args.val_every, checkpoint_every=args.checkpoint_every, refresh_every=args.refresh_every,
+        device=str(resolve_device(args.device)),
+    )
+    cancel = CancelToken()
+    with cancel.on_signals():
+        sources = [(s, True) for s in labelled_src] + [(s, False) for s in unlabelled_src] + [(s, True) for s in val_src]
+        progress.start("prepare", len(sources))
+        prepared = []
+        for n, (source, with_label) in enumerate(sources, 1):
+            cancel.check()
+            prepared.append(prepare_case(source.load(), config, with_label=with_label))
+            progress.update(n)
+        labelled = prepared[: len(labelled_src)]
+        unlabelled = prepared[len(labelled_src): len(labelled_src) + len(unlabelled_src)]
+        validation = prepared[len(labelled_src) + len(unlabelled_src):]
+        strategy = strategy_class.from_args(args)
+        if args.skd:
+            from ..training.strategies.skd import with_skd
+
+            strategy = with_skd(strategy, args)
+        trainer = Trainer(config, options, strategy, labelled, unlabelled, validation, progress, cancel,
+                          checkpoint, init_weights, metadata)
+        if args.resume:
+            trainer.resume()
+            progress.message(f"resumed from {checkpoint} at step {trainer.step}")
+        try:
+            result = trainer.train()
+        except CancelledError as exc:
+            progress.close()
+            where = f"the last checkpoint {checkpoint} is complete (resume with --resume)" if checkpoint.exists() \
+                else "no checkpoint was written yet"
+            progress.emit(stage="cancelled", step=trainer.step, message=str(exc), checkpoint=str(checkpoint))
+            raise CancelledError(f"{exc} at step {trainer.step}; {where}; {out} was not changed") from exc
+    if rank == 0:
+        metadata = {**result.metadata, "training_seconds": round(result.seconds, 1)}
+        save_model(out, trainer.network, config, metadata)
+        progress.emit(stage="done", model=str(out), step=result.steps_done, loss=result.losses[-1],
+                      metrics=result.validation, seconds=round(result.seconds, 1))
+        if not args.json_progress:
+            val = result.validation.get("val_dice")
+            print(f"wrote {out} ({result.steps_done} steps, {result.seconds:.0f} s"
+                  + (f", validation Dice {val:.3f}" if val is not None else "") + ")")
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return 0

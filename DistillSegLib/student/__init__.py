@@ -1,0 +1,1 @@
+"""The student: a compact 3D U-Net on CT+PET, its configuration, preprocessing and model files."""

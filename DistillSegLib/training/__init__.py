@@ -1,0 +1,1 @@
+"""Training of students: one trainer loop, pluggable strategies (supervised, distillation)."""
