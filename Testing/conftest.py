@@ -46,3 +46,15 @@ def sts_001(sts_dir: Path):
     from DistillSegLib.case import load_case_folder
 
     return load_case_folder(sts_dir / "STS_001")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_teacher_cache(tmp_path_factory):
+    """Keep teacher outputs of the tests out of the user's cache (subprocesses inherit it)."""
+    previous = os.environ.get("DISTILLSEG_CACHE")
+    os.environ["DISTILLSEG_CACHE"] = str(tmp_path_factory.mktemp("teacher-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("DISTILLSEG_CACHE", None)
+    else:
+        os.environ["DISTILLSEG_CACHE"] = previous

