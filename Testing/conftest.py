@@ -58,3 +58,14 @@ def isolated_teacher_cache(tmp_path_factory):
         os.environ.pop("DISTILLSEG_CACHE", None)
     else:
         os.environ["DISTILLSEG_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread: on a shared 2-core machine OpenMP spinning makes 2 threads far slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

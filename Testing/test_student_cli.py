@@ -14,18 +14,10 @@ import pytest
 from DistillSegLib.student.model_file import load_model
 from conftest import ROOT, require_data
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 TINY_ARGS = ["--spacing", "4,4,4", "--patch-size", "32,32,16", "--channels", "8,16,32", "--res-units", "1"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # One torch thread: on a shared 2-core machine OpenMP spinning makes 2 threads far slower.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cli(capsys, *args):

@@ -18,17 +18,11 @@ from DistillSegLib.student.preprocess import prepare_case
 from DistillSegLib.training.strategies import get_strategy_class
 from DistillSegLib.training.trainer import Trainer, TrainingOptions
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 TINY = StudentConfig(spacing=(4.0, 4.0, 4.0), patch_size=(32, 32, 16), channels=(8, 16, 32), strides=(2, 2),
                      num_res_units=1)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # One thread: on a shared 2-core machine OpenMP spinning makes 2 threads far slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

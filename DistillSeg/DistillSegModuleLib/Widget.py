@@ -238,10 +238,7 @@ class DistillSegGui(VTKObservationMixin):
         except LogicError as error:
             self.status(str(error), error=True)
             return
-        self.ui.ctSelector.setCurrentNode(ct)
-        self.ui.petSelector.setCurrentNode(pet)
-        slicer.util.setSliceViewerLayers(background=ct, foreground=pet, foregroundOpacity=0.4, fit=True)
-        self.status(f"loaded {ct.GetName()} and {pet.GetName()}")
+        self.showStudy(ct, pet)
 
     def onLoadDicom(self) -> None:
         """Read a CT and a PET DICOM series folder with the engine (PET converted to SUVbw).
@@ -262,10 +259,14 @@ class DistillSegGui(VTKObservationMixin):
         except LogicError as error:
             self.status(str(error), error=True)
             return
+        self.showStudy(ct, pet, " (PET in SUVbw)")
+
+    def showStudy(self, ct, pet, note: str = "") -> None:
+        """Select the loaded CT/PET and show PET fused over CT in the slice views."""
         self.ui.ctSelector.setCurrentNode(ct)
         self.ui.petSelector.setCurrentNode(pet)
         slicer.util.setSliceViewerLayers(background=ct, foreground=pet, foregroundOpacity=0.4, fit=True)
-        self.status(f"loaded {ct.GetName()} and {pet.GetName()} (PET in SUVbw)")
+        self.status(f"loaded {ct.GetName()} and {pet.GetName()}{note}")
 
     # ----------------------------------------------------------------- segmentation
 
