@@ -200,7 +200,8 @@ def python_executable() -> str:
     """
     import shutil
 
-    if "slicer" in sys.modules and hasattr(sys.modules["slicer"], "app"):
+    inside_slicer_app = hasattr(sys.modules.get("slicer"), "app")  # slicer-core has no app
+    if inside_slicer_app:
         found = shutil.which("PythonSlicer")
         if found:
             return found
