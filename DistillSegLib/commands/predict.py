@@ -83,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(json_lines=args.json_progress)
     cancel = CancelToken()
     with cancel.on_signals():
-        progress.start("predict", 3)
         label, probability, case, classes, seconds = (
             _predict_teacher(args, progress, cancel) if args.teacher else _predict_student(args, progress, cancel)
         )
@@ -112,6 +111,7 @@ def _predict_student(args, progress, cancel):
     case = load_case(args.ct, args.pet)
     roi = resolve_roi(args, case)
     require_roi_for_crop_model(model, roi)
+    progress.start("predict", 3)  # only now: an input error stays the one line on stderr
     progress.update(1)
     prediction = predict_case(model, case, roi, args.device, cancel)
     return prediction.label, prediction.probability, case, model.config.classes, prediction.seconds
@@ -137,6 +137,7 @@ def _predict_teacher(args, progress, cancel):
         prompt = predict_case(student, case, roi, args.device, cancel).probability
     else:
         prompt = load_label(args.prompt_from, case.ct, case.pet)
+    progress.start("predict", 3)
     progress.update(1)
     cancel.check()
     label, probability = segment_with_teacher(case, args.teacher, args.checkpoint, prompt, args.modality)
