@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/distillseg info --ct $(DATA)/sts-petct/STS_001/CT_image.nii.gz --pet $(DATA)/sts-petct/STS_001/PET_image.nii.gz --label $(DATA)/sts-petct/STS_001/CT_mask.nii.gz
+	$(VENV)/bin/distillseg demo --data $(DATA)/sts-petct --out demo-output
 
 quick-demo: $(STAMP)
 	$(VENV)/bin/distillseg demo --data $(DATA)/sts-petct --out demo-output --quick

@@ -20,7 +20,7 @@ from typing import Sequence
 from . import __version__
 from .errors import CancelledError, DistillSegError
 
-COMMANDS = ["info", "convert", "train", "predict", "evaluate", "teachers"]
+COMMANDS = ["info", "convert", "train", "predict", "evaluate", "demo", "teachers"]
 
 EPILOG = """\
 Inputs: NIfTI/NRRD/MHA files or DICOM series folders (CT in HU; PET in BQML is converted

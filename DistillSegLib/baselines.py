@@ -1,0 +1,100 @@
+"""The classic PET baseline every result is compared with: 41% of SUVmax inside the ROI.
+
+A fixed-threshold isocontour at 41% of the lesion's SUVmax is the EANM procedure
+guideline's recommended way to delineate a metabolic tumour volume (Boellaard R, et al.
+"FDG PET/CT: EANM procedure guidelines for tumour imaging: version 2.0", Eur J Nucl Med
+Mol Imaging 42:328-354 (2015), section "Metabolic tumour volume"), and the usual floor
+that learned PET segmentations are reported against.
+
+The segmentation is computed on the CT grid (the grid of every DistillSeg label map):
+the PET is resampled there with :attr:`Case.pet_on_ct` (linear), SUVmax is the maximum
+of that resampled PET inside the region of interest, and every ROI voxel with
+``SUV >= fraction * SUVmax`` is foreground. For the ``sts-petct`` crops the ROI is the
+whole crop; elsewhere an RAS box restricts it (the ``--roi`` convention of ``predict``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .case import Case
+from .errors import DistillSegError
+from .volume import Volume, apply_affine
+
+# Boellaard et al. 2015 (EJNMMI 42:328), EANM guideline v2.0: 41% of SUVmax.
+SUVMAX_FRACTION = 0.41
+
+RoiBox = tuple[Sequence[float], Sequence[float]]
+
+
+@dataclass(frozen=True)
+class SuvThresholdResult:
+    """Output of :func:`suv_threshold_segmentation`.
+
+    Attributes:
+        mask: uint8 label map (1 = tumour) on the CT grid, CT affine.
+        suv_max: SUVmax (g/mL) of the PET on the CT grid inside the ROI.
+        threshold: the SUV cut-off applied, ``fraction * suv_max``.
+        fraction: the fraction of SUVmax used.
+    """
+
+    mask: Volume
+    suv_max: float
+    threshold: float
+    fraction: float
+
+
+def roi_mask_on_grid(reference: Volume, roi: RoiBox | None) -> np.ndarray:
+    """Boolean ``(I, J, K)`` mask of the voxels of ``reference`` whose centres lie in an RAS box.
+
+    Args:
+        reference: the grid (its shape and affine).
+        roi: ``(min_xyz, max_xyz)`` in RAS mm, or ``None`` for the whole grid.
+
+    Raises:
+        DistillSegError: the box is malformed or contains no voxel centre of the grid.
+    """
+    if roi is None:
+        return np.ones(reference.shape, dtype=bool)
+    lo, hi = (np.asarray(v, dtype=float) for v in roi)
+    if lo.shape != (3,) or hi.shape != (3,) or np.any(hi < lo):
+        raise DistillSegError(f"ROI must be (min x,y,z), (max x,y,z) in RAS mm with min <= max, got {roi}")
+    index = np.indices(reference.shape).reshape(3, -1).T
+    world = apply_affine(reference.affine, index)
+    inside = np.all((world >= lo) & (world <= hi), axis=1).reshape(reference.shape)
+    if not inside.any():
+        raise DistillSegError(f"ROI {lo.tolist()}..{hi.tolist()} mm contains no voxel of {reference.describe()}")
+    return inside
+
+
+def suv_threshold_segmentation(
+    case: Case,
+    fraction: float = SUVMAX_FRACTION,
+    roi: RoiBox | None = None,
+) -> SuvThresholdResult:
+    """Segment the tumour as the ROI voxels at or above ``fraction`` of SUVmax.
+
+    Args:
+        case: a PET/CT case; only its PET (resampled onto the CT grid) is used.
+        fraction: fraction of SUVmax, in (0, 1]; 0.41 per the EANM guideline.
+        roi: RAS box ``(min_xyz, max_xyz)`` in mm; ``None`` = the whole CT grid (right
+            for the crops of ``sts-petct``, wrong for a whole-body study, where the
+            bladder or brain would hold SUVmax).
+
+    Raises:
+        DistillSegError: bad fraction, empty ROI, or no positive SUV inside the ROI.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise DistillSegError(f"SUVmax fraction must be in (0, 1], got {fraction}")
+    pet = case.pet_on_ct
+    inside = roi_mask_on_grid(pet, roi)
+    suv_max = float(pet.array[inside].max())
+    if suv_max <= 0.0:
+        raise DistillSegError(f"case {case.case_id}: no positive SUV inside the ROI, nothing to threshold")
+    threshold = fraction * suv_max
+    mask = (inside & (pet.array >= threshold)).astype(np.uint8)
+    label = Volume(mask, case.ct.affine.copy(), {"label_names": {1: "tumour"}, "method": "suv41"})
+    return SuvThresholdResult(label, suv_max, threshold, fraction)

@@ -1,0 +1,566 @@
+"""``distillseg demo``: the whole DistillSeg story on the real ``sts-petct`` cases, with a report.
+
+On the fixed split of :mod:`.split` (5 labelled, a fixed validation subset, the rest
+unlabelled), with one seed:
+
+1. the classic SUV-threshold baseline (41% of SUVmax, :mod:`DistillSegLib.baselines`);
+2. the supervised student (``supervised`` strategy, labelled cases only);
+3. one or more distilled students (default ``muduo``; teachers: the embedded LiteMedSAM
+   on the CT and on the PET view), same split, seed and number of steps;
+4. the LiteMedSAM teacher on the validation cases, on CT and on PET, prompted with boxes
+   from the (first) distilled student's prediction: the teacher's realistic, prompt-free
+   score; and, labelled as an upper bound, with boxes from the ground truth;
+5. every method's predictions saved as NIfTI under ``OUT/predictions/<method>/`` with the
+   validation ground truth under ``OUT/labels/``, scored by the function behind
+   ``distillseg evaluate`` (so a separate ``evaluate`` reproduces the report exactly);
+6. ``report.md``, ``report.json`` and PNG figures (overlays, Dice per method, training
+   curves) with timings and the student/teacher speed ratio.
+
+Layout of ``OUT``::
+
+    report.md  report.json  figures/{overlays,dice,training_curves}.png
+    labels/<case>.nii.gz                 validation ground truth (CT grid, 0/1)
+    predictions/<method>/<case>.nii.gz   every method, CT grid
+    models/<student>.pt                  the trained students (distillseg predict --model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..baselines import SUVMAX_FRACTION, suv_threshold_segmentation
+from ..case import Case
+from ..errors import CancelledError, DistillSegError
+from ..progress import CancelToken, Progress
+from ..volume import Volume, write_image
+from .split import DemoSplit, sts_split
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SUV_METHOD = "suv41"
+TEACHER = "litemedsam"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What one demo run does (recorded in the report).
+
+    Attributes:
+        steps: optimiser steps of every student (the same for all, for a fair comparison).
+        strategies: distillation strategies trained beside ``supervised`` (registry names).
+        warmup_steps: the distilled students start from the supervised student after this
+            many steps (see :func:`train_students`).
+        seed: training seed (the split's seed is :data:`.split.SPLIT_SEED`, fixed).
+        max_validation, max_unlabelled: use only the first cases of the split's lists
+            (``None``: all of them).
+        refresh_every: round length in steps (teachers re-prompted by the student).
+        val_every: validation Dice recorded every N steps for the training curves only
+            (never used to pick a model).
+        teacher: evaluate the LiteMedSAM teacher (off only in smoke tests: it is the slow part).
+        max_teacher_cases: the teacher runs on the first N validation cases only (``None``: all).
+        teacher_upper_bound: also run the teacher with ground-truth boxes (upper bound).
+        overlay_cases: validation cases shown in the overlay figure.
+    """
+
+    steps: int = 600
+    warmup_steps: int = 200
+    strategies: tuple[str, ...] = ("muduo",)
+    seed: int = 0
+    max_validation: int | None = None
+    max_unlabelled: int | None = 4
+    refresh_every: int = 400
+    val_every: int = 100
+    teacher: bool = True
+    max_teacher_cases: int | None = 3
+    teacher_upper_bound: bool = True
+    overlay_cases: int = 3
+    batch_size: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["strategies"] = list(self.strategies)
+        return data
+
+
+# The full demo aims at < 30 min and --quick at < 5 min on 2 CPU cores (issue 6). The
+# teacher dominates: LiteMedSAM costs about 2.5 s of this CPU per axial slice and modality
+# (~4.5 CPU-s of TinyViT encoder per 256x256 slice, measured here), i.e. minutes per case,
+# both in the distillation rounds (unlabelled cases) and in the teacher's evaluation. So
+# the demo uses one teacher round and a few cases for the teacher; the students and the
+# SUV baseline are evaluated on the whole validation list.
+FULL_SETTINGS = DemoSettings()
+QUICK_SETTINGS = DemoSettings(steps=120, warmup_steps=60, max_validation=3, max_unlabelled=1, refresh_every=1000,
+                              val_every=30, teacher_upper_bound=False, max_teacher_cases=1, overlay_cases=3)
+
+
+def default_data_dir() -> Path:
+    """``$DISTILLSEG_DATA/sts-petct`` when set, else ``../shared/data/sts-petct`` beside the project."""
+    root = os.environ.get("DISTILLSEG_DATA")
+    base = Path(root) if root else PROJECT_ROOT.parent / "shared" / "data"
+    return base / "sts-petct"
+
+
+def resolve_data_dir(data: str | os.PathLike | None) -> Path:
+    path = Path(data) if data else default_data_dir()
+    if not path.is_dir():
+        raise DistillSegError(
+            f"sts-petct data not found at {path}: give --data DIR (the folder of STS_xxx case folders), "
+            "set DISTILLSEG_DATA to the shared data folder, or place it at ../shared/data/sts-petct"
+        )
+    return path
+
+
+# ----------------------------------------------------------------------------- steps
+
+def write_labels(cases: Sequence[Case], folder: Path) -> dict[str, Path]:
+    """Ground truth of ``cases`` on their CT grid as ``folder/<case>.nii.gz`` (0/1 uint8)."""
+    paths = {}
+    for case in cases:
+        label = case.label_on_ct
+        if label is None:
+            raise DistillSegError(f"validation case {case.case_id} has no label")
+        paths[case.case_id] = write_image(label.with_array((label.array > 0).astype(np.uint8)),
+                                          folder / f"{case.case_id}.nii.gz")
+    return paths
+
+
+def run_suv_baseline(cases: Sequence[Case], folder: Path, progress: Progress, cancel: CancelToken) -> dict[str, Any]:
+    """41% of SUVmax on every case (ROI = the whole crop); writes the masks; timings and thresholds."""
+    progress.start(SUV_METHOD, len(cases))
+    seconds, thresholds = [], {}
+    for n, case in enumerate(cases, 1):
+        cancel.check()
+        start = time.perf_counter()
+        result = suv_threshold_segmentation(case)
+        seconds.append(time.perf_counter() - start)
+        write_image(result.mask, folder / f"{case.case_id}.nii.gz")
+        thresholds[case.case_id] = {"suv_max": round(result.suv_max, 4), "threshold": round(result.threshold, 4)}
+        progress.update(n)
+    progress.close()
+    return {"inference_seconds_per_case": float(np.mean(seconds)), "thresholds": thresholds}
+
+
+def strategy_instance(name: str):
+    """A registered strategy with the defaults of ``distillseg train`` (embedded LiteMedSAM teachers)."""
+    from ..training.strategies import get_strategy_class
+    from ..training.strategies.options import add_distillation_arguments
+
+    cls = get_strategy_class(name)
+    if not hasattr(cls, "from_args"):
+        return cls()
+    parser = argparse.ArgumentParser(add_help=False)
+    add_distillation_arguments(parser)
+    return cls.from_args(parser.parse_args([]))
+
+
+def train_student(
+    name: str,
+    labelled: Sequence,
+    unlabelled: Sequence,
+    validation: Sequence,
+    config,
+    settings: DemoSettings,
+    model_path: Path,
+    progress: Progress,
+    cancel: CancelToken,
+    steps: int | None = None,
+    init_weights: dict | None = None,
+    first_step: int = 1,
+    snapshot_step: int | None = None,
+) -> dict[str, Any]:
+    """Train one student with the trainer of ``distillseg train``; save it to ``model_path``.
+
+    Args:
+        steps: optimiser steps of this run (default ``settings.steps``).
+        init_weights: start from these student weights (the ``--init`` of ``train``).
+        first_step: the step number of this run's first step in the curves (a warm-started
+            run continues the numbering of its warm-up).
+        snapshot_step: also return a copy of the weights after this step.
+
+    Returns:
+        ``{"train_seconds", "history": [{"step", "loss", "val_dice"?}], "validation",
+        "strategy_settings", "snapshot": weights or None, "snapshot_seconds"}``.
+    """
+    from ..student.model_file import save_model
+    from ..training.trainer import Trainer, TrainingOptions
+
+    steps = steps or settings.steps
+    options = TrainingOptions(steps=steps, batch_size=settings.batch_size, seed=settings.seed,
+                              val_every=settings.val_every, checkpoint_every=steps,
+                              refresh_every=settings.refresh_every, device="cpu")
+    strategy = strategy_instance(name)
+    progress.message(f"training {name} ({steps} steps)")
+    start = time.perf_counter()
+    # The trainer always validates at its last step; with val_every > steps there is no curve to draw.
+    validation = validation if settings.val_every <= steps else ()
+    trainer = Trainer(config, options, strategy, labelled, unlabelled if name != "supervised" else (),
+                      validation, progress, cancel, init_weights=init_weights,
+                      metadata={"demo": True, **({"warm_start_steps": first_step - 1} if first_step > 1 else {})})
+    validation_by_step: dict[int, float] = {}
+    snapshot: dict[str, Any] = {}
+
+    def record(trainer_: Trainer, step: int) -> None:
+        if trainer_.validation_metrics.get("step") == step:
+            validation_by_step[step] = trainer_.validation_metrics["val_dice"]
+        if step == snapshot_step:
+            snapshot["weights"] = {k: v.detach().clone() for k, v in trainer_.network.state_dict().items()}
+            snapshot["seconds"] = time.perf_counter() - start
+
+    trainer.callbacks.append(record)
+    result = trainer.train()
+    seconds = time.perf_counter() - start  # includes the setup (teachers) and the teacher rounds
+    save_model(model_path, trainer.network, config, {**result.metadata, "training_seconds": round(seconds, 1)})
+    history = [{"step": i + first_step, "loss": loss,
+                **({"val_dice": validation_by_step[i + 1]} if i + 1 in validation_by_step else {})}
+               for i, loss in enumerate(result.losses)]
+    return {"train_seconds": seconds, "history": history, "validation": result.validation,
+            "strategy_settings": result.metadata.get("strategy_settings", {}),
+            "snapshot": snapshot.get("weights"), "snapshot_seconds": snapshot.get("seconds")}
+
+
+def train_students(
+    split: DemoSplit,
+    prepared: dict[str, Any],
+    config,
+    settings: DemoSettings,
+    models_dir: Path,
+    progress: Progress,
+    cancel: CancelToken,
+    errors: dict[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The supervised student, then each distilled one warm-started from it (same total steps).
+
+    The distilled students start from the supervised student's weights after
+    ``settings.warmup_steps`` steps and train ``steps - warmup_steps`` more with their
+    strategy, so every student sees the same labelled cases for the same number of steps;
+    the warm-up spares the teachers a first round of prompts from an untrained student
+    (boxes around noise on every slice, minutes of LiteMedSAM for nothing).
+    Returns ``{name: train_student(...) result + "model" path}``; the distilled
+    students' ``train_seconds`` include their share of the warm-up. With ``errors`` given,
+    a distilled strategy that fails is recorded there (``{name: message}``) and skipped
+    instead of stopping the run (benchmarks); cancelling always stops.
+    """
+    labelled = [prepared[i] for i in split.labelled]
+    unlabelled = [prepared[i] for i in split.unlabelled]
+    validation = [prepared[i] for i in split.validation]
+    warmup = settings.warmup_steps if settings.strategies else 0
+    results = {}
+    supervised = train_student("supervised", labelled, (), validation, config, settings,
+                               models_dir / "supervised.pt", progress, cancel, snapshot_step=warmup or None)
+    results["supervised"] = {**supervised, "model": models_dir / "supervised.pt"}
+    for name in settings.strategies:
+        try:
+            trained = train_student(name, labelled, unlabelled, validation, config, settings,
+                                    models_dir / f"{name}.pt", progress, cancel, steps=settings.steps - warmup,
+                                    init_weights=supervised["snapshot"], first_step=warmup + 1)
+        except CancelledError:
+            raise
+        except Exception as exc:
+            if errors is None:
+                raise
+            progress.close()
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        trained["train_seconds"] += supervised["snapshot_seconds"] or 0.0
+        trained["warmup_seconds"] = supervised["snapshot_seconds"]
+        results[name] = {**trained, "model": models_dir / f"{name}.pt"}
+    for result in results.values():
+        result.pop("snapshot", None)
+    return results
+
+
+def predict_student(model_path: Path, cases: Sequence[Case], folder: Path, progress: Progress,
+                    cancel: CancelToken, stage: str) -> tuple[dict[str, Volume], dict[str, float]]:
+    """Run a saved student (as ``distillseg predict --roi all``) on each case; writes label maps.
+
+    Returns the label maps and the inference seconds, by case.
+    """
+    from ..inference import predict_case
+    from ..student.model_file import load_model
+
+    model = load_model(model_path)
+    progress.start(stage, len(cases))
+    labels, seconds = {}, {}
+    for n, case in enumerate(cases, 1):
+        cancel.check()
+        prediction = predict_case(model, case, roi="all", device="cpu", cancel=cancel)
+        seconds[case.case_id] = prediction.seconds
+        labels[case.case_id] = prediction.label
+        write_image(prediction.label, folder / f"{case.case_id}.nii.gz")
+        progress.update(n)
+    progress.close()
+    return labels, seconds
+
+
+def run_teacher(
+    teacher,
+    cases: Sequence[Case],
+    prompts: dict[str, np.ndarray],
+    modality: str,
+    folder: Path,
+    progress: Progress,
+    cancel: CancelToken,
+    stage: str,
+) -> dict[str, float]:
+    """The teacher on each case with per-slice boxes from ``prompts[case_id]`` (a 0/1 mask on
+    the CT grid); writes ``probability >= 0.5`` as label maps; seconds per case."""
+    from ..teachers.prompts import Prompt
+
+    progress.start(stage, len(cases))
+    seconds = {}
+    for n, case in enumerate(cases, 1):
+        cancel.check()
+        prompt = Prompt(mask=(prompts[case.case_id] > 0).astype(np.float32), kinds=("box",))
+        start = time.perf_counter()
+        probability = teacher.predict(case.ct, case.pet_on_ct, prompt, modality)
+        seconds[case.case_id] = time.perf_counter() - start
+        label = (probability >= 0.5).astype(np.uint8)
+        write_image(case.ct.with_array(label, label_names={1: "tumour"}), folder / f"{case.case_id}.nii.gz")
+        progress.update(n)
+    progress.close()
+    return seconds
+
+
+# ----------------------------------------------------------------------------- the run
+
+def run_demo(
+    out: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    settings: DemoSettings = FULL_SETTINGS,
+    progress: Progress | None = None,
+    cancel: CancelToken | None = None,
+    command: str = "distillseg demo",
+) -> dict[str, Any]:
+    """Run the demo into ``out`` and return the report (also written as report.json/.md)."""
+    data_dir = resolve_data_dir(data)  # before the heavy imports: a wrong path fails at once
+    import torch
+
+    from ..commands.evaluate import evaluate_folders
+    from ..dataset import find_cases
+    from ..student.config import StudentConfig
+    from ..student.preprocess import prepare_case
+    from ..training.strategies import strategy_names
+    from .figures import plot_dice, plot_overlays, plot_training_curves
+    from .report import write_report
+
+    progress = progress or Progress(enabled=False)
+    cancel = cancel or CancelToken()
+    started = time.perf_counter()
+    out = Path(out)
+    unknown = [s for s in settings.strategies if s not in strategy_names() or s == "supervised"]
+    if unknown:
+        raise DistillSegError(
+            f"unknown distillation strategy {', '.join(unknown)}: available {', '.join(strategy_names())}")
+    sources = {c.case_id: c for c in find_cases(data_dir)}
+    split = sts_split(list(sources)).subset(settings.max_validation, settings.max_unlabelled)
+    notes: list[str] = []
+
+    # -- data
+    roles = [("labelled", split.labelled), ("validation", split.validation), ("unlabelled", split.unlabelled)]
+    total = sum(len(ids) for _, ids in roles)
+    progress.start("load", total)
+    cases: dict[str, Case] = {}
+    for case_id in (i for _, ids in roles for i in ids):
+        cancel.check()
+        cases[case_id] = sources[case_id].load()
+        progress.update(len(cases))
+    progress.close()
+    validation = [cases[i] for i in split.validation]
+    labels_dir, predictions_dir = out / "labels", out / "predictions"
+    write_labels(validation, labels_dir)
+
+    # -- SUV-threshold baseline
+    methods: dict[str, dict[str, Any]] = {}
+    suv = run_suv_baseline(validation, predictions_dir / SUV_METHOD, progress, cancel)
+    methods[SUV_METHOD] = {
+        "kind": "baseline", "description": f"{SUVMAX_FRACTION:.0%} of SUVmax inside the ROI (EANM 2015)",
+        "train_seconds": None, "inference_seconds_per_case": suv["inference_seconds_per_case"],
+        "thresholds": suv["thresholds"],
+    }
+
+    # -- students: same config, split, seed and steps
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    config = StudentConfig()
+    progress.start("prepare", total)
+    prepared = {}
+    for n, case_id in enumerate((i for _, ids in roles for i in ids), 1):
+        cancel.check()
+        prepared[case_id] = prepare_case(cases[case_id], config, with_label=case_id not in split.unlabelled)
+        progress.update(n)
+    progress.close()
+    students = ["supervised", *settings.strategies]
+    trained = train_students(split, prepared, config, settings, out / "models", progress, cancel)
+    histories = {name: trained[name]["history"] for name in students}
+    student_labels: dict[str, dict[str, Volume]] = {}
+    student_seconds: dict[str, dict[str, float]] = {}
+    for name in students:
+        student_labels[name], student_seconds[name] = predict_student(
+            trained[name]["model"], validation, predictions_dir / name, progress, cancel, f"predict {name}")
+        description = f"student, {len(split.labelled)} labelled cases only" if name == "supervised" else (
+            f"student distilled with {name} from LiteMedSAM ({len(split.unlabelled)} unlabelled cases; "
+            f"warm start: supervised step {settings.warmup_steps})")
+        methods[name] = {"kind": "student", "description": description,
+                         "train_seconds": trained[name]["train_seconds"],
+                         "inference_seconds_per_case": float(np.mean(list(student_seconds[name].values()))),
+                         "model": f"models/{name}.pt", "strategy_settings": trained[name]["strategy_settings"]}
+
+    # -- the teacher, prompted by the distilled student (realistic) and by the GT (upper bound)
+    from ..teachers.litemedsam import load_litemedsam
+
+    prompter = settings.strategies[0] if settings.strategies else "supervised"
+    teacher = load_litemedsam() if settings.teacher else None
+    teacher_cases = validation[: settings.max_teacher_cases]
+    prompt_sets = [("student", {i: v.array for i, v in student_labels[prompter].items()})] if teacher else []
+    if teacher and settings.teacher_upper_bound:
+        prompt_sets.append(("gt-box", {c.case_id: c.label_on_ct.array for c in validation}))
+    teacher_seconds: dict[str, dict[str, float]] = {}
+    for prompt_name, prompts in prompt_sets:
+        for modality in ("CT", "PET"):
+            name = f"{TEACHER}-{modality.lower()}-{prompt_name}"
+            seconds = run_teacher(teacher, teacher_cases, prompts, modality, predictions_dir / name, progress,
+                                  cancel, f"teacher {modality} ({prompt_name} boxes)")
+            teacher_seconds[name] = seconds
+            source = f"boxes from the `{prompter}` student's mask" if prompt_name == "student" else \
+                "boxes from the ground truth: UPPER BOUND, not a prompt-free result"
+            methods[name] = {"kind": "teacher" if prompt_name == "student" else "teacher (upper bound)",
+                             "description": f"LiteMedSAM on {modality}, {source}",
+                             "train_seconds": None, "inference_seconds_per_case": float(np.mean(list(seconds.values()))),
+                             "upper_bound": prompt_name != "student"}
+
+    # -- evaluation: the very function behind `distillseg evaluate`
+    evaluation = {}
+    progress.start("evaluate", len(methods))
+    for n, name in enumerate(methods, 1):
+        cancel.check()
+        evaluation[name] = evaluate_folders(predictions_dir / name, labels_dir)
+        mean = evaluation[name]["mean"]
+        methods[name].update(dice=mean["dice"], hd95=mean["hd95_mm"], surface_dice=mean["surface_dice_2mm"],
+                             hd95_undefined=mean["hd95_undefined"], cases=mean["cases"])
+        progress.update(n)
+    progress.close()
+    per_case_dice = {name: {c["case_id"]: c["dice"] for c in result["cases"]} for name, result in evaluation.items()}
+
+    # -- speed: student vs teacher on both modalities, per case
+    speed = {}
+    if teacher is not None:
+        ids = [c.case_id for c in teacher_cases]
+        student_per_case = float(np.mean([student_seconds[prompter][i] for i in ids]))
+        teacher_per_case = float(np.mean([
+            teacher_seconds[f"{TEACHER}-ct-student"][i] + teacher_seconds[f"{TEACHER}-pet-student"][i] for i in ids]))
+        speed = {"student": prompter, "cases": ids, "student_seconds_per_case": student_per_case,
+                 "teacher_seconds_per_case": teacher_per_case, "ratio": teacher_per_case / student_per_case,
+                 "note": "teacher = LiteMedSAM on CT + on PET, boxes on the slices the student marks; "
+                         "student = whole crop, sliding window; both on this CPU, wall-clock"}
+        if len(teacher_cases) < len(validation):
+            subset = {name: float(np.mean([per_case_dice[name][i] for i in ids])) for name in (SUV_METHOD, *students)}
+            speed["same_cases_dice"] = subset
+            notes.append(
+                f"The teacher (LiteMedSAM, minutes per case on this CPU) ran on the first {len(ids)} validation "
+                f"cases only ({', '.join(ids)}); on those cases: "
+                + ", ".join(f"`{k}` Dice {v:.3f}" for k, v in subset.items()) + ".")
+    else:
+        notes.append("The teacher was not evaluated in this run (--no-teacher).")
+
+    # -- figures
+    figures_dir = out / "figures"
+    shown = validation[: settings.overlay_cases]
+    figure_methods = [SUV_METHOD, *students] + ([f"{TEACHER}-ct-student"] if teacher is not None else [])
+    predictions_shown = {m: [_read_prediction(predictions_dir / m, c.case_id) for c in shown] for m in figure_methods}
+    predictions_shown = {m: v for m, v in predictions_shown.items() if any(p is not None for p in v)}
+    plot_overlays([c.ct for c in shown], [c.pet_on_ct for c in shown], [c.label_on_ct for c in shown],
+                  predictions_shown, [c.case_id for c in shown], figures_dir / "overlays.png")
+    plot_dice({m: list(per_case_dice[m].values()) for m in methods}, figures_dir / "dice.png",
+              title=f"Dice on {len(validation)} validation cases (box: quartiles, diamond/number: mean)")
+    plot_training_curves(histories, figures_dir / "training_curves.png")
+    figures = {"overlays": "figures/overlays.png", "dice": "figures/dice.png",
+               "training_curves": "figures/training_curves.png"}
+
+    for name in settings.strategies:
+        gain = methods[name]["dice"] - methods["supervised"]["dice"]
+        notes.append(f"`{name}` vs `supervised`: {gain * 100:+.1f} Dice points on {len(validation)} validation "
+                     f"cases (one seed; see benchmarks/distillation.py for three seeds).")
+    if settings != FULL_SETTINGS:
+        notes.append("This run used reduced settings (--quick or overrides): fewer steps and cases than the full "
+                     "demo, so its numbers are a smoke test, not the method's accuracy.")
+
+    report = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "version": __version__,
+        "device": f"CPU ({os.cpu_count()} cores, {platform.machine()}), torch {torch.__version__}, "
+                  f"{torch.get_num_threads()} threads, load average at the end {os.getloadavg()[0]:.1f} "
+                  "(other processes share the cores: timings are wall-clock)",
+        "data": str(data_dir),
+        "settings": settings.to_dict(),
+        "split": {**sts_split(list(sources)).to_dict(), "validation_used": list(split.validation),
+                  "unlabelled_used": list(split.unlabelled)},
+        "methods": methods,
+        "per_case_dice": per_case_dice,
+        "evaluation": evaluation,
+        "speed": speed,
+        "training_history": histories,
+        "figures": figures,
+        "notes": notes,
+        "total_seconds": time.perf_counter() - started,
+        "cpu_seconds": _cpu_seconds(),
+    }
+    write_report(out, report)
+    progress.emit(stage="done", report=str(out / "report.md"), seconds=round(report["total_seconds"], 1))
+    return report
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads): a timing that other processes
+    competing for the cores do not inflate, unlike the wall-clock seconds."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return float(usage.ru_utime + usage.ru_stime)
+
+
+def _read_prediction(folder: Path, case_id: str) -> Volume | None:
+    """A saved prediction, or None where the method did not run on the case (the teacher's subset)."""
+    from ..volume import read_image
+
+    path = folder / f"{case_id}.nii.gz"
+    return read_image(path) if path.exists() else None
+
+
+def settings_from_args(args: argparse.Namespace) -> DemoSettings:
+    """``--quick`` picks :data:`QUICK_SETTINGS`; the advanced overrides replace single fields."""
+    settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
+    overrides = {
+        "steps": args.steps, "warmup_steps": args.warmup_steps, "max_teacher_cases": args.max_teacher_cases,
+        "seed": args.seed, "max_validation": args.max_val_cases,
+        "max_unlabelled": args.max_unlabelled_cases, "refresh_every": args.refresh_every,
+        "val_every": args.val_every,
+        "strategies": tuple(s.strip() for s in args.strategies.split(",") if s.strip())
+        if args.strategies is not None else None,
+    }
+    if args.no_upper_bound:
+        overrides["teacher_upper_bound"] = False
+    if args.no_teacher:
+        overrides["teacher"] = False
+    if args.steps is not None and args.warmup_steps is None:
+        # keep the warm-up's share of the steps (200 of 600, 60 of 120)
+        overrides["warmup_steps"] = settings.warmup_steps * args.steps // settings.steps
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    if settings.strategies and not 0 <= settings.warmup_steps < settings.steps:
+        raise DistillSegError(f"--warmup-steps must be in [0, --steps), got {settings.warmup_steps}")
+    minimums = (("--steps", settings.steps, 1), ("--max-teacher-cases", settings.max_teacher_cases, 1),
+                ("--refresh-every", settings.refresh_every, 1), ("--val-every", settings.val_every, 1),
+                ("--max-val-cases", settings.max_validation, 1),
+                ("--max-unlabelled-cases", settings.max_unlabelled, 1 if settings.strategies else 0))
+    for flag, value, least in minimums:
+        if value is not None and value < least:
+            raise DistillSegError(f"{flag} must be at least {least}, got {value}")
+    return settings

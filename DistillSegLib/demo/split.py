@@ -1,0 +1,90 @@
+"""The fixed, documented split of the 30 ``sts-petct`` cases used by ``distillseg demo``.
+
+* labelled: ``STS_001`` .. ``STS_005`` (the five labelled cases of the reference figures
+  in ``../shared/DESIGN.md``; 5 labels is the semi-supervised setting of the MuDuo paper);
+* validation: 10 cases drawn from the other 25 by ``numpy.random.default_rng(SPLIT_SEED)
+  .permutation`` (the first 10 of the permuted order); reported, never tuned on;
+* unlabelled: the remaining 15 (their masks are never read for training).
+
+The seed was fixed before any result was seen. :data:`VALIDATION_CASES` and
+:data:`UNLABELLED_CASES` write the outcome down; :func:`sts_split` recomputes it from the
+case list and the seed, so a changed data folder is noticed instead of silently reshuffled.
+Subsets (``--quick``, ``--max-val-cases``) take the *first* cases of the permuted order,
+so a smaller run always evaluates a prefix of the full validation list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DistillSegError
+
+SPLIT_SEED = 2015
+N_VALIDATION = 10
+LABELLED_CASES = ("STS_001", "STS_002", "STS_003", "STS_004", "STS_005")
+# numpy.random.default_rng(2015).permutation of the 25 other case ids (sorted), first 10:
+VALIDATION_CASES = (
+    "STS_028", "STS_024", "STS_048", "STS_043", "STS_019",
+    "STS_050", "STS_044", "STS_018", "STS_029", "STS_036",
+)
+# ... and the remaining 15, in permuted order:
+UNLABELLED_CASES = (
+    "STS_012", "STS_026", "STS_033", "STS_034", "STS_025", "STS_042", "STS_015", "STS_023",
+    "STS_006", "STS_038", "STS_041", "STS_014", "STS_032", "STS_008", "STS_035",
+)
+
+
+@dataclass(frozen=True)
+class DemoSplit:
+    """Case ids of each role, in the split's fixed order."""
+
+    labelled: tuple[str, ...]
+    validation: tuple[str, ...]
+    unlabelled: tuple[str, ...]
+    seed: int
+
+    def subset(self, max_validation: int | None = None, max_unlabelled: int | None = None) -> "DemoSplit":
+        """The same split cut to the first ``max_*`` cases of each permuted list (labelled kept)."""
+        return DemoSplit(
+            self.labelled,
+            self.validation[:max_validation] if max_validation is not None else self.validation,
+            self.unlabelled[:max_unlabelled] if max_unlabelled is not None else self.unlabelled,
+            self.seed,
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "seed": self.seed,
+            "rule": "labelled STS_001-005; validation = first 10 of numpy.random.default_rng(seed)"
+            ".permutation(other 25 sorted ids); unlabelled = the rest",
+            "labelled": list(self.labelled),
+            "validation": list(self.validation),
+            "unlabelled": list(self.unlabelled),
+        }
+
+
+def sts_split(
+    case_ids: list[str] | tuple[str, ...],
+    seed: int = SPLIT_SEED,
+    n_validation: int = N_VALIDATION,
+    labelled: tuple[str, ...] = LABELLED_CASES,
+) -> DemoSplit:
+    """Split case ids into labelled / validation / unlabelled (see the module docstring).
+
+    Raises:
+        DistillSegError: a labelled case is missing, or too few cases remain.
+    """
+    ids = sorted(set(case_ids))
+    missing = [c for c in labelled if c not in ids]
+    if missing:
+        raise DistillSegError(f"the demo split needs the labelled cases {list(labelled)}; missing {missing}")
+    rest = [c for c in ids if c not in labelled]
+    if len(rest) < n_validation + 1:
+        raise DistillSegError(
+            f"the demo split needs at least {n_validation + 1} cases besides {list(labelled)}, found {len(rest)}"
+        )
+    order = np.random.default_rng(seed).permutation(len(rest))
+    permuted = tuple(rest[i] for i in order)
+    return DemoSplit(tuple(labelled), permuted[:n_validation], permuted[n_validation:], seed)

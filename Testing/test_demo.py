@@ -1,0 +1,106 @@
+"""``distillseg demo``: the fixed split, the SUV-threshold baseline, and a report that agrees
+with a separate ``distillseg evaluate`` of the saved predictions (real sts-petct cases)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from DistillSegLib import cli
+from DistillSegLib.baselines import SUVMAX_FRACTION, suv_threshold_segmentation
+from DistillSegLib.case import load_case_folder
+from DistillSegLib.dataset import find_cases
+from DistillSegLib.demo.split import LABELLED_CASES, UNLABELLED_CASES, VALIDATION_CASES, sts_split
+from DistillSegLib.errors import DistillSegError
+from DistillSegLib.inference import roi_from_mask
+from DistillSegLib.metrics import dice
+
+
+def test_split_is_the_documented_one(sts_dir):
+    split = sts_split([c.case_id for c in find_cases(sts_dir)])
+    assert split.labelled == LABELLED_CASES == tuple(f"STS_00{i}" for i in range(1, 6))
+    assert split.validation == VALIDATION_CASES and split.unlabelled == UNLABELLED_CASES
+    everything = split.labelled + split.validation + split.unlabelled
+    assert len(everything) == len(set(everything)) == 30
+    small = split.subset(max_validation=3, max_unlabelled=2)
+    assert small.validation == VALIDATION_CASES[:3] and small.unlabelled == UNLABELLED_CASES[:2]
+    assert sts_split(list(everything), seed=1).validation != VALIDATION_CASES  # the seed matters
+    with pytest.raises(DistillSegError, match="STS_001"):
+        sts_split([c for c in everything if c != "STS_001"])
+
+
+def test_suv_threshold_is_41_percent_of_suvmax_and_finds_the_tumour(sts_case_dir):
+    case = load_case_folder(sts_case_dir("STS_003"))
+    result = suv_threshold_segmentation(case)
+    pet = case.pet_on_ct.array
+    assert result.suv_max == pytest.approx(float(pet.max()))
+    assert result.threshold == pytest.approx(SUVMAX_FRACTION * result.suv_max)
+    assert SUVMAX_FRACTION == 0.41
+    mask = result.mask.array > 0
+    np.testing.assert_array_equal(mask, pet >= result.threshold)
+    assert result.mask.shape == case.ct.shape and np.allclose(result.mask.affine, case.ct.affine)
+    gt = case.label_on_ct.array > 0
+    assert dice(mask, gt) > 0.6  # a wrong grid, threshold or orientation scores near 0
+    # With an ROI box, SUVmax and the mask come from inside the box only.
+    roi = roi_from_mask(case.label_on_ct, margin_mm=5.0)
+    boxed = suv_threshold_segmentation(case, roi=roi)
+    assert boxed.suv_max <= result.suv_max + 1e-6
+    assert not (boxed.mask.array.astype(bool) & ~_inside(case.ct, roi)).any()
+    assert dice(boxed.mask.array > 0, gt) > 0.6
+    with pytest.raises(DistillSegError, match="fraction"):
+        suv_threshold_segmentation(case, fraction=1.5)
+
+
+def _inside(grid, roi) -> np.ndarray:
+    from DistillSegLib.volume import apply_affine
+
+    world = apply_affine(grid.affine, np.indices(grid.shape).reshape(3, -1).T)
+    return np.all((world >= roi[0]) & (world <= roi[1]), axis=1).reshape(grid.shape)
+
+
+def test_demo_report_equals_a_separate_evaluate(sts_dir, tmp_path, capsys):
+    """The tiny override run (1 step, 1 validation case, no teacher: LiteMedSAM takes minutes
+    per case on this CPU) writes a report whose numbers `distillseg evaluate` reproduces."""
+    out = tmp_path / "demo"
+    # In-process through the CLI entry point (the subprocess's imports would double the time).
+    status = cli.main(["demo", "--data", str(sts_dir), "--out", str(out), "--steps", "1", "--strategies", "",
+                       "--max-val-cases", "1", "--max-unlabelled-cases", "0", "--no-teacher", "--val-every", "1000",
+                       "--json-progress"])
+    assert status == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert {"load", "suv41", "train", "evaluate"} <= {line["stage"] for line in lines}
+    assert lines[-1]["stage"] == "done"
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["split"]["validation_used"] == [VALIDATION_CASES[0]]
+    assert set(report["methods"]) == {"suv41", "supervised"}
+    for method, summary in report["methods"].items():
+        assert cli.main(["evaluate", "--pred", str(out / "predictions" / method), "--gt", str(out / "labels"),
+                         "--json"]) == 0
+        evaluated = json.loads(capsys.readouterr().out)
+        assert report["evaluation"][method] == evaluated
+        assert summary["dice"] == evaluated["mean"]["dice"]
+        assert report["per_case_dice"][method] == {c["case_id"]: c["dice"] for c in evaluated["cases"]}
+    assert report["methods"]["suv41"]["dice"] > 0.3  # STS_028: the threshold finds the tumour
+    history = report["training_history"]["supervised"]
+    assert [h["step"] for h in history] == [1] and np.isfinite(history[0]["loss"])
+
+    markdown = (out / "report.md").read_text()
+    assert f"| {report['methods']['suv41']['dice']:.3f} |" in markdown
+    assert "DOI 10.7937/K9/TCIA.2015.7GO2GSKS" in markdown and "CC BY 3.0" in markdown
+    for name in ("overlays", "dice", "training_curves"):
+        png = out / "figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_demo_without_data_is_one_clear_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "DistillSegLib", "demo", "--data", str(tmp_path / "nowhere"), "--out",
+         str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: sts-petct data not found") and "Traceback" not in result.stderr
