@@ -164,28 +164,10 @@ def decode_with_prompts(sam: nn.Module, image_embedding: torch.Tensor, mask_logi
     """
     if boxes is not None and boxes.ndim == 2:
         boxes = boxes[:, None, :]
-    if prompt is not None:
-        learned_sparse, learned_dense = prompt(image_embedding)
-    dense_pe = sam.prompt_encoder.get_dense_pe()
-    outputs = []
-    for b in range(image_embedding.shape[0]):
-        sparse, dense = sam.prompt_encoder(
-            points=None,
-            boxes=None if boxes is None else boxes[b:b + 1],
-            masks=None if mask_logits is None else mask_logits[b:b + 1],
-        )
-        if prompt is not None:
-            sparse = torch.cat([sparse, learned_sparse[b:b + 1]], dim=1)
-            dense = dense + learned_dense[b:b + 1]
-        low_res, _ = sam.mask_decoder(
-            image_embeddings=image_embedding[b:b + 1],
-            image_pe=dense_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=False,
-        )
-        outputs.append(low_res[:, :1])
-    return torch.cat(outputs)
+    from ..teachers.slicewise import decode_slices
+
+    learned = prompt(image_embedding) if prompt is not None else None
+    return decode_slices(sam, image_embedding, boxes=boxes, masks=mask_logits, learned=learned)
 
 
 @dataclass

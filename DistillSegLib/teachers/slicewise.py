@@ -185,27 +185,13 @@ class SamSliceTeacher:
         The image encoder runs on the whole batch; the prompt encoder and mask decoder per
         slice (segment-anything's decoder expects one image per call).
         """
-        import torch
 
-        model = self.model
-        embeddings = model.image_encoder(images.to(self.device))
-        dense_pe = model.prompt_encoder.get_dense_pe()
-        outputs = []
-        for s in range(embeddings.shape[0]):
-            sparse, dense = model.prompt_encoder(
-                points=None if points is None else (points[s:s + 1].to(self.device), point_labels[s:s + 1].to(self.device)),
-                boxes=None if boxes is None else boxes[s:s + 1].to(self.device),
-                masks=None if masks is None else masks[s:s + 1].to(self.device),
-            )
-            low_res, _ = model.mask_decoder(
-                image_embeddings=embeddings[s:s + 1],
-                image_pe=dense_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
-            outputs.append(low_res[:, :1])
-        return torch.cat(outputs)
+        def on_device(tensor):
+            return None if tensor is None else tensor.to(self.device)
+
+        embeddings = self.model.image_encoder(images.to(self.device))
+        return decode_slices(self.model, embeddings, on_device(boxes), on_device(points),
+                             on_device(point_labels), on_device(masks))
 
     def logits_to_slices(self, logits, resized: tuple[int, int], original: tuple[int, int]) -> np.ndarray:
         """``(S, 1, M, M)`` low-res logits -> ``(S, H, W)`` probabilities on the slice grid."""
@@ -272,3 +258,42 @@ class SamSliceTeacher:
             labels[s, : len(rc)] = lab
         return torch.from_numpy(coords), torch.from_numpy(labels)
 
+
+def decode_slices(model, embeddings, boxes=None, points=None, point_labels=None, masks=None, learned=None):
+    """SAM-style prompt encoder + mask decoder on precomputed image embeddings.
+
+    Args:
+        model: any model with segment-anything's ``prompt_encoder`` and ``mask_decoder``
+            (SAM ViT-B/L/H, LiteMedSAM).
+        embeddings: ``(S, 256, h, w)`` image embeddings (64 x 64 for SAM and LiteMedSAM).
+        boxes / points + point_labels / masks: per-slice prompts, first dimension ``S``.
+        learned: optional ``(sparse (S, n, 256), dense (S, 256, h, w))`` additions from a
+            learnable prompt module (KnowSAM), appended to the sparse tokens and added to
+            the dense embedding.
+
+    Returns:
+        ``(S, 1, 4h, 4w)`` low-resolution mask logits. The decoder runs one slice per call:
+        segment-anything's ``MaskDecoder`` repeats the image embedding per prompt.
+    """
+    import torch
+
+    dense_pe = model.prompt_encoder.get_dense_pe()
+    outputs = []
+    for s in range(embeddings.shape[0]):
+        sparse, dense = model.prompt_encoder(
+            points=None if points is None else (points[s:s + 1], point_labels[s:s + 1]),
+            boxes=None if boxes is None else boxes[s:s + 1],
+            masks=None if masks is None else masks[s:s + 1],
+        )
+        if learned is not None:
+            sparse = torch.cat([sparse, learned[0][s:s + 1]], dim=1)
+            dense = dense + learned[1][s:s + 1]
+        low_res, _ = model.mask_decoder(
+            image_embeddings=embeddings[s:s + 1],
+            image_pe=dense_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        outputs.append(low_res[:, :1])
+    return torch.cat(outputs)
