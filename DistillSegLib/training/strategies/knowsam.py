@@ -28,7 +28,7 @@ from ...distill.losses import ramped_weight
 from ...distill.tskd import finetune_teacher
 from ...teachers.lora import add_lora, lora_parameters
 from ..trainer import Strategy
-from .teaching import (new_cache, DEFAULT_TEACHER, concatenate_slices, crop_teacher_batch, foreground_logits,
+from .teaching import (new_cache, DEFAULT_TEACHER, concatenate_slices, mixed_batch, foreground_logits,
                        labelled_slices, load_teacher, make_prompt, student_foreground, teacher_round,
                        tuned_teacher)
 
@@ -127,11 +127,8 @@ class KnowSAMStrategy(Strategy):
     def loss(self, trainer, step: int):
         from ...distill.losses import kd_kl_loss, probability_to_logits
 
-        labelled = trainer.labelled_batch()
-        label = labelled["label"].to(trainer.device)
-        _, batch = crop_teacher_batch(trainer, self.outputs)
-        # One forward per network over labelled + unlabelled patches (a KnowSAM batch).
-        image, n = torch.cat([labelled["image"].to(trainer.device), batch["image"]]), len(label)
+        image, label, _, batch = mixed_batch(trainer, self.outputs)
+        n = len(label)
         la, lb = trainer.model(image), self.second_model(image)
         lf = self.fusion_model(la[:n], lb[:n])
         supervised = 0.5 * (trainer.supervised_loss(la[:n], label) + trainer.supervised_loss(lb[:n], label)) \

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from ...distill.muduo import MuDuoConfig, muduo_consistency
 from ..trainer import Strategy
-from .teaching import (new_cache, DEFAULT_TEACHER, crop_teacher_batch, foreground_of, load_teacher,
+from .teaching import (new_cache, DEFAULT_TEACHER, foreground_of, mixed_batch, load_teacher,
                        seeded_generator, teacher_round)
 
 
@@ -66,11 +66,8 @@ class MuDuoStrategy(Strategy):
     def loss(self, trainer, step: int):
         import torch
 
-        labelled = trainer.labelled_batch()
-        label = labelled["label"].to(trainer.device)
-        locations, batch = crop_teacher_batch(trainer, self.outputs)
-        # One forward over labelled + unlabelled patches (the paper's mixed batch).
-        logits = trainer.model(torch.cat([labelled["image"].to(trainer.device), batch["image"]]))
+        image, label, locations, batch = mixed_batch(trainer, self.outputs)
+        logits = trainer.model(image)
         supervised = trainer.supervised_loss(logits[: len(label)], label)
         student = foreground_of(logits[len(label):])
         valid = torch.tensor([self.has_prompt.get(loc.case_id, False) for loc in locations])

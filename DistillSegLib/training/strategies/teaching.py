@@ -184,6 +184,19 @@ def crop_teacher_batch(trainer, outputs: Mapping[str, Mapping[str, np.ndarray]],
     return locations, {k: v.to(trainer.device) for k, v in batch.items()}
 
 
+def mixed_batch(trainer, outputs: Mapping[str, Mapping[str, np.ndarray]]):
+    """Labelled patches followed by unlabelled ones with the round's teacher outputs.
+
+    Returns ``(image, label, locations, teacher_batch)``: ``image`` stacks the labelled then
+    the unlabelled patches (one forward per network, the methods' mixed batch); ``label``
+    belongs to the first ``len(label)`` of them.
+    """
+    labelled = trainer.labelled_batch()
+    locations, batch = crop_teacher_batch(trainer, outputs)
+    image = torch.cat([labelled["image"].to(trainer.device), batch["image"]])
+    return image, labelled["label"].to(trainer.device), locations, batch
+
+
 def foreground_of(logits: torch.Tensor) -> torch.Tensor:
     """``(B, 1, ...)`` probability of any foreground class from ``(B, C, ...)`` logits."""
     return 1.0 - torch.softmax(logits, dim=1)[:, :1]

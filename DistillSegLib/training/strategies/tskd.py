@@ -22,7 +22,7 @@ import torch
 from ...distill.tskd import TSKDConfig, distillation_loss, finetune_teacher
 from ...teachers.lora import add_lora, lora_parameters
 from ..trainer import Strategy
-from .teaching import (new_cache, DEFAULT_TEACHER, concatenate_slices, crop_teacher_batch, foreground_logits,
+from .teaching import (new_cache, DEFAULT_TEACHER, concatenate_slices, mixed_batch, foreground_logits,
                        labelled_slices, load_teacher, teacher_round, tuned_teacher)
 
 
@@ -99,10 +99,8 @@ class TSKDStrategy(Strategy):
         return self.outputs
 
     def loss(self, trainer, step: int):
-        labelled = trainer.labelled_batch()
-        label = labelled["label"].to(trainer.device)
-        _, batch = crop_teacher_batch(trainer, self.outputs)
-        logits = trainer.model(torch.cat([labelled["image"].to(trainer.device), batch["image"]]))
+        image, label, _, batch = mixed_batch(trainer, self.outputs)
+        logits = trainer.model(image)
         supervised = trainer.supervised_loss(logits[: len(label)], label)
         distilled = distillation_loss(foreground_logits(logits[len(label):]), batch["p_teacher"], self.config)
         return supervised + distilled, {"supervised": float(supervised), "distillation": float(distilled)}
