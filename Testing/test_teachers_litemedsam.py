@@ -133,3 +133,26 @@ def test_segment_with_teacher_labels_the_ct_grid_and_caches(teacher_run, tumour_
     assert cache.hits == 1
     np.testing.assert_array_equal(again_probability.array, probability.array)
     np.testing.assert_array_equal(again.array, label.array)
+
+
+def test_slice_embeddings_are_reused_across_prompts_and_processes(litemedsam, ct_prediction, tumour_crop, tmp_path):
+    import copy
+
+    from DistillSegLib.teachers.embeddings import EmbeddingStore
+
+    ct, pet, truth = tumour_crop
+    teacher = copy.copy(litemedsam)
+    teacher.embedding_store = EmbeddingStore(tmp_path, memory_bytes=1 << 30)
+    first_half = truth.copy()
+    first_half[:, :, 2:] = False
+    teacher.predict(ct, pet, Prompt(first_half, box_margin=2), "CT")
+    assert (teacher.embedding_store.hits, teacher.embedding_store.misses) == (0, 2)
+    # Another prompt on the same case: only the two new slices go through the encoder.
+    reused = teacher.predict(ct, pet, Prompt(truth, box_margin=2), "CT")
+    assert (teacher.embedding_store.hits, teacher.embedding_store.misses) == (2, 4)
+    np.testing.assert_allclose(reused, ct_prediction, atol=1e-4)
+    # A new process (new store on the same folder) reads the embeddings back from disk.
+    teacher.embedding_store = EmbeddingStore(tmp_path, memory_bytes=1 << 30)
+    again = teacher.predict(ct, pet, Prompt(truth, box_margin=2), "CT")
+    assert (teacher.embedding_store.hits, teacher.embedding_store.misses) == (4, 0)
+    np.testing.assert_array_equal(again, reused)

@@ -150,3 +150,23 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
         load_teacher("sam-med3d")
     with pytest.raises(DistillSegError, match="unknown teacher"):
         load_teacher("medsam2")
+
+
+def test_embedding_store_memory_is_bounded_and_keyed_by_weights_and_image(tmp_path):
+    from DistillSegLib.teachers.embeddings import EmbeddingStore, slice_digest
+
+    image = np.zeros((3, 8, 8), np.float32)
+    other = image.copy()
+    other[0, 0, 0] = 1e-6
+    keys = {slice_digest("w1", image), slice_digest("w2", image), slice_digest("w1", other)}
+    assert len(keys) == 3  # another weight or a one-voxel change never reuses an entry
+    embedding = np.ones((4, 16, 16), np.float32)  # 4 KiB
+    store = EmbeddingStore(None, memory_bytes=3 * embedding.nbytes)
+    for n in range(5):
+        store.put(f"k{n}", embedding * n)
+    assert store.get("k0") is None and store.get("k1") is None  # least recently used dropped
+    np.testing.assert_array_equal(store.get("k4"), embedding * 4)
+    disk = EmbeddingStore(tmp_path, memory_bytes=0)
+    disk.put("abc", embedding)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["abc.npy"]  # atomic: no leftovers
+    np.testing.assert_array_equal(EmbeddingStore(tmp_path).get("abc"), embedding)

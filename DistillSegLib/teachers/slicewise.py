@@ -27,6 +27,7 @@ import numpy as np
 
 from ..volume import Volume
 from .base import Reorientation, check_inputs
+from .embeddings import encode_with_store
 from .prompts import Prompt, mask_prompt, sample_points, slice_boxes
 
 # MedSAM pre_CT_MR.py: abdomen soft-tissue window.
@@ -97,6 +98,9 @@ class SamSliceTeacher:
         prompt_kinds: prompt kinds the model is used with.
         modality: default modality; both CT and PET are accepted.
         batch_size: slices per image-encoder batch.
+
+    ``predict`` reuses slice embeddings (:mod:`.embeddings`); set ``embedding_store`` to an
+    :class:`~.embeddings.EmbeddingStore` or None (default: the process-wide store).
     """
 
     dims = 2
@@ -125,6 +129,7 @@ class SamSliceTeacher:
         self.modality = modality
         self.batch_size = int(batch_size)
         self.device = device
+        self.embedding_store = "default"
 
     # ------------------------------------------------------------------ public API
     def predict(self, ct: Volume, pet: Volume, prompt: Prompt, modality: str | None = None) -> np.ndarray:
@@ -139,8 +144,10 @@ class SamSliceTeacher:
             with torch.inference_mode():
                 for start in range(0, len(batch.slices), self.batch_size):
                     part = slice(start, start + self.batch_size)
-                    logits = self.forward_slices(
-                        batch.images[part],
+                    embeddings = encode_with_store(self.model.image_encoder, batch.images[part],
+                                                   self.weights_sha256, self.store(), self.device)
+                    logits = self.decode(
+                        embeddings,
                         None if batch.boxes is None else batch.boxes[part],
                         None if batch.points is None else batch.points[part],
                         None if batch.point_labels is None else batch.point_labels[part],
@@ -185,13 +192,23 @@ class SamSliceTeacher:
         The image encoder runs on the whole batch; the prompt encoder and mask decoder per
         slice (segment-anything's decoder expects one image per call).
         """
+        return self.decode(self.model.image_encoder(images.to(self.device)), boxes, points, point_labels, masks)
+
+    def decode(self, embeddings, boxes=None, points=None, point_labels=None, masks=None):
+        """Low-resolution mask logits ``(S, 1, M, M)`` from image embeddings ``(S, C, h, w)``."""
 
         def on_device(tensor):
             return None if tensor is None else tensor.to(self.device)
 
-        embeddings = self.model.image_encoder(images.to(self.device))
         return decode_slices(self.model, embeddings, on_device(boxes), on_device(points),
                              on_device(point_labels), on_device(masks))
+
+    def store(self):
+        """Where slice embeddings are reused (:mod:`.embeddings`): ``embedding_store`` when
+        set, else the process-wide default; None recomputes every time."""
+        from .embeddings import default_store
+
+        return default_store() if self.embedding_store == "default" else self.embedding_store
 
     def logits_to_slices(self, logits, resized: tuple[int, int], original: tuple[int, int]) -> np.ndarray:
         """``(S, 1, M, M)`` low-res logits -> ``(S, H, W)`` probabilities on the slice grid."""

@@ -141,8 +141,8 @@ class KnowSAMStrategy(Strategy):
         unsupervised = self.config.kd_weight * kd + self.config.entropy_weight * terms.entropy \
             + weight * terms.consistency
         loss = supervised + 0.5 * unsupervised
-        return loss, {"supervised": float(supervised), "kd": float(kd), "entropy": float(terms.entropy),
-                      "consistency": float(terms.consistency), "weight": weight}
+        return loss, {"supervised": float(supervised.detach()), "kd": float(kd.detach()), "entropy": float(terms.entropy.detach()),
+                      "consistency": float(terms.consistency.detach()), "weight": weight}
 
     def metadata(self) -> dict[str, Any]:
         return {"method": "KnowSAM (Huang et al., IEEE TMI 2025, arXiv:2412.13742)", **asdict(self.config),

@@ -75,7 +75,7 @@ class MuDuoStrategy(Strategy):
                                   seeded_generator(trainer))
         weight = self.config.consistency_weight(step, trainer.options.steps)
         loss = self.config.supervised_weight * supervised + weight * terms.loss
-        return loss, {"supervised": float(supervised), "consistency": float(terms.loss), "weight": weight,
+        return loss, {"supervised": float(supervised.detach()), "consistency": float(terms.loss.detach()), "weight": weight,
                       "teacher_iou": float(terms.iou.mean()), "alpha": float(terms.alpha.mean())}
 
     def metadata(self) -> dict[str, Any]:

@@ -66,7 +66,7 @@ class SKDStrategy(Strategy):
         _, batch = crop_teacher_batch(trainer, {"p_skd": self.targets})
         student = foreground_logits(trainer.model(batch["image"]))
         kd = kd_kl_loss(student, probability_to_logits(batch["p_skd"]), self.config.temperature)
-        return loss + self.config.weight * kd, {**logs, "skd": float(kd)}
+        return loss + self.config.weight * kd, {**logs, "skd": float(kd.detach())}
 
     def metadata(self) -> dict[str, Any]:
         return {**self.inner.metadata(), "skd": {"temperature": self.config.temperature, "weight": self.config.weight,

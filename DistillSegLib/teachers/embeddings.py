@@ -1,0 +1,136 @@
+"""Image embeddings of 2D SAM-family teachers, computed once per slice and reused.
+
+SAM's design separates a heavy image encoder from a light prompt encoder and mask
+decoder, so that one embedding serves every prompt (Kirillov et al., "Segment Anything",
+2023, section 3). LiteMedSAM's encoder costs about 75 GFLOP per 256x256 slice (measured
+with ``torch.utils.flop_counter``), roughly 3 s of a 2-core CPU, while its decoder takes
+about 0.2 s: re-prompting a case (a new distillation round, ground-truth boxes beside the
+student's, a radiologist's correction) should only re-run the decoder.
+
+Embeddings are keyed by the teacher's weights (``weights_sha256``, LoRA adapters
+included) and the SHA-256 of the preprocessed slice tensor, so a changed image, window or
+weight never reuses a stale entry. They are kept in memory (least recently used first
+out, bounded in bytes) and, when a folder is given, on disk as float32 ``.npy`` files
+written atomically (4 MiB per LiteMedSAM slice): a later process (the next seed of a
+benchmark, the next ``distillseg predict --teacher``) reads them back bit for bit.
+
+Environment: ``DISTILLSEG_EMBEDDING_MEMORY_MB`` (default 2048) bounds the memory part;
+``DISTILLSEG_EMBEDDING_CACHE=0`` switches the disk part off (default: on, under the
+teachers' cache folder, ``$DISTILLSEG_CACHE/embeddings``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_path
+
+MEMORY_ENV = "DISTILLSEG_EMBEDDING_MEMORY_MB"
+DISK_ENV = "DISTILLSEG_EMBEDDING_CACHE"
+DEFAULT_MEMORY_MB = 2048
+
+
+def slice_digest(weights_sha256: str, image) -> str:
+    """Key of one preprocessed slice ``(3, N, N)`` for the teacher with ``weights_sha256``."""
+    array = np.ascontiguousarray(image.detach().cpu().numpy() if hasattr(image, "detach") else image)
+    digest = hashlib.sha256(weights_sha256.encode())
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+class EmbeddingStore:
+    """Slice embeddings in memory (LRU, ``memory_bytes``) and optionally in ``folder``."""
+
+    def __init__(self, folder: str | os.PathLike | None = None, memory_bytes: int = DEFAULT_MEMORY_MB << 20) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self.memory_bytes = int(memory_bytes)
+        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._used = 0
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            self.hits += 1
+            return self._memory[key]
+        if self.folder is not None and self._path(key).exists():
+            try:
+                array = np.load(self._path(key), allow_pickle=False)
+            except (OSError, ValueError, EOFError):
+                array = None  # unreadable entry: recompute and overwrite
+            if array is not None:
+                self._remember(key, array)
+                self.hits += 1
+                return array
+        self.misses += 1
+        return None
+
+    def put(self, key: str, embedding: np.ndarray) -> None:
+        embedding = np.ascontiguousarray(embedding, dtype=np.float32)
+        self._remember(key, embedding)
+        if self.folder is not None:
+            with atomic_path(self._path(key)) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, embedding, allow_pickle=False)
+
+    def _remember(self, key: str, embedding: np.ndarray) -> None:
+        if embedding.nbytes > self.memory_bytes:
+            return
+        if key in self._memory:
+            self._used -= self._memory.pop(key).nbytes
+        self._memory[key] = embedding
+        self._used += embedding.nbytes
+        while self._used > self.memory_bytes:
+            _, old = self._memory.popitem(last=False)
+            self._used -= old.nbytes
+
+
+def encode_with_store(encoder, images, weights_sha256: str, store: EmbeddingStore | None, device: str = "cpu"):
+    """``encoder(images)`` for ``(S, 3, N, N)`` images, reusing stored slice embeddings.
+
+    Only slices missing from ``store`` go through the encoder (in one batch); the result
+    ``(S, C, h, w)`` is on ``device``. Meant for inference (no gradients): a teacher being
+    fine-tuned calls its encoder directly.
+    """
+    import torch
+
+    if store is None:
+        return encoder(images.to(device))
+    keys = [slice_digest(weights_sha256, image) for image in images]
+    found = [store.get(key) for key in keys]
+    missing = [s for s, array in enumerate(found) if array is None]
+    if missing:
+        computed = encoder(images[missing].to(device)).float().cpu().numpy()
+        for s, array in zip(missing, computed):
+            store.put(keys[s], array)
+            found[s] = array
+    return torch.from_numpy(np.stack(found)).to(device)
+
+
+_STORES: dict[str, EmbeddingStore] = {}
+
+
+def default_store() -> EmbeddingStore | None:
+    """The process-wide store: memory from ``$DISTILLSEG_EMBEDDING_MEMORY_MB``, disk under
+    the teachers' cache folder unless ``$DISTILLSEG_EMBEDDING_CACHE=0``; None when both are off."""
+    from .cache import default_cache_dir
+
+    memory_mb = int(os.environ.get(MEMORY_ENV, DEFAULT_MEMORY_MB))
+    disk = os.environ.get(DISK_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    folder = default_cache_dir() / "embeddings" if disk else None
+    if memory_mb <= 0 and folder is None:
+        return None
+    key = f"{folder}|{memory_mb}"
+    if key not in _STORES:
+        _STORES[key] = EmbeddingStore(folder, max(memory_mb, 0) << 20)
+    return _STORES[key]
