@@ -14,7 +14,8 @@ from DistillSegLib import cli
 from DistillSegLib.baselines import SUVMAX_FRACTION, suv_threshold_segmentation
 from DistillSegLib.case import load_case_folder
 from DistillSegLib.dataset import find_cases
-from DistillSegLib.demo.split import LABELLED_CASES, UNLABELLED_CASES, VALIDATION_CASES, sts_split
+from DistillSegLib.demo.split import (LABELLED_CASES, QUICK_UNLABELLED_CASES, QUICK_VALIDATION_CASES,
+                                      UNLABELLED_CASES, VALIDATION_CASES, sts_split)
 from DistillSegLib.errors import DistillSegError
 from DistillSegLib.inference import roi_from_mask
 from DistillSegLib.metrics import dice
@@ -28,6 +29,11 @@ def test_split_is_the_documented_one(sts_dir):
     assert len(everything) == len(set(everything)) == 30
     small = split.subset(max_validation=3, max_unlabelled=2)
     assert small.validation == VALIDATION_CASES[:3] and small.unlabelled == UNLABELLED_CASES[:2]
+    quick = split.restrict(QUICK_VALIDATION_CASES, QUICK_UNLABELLED_CASES)  # --quick: fixed cases of each role
+    assert (quick.labelled, quick.validation, quick.unlabelled) == (LABELLED_CASES, QUICK_VALIDATION_CASES,
+                                                                    QUICK_UNLABELLED_CASES)
+    with pytest.raises(DistillSegError, match="STS_025 not among the split's validation cases"):
+        split.restrict(validation=("STS_025",))
     assert sts_split(list(everything), seed=1).validation != VALIDATION_CASES  # the seed matters
     with pytest.raises(DistillSegError, match="STS_001"):
         sts_split([c for c in everything if c != "STS_001"])
@@ -104,3 +110,14 @@ def test_demo_without_data_is_one_clear_error(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: sts-petct data not found") and "Traceback" not in result.stderr
+
+
+def test_distillation_options_reach_the_strategy_and_bad_ones_are_named():
+    from DistillSegLib.demo.run import DISTILLATION_OPTIONS, QUICK_SETTINGS, strategy_instance
+
+    strategy = strategy_instance("muduo", ("--consistency", "0.5", "--rampup-fraction", "0.25"))
+    assert (strategy.config.consistency, strategy.config.rampup_fraction) == (0.5, 0.25)
+    assert strategy_instance("muduo").config.consistency == 0.1  # the paper's default otherwise
+    assert QUICK_SETTINGS.strategy_options == DISTILLATION_OPTIONS
+    with pytest.raises(DistillSegError, match="--consistncy"):
+        strategy_instance("muduo", ("--consistncy", "1"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -170,3 +171,10 @@ def test_embedding_store_memory_is_bounded_and_keyed_by_weights_and_image(tmp_pa
     disk.put("abc", embedding)
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["abc.npy"]  # atomic: no leftovers
     np.testing.assert_array_equal(EmbeddingStore(tmp_path).get("abc"), embedding)
+    # The disk part stays under its limit, dropping the oldest files first.
+    size = (tmp_path / "ab" / "abc.npy").stat().st_size
+    capped = EmbeddingStore(tmp_path / "capped", memory_bytes=0, disk_bytes=int(2.5 * size))
+    for n in range(4):
+        capped.put(f"k{n}", embedding)
+        os.utime(capped._path(f"k{n}"), (1000 + n, 1000 + n))  # distinct write times
+    assert sorted(p.stem for p in (tmp_path / "capped").rglob("*.npy")) == ["k2", "k3"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-unlabelled-cases", type=int)
     parser.add_argument("--teacher-cases", type=int, default=1,
                         help="time (and score) the LiteMedSAM teacher on this many validation cases (0: skip)")
+    parser.add_argument("--strategy-options", default="", metavar="OPTIONS",
+                        help="extra `distillseg train` options of every distilled strategy, e.g. \"--consistency 1.0\"")
     parser.add_argument("--cut-reason", default=DEFAULT_CUT_REASON, help="why runs are cut (recorded in the JSON)")
     return parser.parse_args(argv)
 
@@ -115,7 +118,8 @@ def main(argv=None) -> int:
     teacher_timing: dict = {}
     for seed in seeds:
         settings = DemoSettings(steps=args.steps, warmup_steps=args.warmup_steps, strategies=tuple(strategies),
-                                seed=seed, refresh_every=args.refresh_every, val_every=args.steps + 1)
+                                seed=seed, refresh_every=args.refresh_every, val_every=args.steps + 1,
+                                strategy_options=tuple(shlex.split(args.strategy_options)))
         seed_dir = out / f"seed{seed}"
         errors: dict[str, str] = {}
         trained = train_students(split, prepared, config, settings, seed_dir / "models", progress, cancel, errors)
@@ -130,9 +134,9 @@ def main(argv=None) -> int:
                          "per_case_dice": {c["case_id"]: c["dice"] for c in evaluation["cases"]},
                          "inference_seconds": seconds})
             if seed == seeds[0] and name == (strategies[0] if strategies else "supervised") and args.teacher_cases:
-                from DistillSegLib.teachers.litemedsam import load_litemedsam
+                from DistillSegLib.demo.run import timing_teacher
 
-                teacher = load_litemedsam()
+                teacher = timing_teacher()
                 subset = validation[: args.teacher_cases]
                 prompts = {i: v.array for i, v in labels.items()}
                 both = [run_teacher(teacher, subset, prompts, modality, out / "teacher" / modality.lower(),
@@ -171,7 +175,7 @@ def main(argv=None) -> int:
                                      "unlabelled_used": list(split.unlabelled)},
         "protocol": PROTOCOL, "cuts": cuts_of(args, seeds),
         "settings": {"steps": args.steps, "warmup_steps": args.warmup_steps, "refresh_every": args.refresh_every,
-                     "seeds": seeds, "strategies": strategies},
+                     "seeds": seeds, "strategies": strategies, "strategy_options": args.strategy_options},
         "summary": summary, "runs": runs, "teacher_speed": teacher_timing,
         "target": "distilled - supervised >= 3 Dice points (mean of 3 seeds) and student >= 20x faster than "
                   "LiteMedSAM on CT + PET per case",

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     advanced.add_argument("--steps", type=int, help="training steps of every student")
     advanced.add_argument("--strategies", metavar="NAMES",
                           help="comma-separated distillation strategies trained beside supervised (default: muduo)")
+    advanced.add_argument("--strategy-options", metavar="OPTIONS",
+                          help="extra `distillseg train` options of the distilled students, e.g. \"--consistency 1.0\"")
     advanced.add_argument("--warmup-steps", type=int, metavar="N",
                           help="distilled students start from the supervised one after N steps")
     advanced.add_argument("--max-teacher-cases", type=int, metavar="N", help="the teacher runs on N validation cases")

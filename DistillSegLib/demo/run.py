@@ -30,6 +30,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import shlex
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -43,7 +44,7 @@ from ..case import Case
 from ..errors import CancelledError, DistillSegError
 from ..progress import CancelToken, Progress
 from ..volume import Volume, write_image
-from .split import DemoSplit, sts_split
+from .split import QUICK_UNLABELLED_CASES, QUICK_VALIDATION_CASES, DemoSplit, sts_split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SUV_METHOD = "suv41"
@@ -69,6 +70,10 @@ class DemoSettings:
         max_teacher_cases: the teacher runs on the first N validation cases only (``None``: all).
         teacher_upper_bound: also run the teacher with ground-truth boxes (upper bound).
         overlay_cases: validation cases shown in the overlay figure.
+        strategy_options: extra ``distillseg train`` options of every distilled strategy
+            (e.g. ``("--consistency", "1.0")``).
+        validation_cases, unlabelled_cases: use these cases of the split's roles (``None``:
+            the split's lists; then ``max_*`` cut them).
     """
 
     steps: int = 600
@@ -84,22 +89,38 @@ class DemoSettings:
     teacher_upper_bound: bool = True
     overlay_cases: int = 3
     batch_size: int = 2
+    strategy_options: tuple[str, ...] = ()
+    validation_cases: tuple[str, ...] | None = None
+    unlabelled_cases: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["strategies"] = list(self.strategies)
+        data["strategy_options"] = list(self.strategy_options)
+        for key in ("validation_cases", "unlabelled_cases"):
+            data[key] = list(data[key]) if data[key] is not None else None
         return data
 
 
 # The full demo aims at < 30 min and --quick at < 5 min on 2 CPU cores (issue 6). The
-# teacher dominates: LiteMedSAM costs about 2.5 s of this CPU per axial slice and modality
-# (~4.5 CPU-s of TinyViT encoder per 256x256 slice, measured here), i.e. minutes per case,
-# both in the distillation rounds (unlabelled cases) and in the teacher's evaluation. So
-# the demo uses one teacher round and a few cases for the teacher; the students and the
-# SUV baseline are evaluated on the whole validation list.
-FULL_SETTINGS = DemoSettings()
-QUICK_SETTINGS = DemoSettings(steps=120, warmup_steps=60, max_validation=3, max_unlabelled=1, refresh_every=1000,
-                              val_every=30, teacher_upper_bound=False, max_teacher_cases=1, overlay_cases=3)
+# teacher dominates: LiteMedSAM's encoder costs ~75 GFLOP, about 2.8 s of this CPU, per
+# axial slice and modality, whatever the slice size (the decoder ~0.2 s), i.e. minutes per
+# case, both in the distillation round (unlabelled cases, student grid) and in the
+# teacher's evaluation (CT grid). Budget of the full run on a fresh cache: round 3
+# unlabelled cases (90 tumour slices x 2 modalities, ~8.5 min), teacher evaluation 2
+# cases (59 slices x 2, ~5.5 min; the ground-truth-box upper bound reuses the embeddings),
+# students 600 + 400 steps with validation curves (~9 min). The students and the SUV
+# baseline are evaluated on the whole validation list.
+# MuDuo's consistency weight: the paper's 0.1, ramped over 30000 iterations, is meant for
+# a student trained from scratch; here the distilled student starts from the supervised
+# warm-up and trains 400 steps, so the pseudo-labels get the weight of the labelled Dice
+# term (0.5) after a ramp over the first quarter (benchmarks/distillation.py uses the same).
+DISTILLATION_OPTIONS = ("--consistency", "0.5", "--rampup-fraction", "0.25")
+FULL_SETTINGS = DemoSettings(max_unlabelled=3, max_teacher_cases=2, strategy_options=DISTILLATION_OPTIONS)
+QUICK_SETTINGS = DemoSettings(steps=120, warmup_steps=60, validation_cases=QUICK_VALIDATION_CASES,
+                              unlabelled_cases=QUICK_UNLABELLED_CASES, refresh_every=1000, val_every=30,
+                              teacher_upper_bound=False, max_teacher_cases=1, overlay_cases=3,
+                              strategy_options=DISTILLATION_OPTIONS)
 
 
 def default_data_dir() -> Path:
@@ -149,17 +170,22 @@ def run_suv_baseline(cases: Sequence[Case], folder: Path, progress: Progress, ca
     return {"inference_seconds_per_case": float(np.mean(seconds)), "thresholds": thresholds}
 
 
-def strategy_instance(name: str):
-    """A registered strategy with the defaults of ``distillseg train`` (embedded LiteMedSAM teachers)."""
+def strategy_instance(name: str, options: Sequence[str] = ()):
+    """A registered strategy as ``distillseg train --strategy NAME OPTIONS`` builds it
+    (embedded LiteMedSAM teachers by default)."""
     from ..training.strategies import get_strategy_class
     from ..training.strategies.options import add_distillation_arguments
 
     cls = get_strategy_class(name)
     if not hasattr(cls, "from_args"):
         return cls()
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, prog=f"strategy {name}")
     add_distillation_arguments(parser)
-    return cls.from_args(parser.parse_args([]))
+    try:
+        args = parser.parse_args(list(options))
+    except SystemExit as exc:
+        raise DistillSegError(f"bad distillation options {' '.join(options)!r} (see distillseg train --help)") from exc
+    return cls.from_args(args)
 
 
 def train_student(
@@ -197,7 +223,7 @@ def train_student(
     options = TrainingOptions(steps=steps, batch_size=settings.batch_size, seed=settings.seed,
                               val_every=settings.val_every, checkpoint_every=steps,
                               refresh_every=settings.refresh_every, device="cpu")
-    strategy = strategy_instance(name)
+    strategy = strategy_instance(name, settings.strategy_options if name != "supervised" else ())
     progress.message(f"training {name} ({steps} steps)")
     start = time.perf_counter()
     # The trainer always validates at its last step; with val_every > steps there is no curve to draw.
@@ -330,6 +356,18 @@ def run_teacher(
     return seconds
 
 
+def timing_teacher():
+    """LiteMedSAM for the evaluation: slice embeddings kept in this process's memory only, so
+    its first prompt on a case pays the full encoder cost (an honest time per case, even when
+    an earlier run left embeddings on disk); later prompts (the upper bound) reuse them."""
+    from ..teachers.embeddings import EmbeddingStore
+    from ..teachers.litemedsam import load_litemedsam
+
+    teacher = load_litemedsam()
+    teacher.embedding_store = EmbeddingStore(None)
+    return teacher
+
+
 # ----------------------------------------------------------------------------- the run
 
 def run_demo(
@@ -361,7 +399,8 @@ def run_demo(
         raise DistillSegError(
             f"unknown distillation strategy {', '.join(unknown)}: available {', '.join(strategy_names())}")
     sources = {c.case_id: c for c in find_cases(data_dir)}
-    split = sts_split(list(sources)).subset(settings.max_validation, settings.max_unlabelled)
+    split = sts_split(list(sources)).restrict(settings.validation_cases, settings.unlabelled_cases)
+    split = split.subset(settings.max_validation, settings.max_unlabelled)
     notes: list[str] = []
 
     # -- data
@@ -414,10 +453,9 @@ def run_demo(
                          "model": f"models/{name}.pt", "strategy_settings": trained[name]["strategy_settings"]}
 
     # -- the teacher, prompted by the distilled student (realistic) and by the GT (upper bound)
-    from ..teachers.litemedsam import load_litemedsam
 
     prompter = settings.strategies[0] if settings.strategies else "supervised"
-    teacher = load_litemedsam() if settings.teacher else None
+    teacher = timing_teacher() if settings.teacher else None
     teacher_cases = validation[: settings.max_teacher_cases]
     prompt_sets = [("student", {i: v.array for i, v in student_labels[prompter].items()})] if teacher else []
     if teacher and settings.teacher_upper_bound:
@@ -545,6 +583,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         "val_every": args.val_every,
         "strategies": tuple(s.strip() for s in args.strategies.split(",") if s.strip())
         if args.strategies is not None else None,
+        "strategy_options": tuple(shlex.split(args.strategy_options)) if getattr(args, "strategy_options", None) else None,
     }
     if args.no_upper_bound:
         overrides["teacher_upper_bound"] = False

@@ -15,6 +15,7 @@ written atomically (4 MiB per LiteMedSAM slice): a later process (the next seed 
 benchmark, the next ``distillseg predict --teacher``) reads them back bit for bit.
 
 Environment: ``DISTILLSEG_EMBEDDING_MEMORY_MB`` (default 2048) bounds the memory part;
+``DISTILLSEG_EMBEDDING_DISK_GB`` (default 10) the disk part, oldest files deleted first;
 ``DISTILLSEG_EMBEDDING_CACHE=0`` switches the disk part off (default: on, under the
 teachers' cache folder, ``$DISTILLSEG_CACHE/embeddings``).
 """
@@ -32,7 +33,9 @@ from ..atomic import atomic_path
 
 MEMORY_ENV = "DISTILLSEG_EMBEDDING_MEMORY_MB"
 DISK_ENV = "DISTILLSEG_EMBEDDING_CACHE"
+DISK_LIMIT_ENV = "DISTILLSEG_EMBEDDING_DISK_GB"
 DEFAULT_MEMORY_MB = 2048
+DEFAULT_DISK_GB = 10.0
 
 
 def slice_digest(weights_sha256: str, image) -> str:
@@ -45,11 +48,15 @@ def slice_digest(weights_sha256: str, image) -> str:
 
 
 class EmbeddingStore:
-    """Slice embeddings in memory (LRU, ``memory_bytes``) and optionally in ``folder``."""
+    """Slice embeddings in memory (LRU, ``memory_bytes``) and optionally in ``folder``
+    (at most ``disk_bytes``; the least recently written files go first)."""
 
-    def __init__(self, folder: str | os.PathLike | None = None, memory_bytes: int = DEFAULT_MEMORY_MB << 20) -> None:
+    def __init__(self, folder: str | os.PathLike | None = None, memory_bytes: int = DEFAULT_MEMORY_MB << 20,
+                 disk_bytes: int = int(DEFAULT_DISK_GB * (1 << 30))) -> None:
         self.folder = Path(folder) if folder is not None else None
         self.memory_bytes = int(memory_bytes)
+        self.disk_bytes = int(disk_bytes)
+        self._disk_used: int | None = None  # measured on the first write
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
         self._used = 0
         self.hits = 0
@@ -82,6 +89,24 @@ class EmbeddingStore:
             with atomic_path(self._path(key)) as tmp:
                 with open(tmp, "wb") as handle:
                     np.save(handle, embedding, allow_pickle=False)
+            self._account(self._path(key).stat().st_size)
+
+    def _account(self, written: int) -> None:
+        """Keep the folder under ``disk_bytes``: delete the oldest files down to 90% of it."""
+        if self._disk_used is None:
+            self._disk_used = sum(p.stat().st_size for p in self.folder.rglob("*.npy"))
+        else:
+            self._disk_used += written
+        if self._disk_used <= self.disk_bytes:
+            return
+        files = sorted(self.folder.rglob("*.npy"), key=lambda p: p.stat().st_mtime)
+        self._disk_used = sum(p.stat().st_size for p in files)
+        for path in files:
+            if self._disk_used <= 0.9 * self.disk_bytes:
+                break
+            size = path.stat().st_size
+            path.unlink(missing_ok=True)
+            self._disk_used -= size
 
     def _remember(self, key: str, embedding: np.ndarray) -> None:
         if embedding.nbytes > self.memory_bytes:
@@ -130,7 +155,8 @@ def default_store() -> EmbeddingStore | None:
     folder = default_cache_dir() / "embeddings" if disk else None
     if memory_mb <= 0 and folder is None:
         return None
-    key = f"{folder}|{memory_mb}"
+    disk_bytes = int(float(os.environ.get(DISK_LIMIT_ENV, DEFAULT_DISK_GB)) * (1 << 30))
+    key = f"{folder}|{memory_mb}|{disk_bytes}"
     if key not in _STORES:
-        _STORES[key] = EmbeddingStore(folder, max(memory_mb, 0) << 20)
+        _STORES[key] = EmbeddingStore(folder, max(memory_mb, 0) << 20, disk_bytes)
     return _STORES[key]

@@ -41,6 +41,7 @@ class MuDuoStrategy(Strategy):
         config = MuDuoConfig(
             keep_fraction=getattr(args, "keep_fraction", None) or MuDuoConfig.keep_fraction,
             consistency=getattr(args, "consistency", None) or MuDuoConfig.consistency,
+            rampup_fraction=getattr(args, "rampup_fraction", None) or MuDuoConfig.rampup_fraction,
         )
         return cls(config, ct_name, pet_name, getattr(args, "ct_teacher_checkpoint", None),
                    getattr(args, "pet_teacher_checkpoint", None))

@@ -32,3 +32,5 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
                        help="muduo: fraction of unlabelled patches kept by teacher agreement (default 0.5)")
     group.add_argument("--consistency", type=float, metavar="W",
                        help="muduo: maximum weight of the ramped consistency loss (default 0.1)")
+    group.add_argument("--rampup-fraction", type=float, metavar="F",
+                       help="muduo: the consistency weight ramps up over this fraction of the steps (default 1.0)")
