@@ -135,6 +135,7 @@ def teacher_round(trainer, teachers: Mapping[str, tuple[Any, str]], cache,
             outputs[key][case.case_id] = probability
             union |= probability >= 0.5
         has_prompt[case.case_id] = prompt_found
+        trainer.progress.message(f"round: {index + 1}/{len(trainer.unlabelled)} unlabelled case(s) done ({case.case_id})")
         trainer.unlabelled_sampler.set_foreground(index, union if union.any() and not union.all() else None)
     volumes = {key: round(float(np.mean([(p >= 0.5).sum() for p in out.values()])), 1) if out else 0.0
                for key, out in outputs.items()}
