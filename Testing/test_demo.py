@@ -121,3 +121,18 @@ def test_distillation_options_reach_the_strategy_and_bad_ones_are_named():
     assert QUICK_SETTINGS.strategy_options == DISTILLATION_OPTIONS
     with pytest.raises(DistillSegError, match="--consistncy"):
         strategy_instance("muduo", ("--consistncy", "1"))
+
+
+def test_quick_settings_leave_the_teacher_evaluation_to_the_full_run():
+    import argparse
+
+    from DistillSegLib.commands.demo import add_arguments
+    from DistillSegLib.demo.run import FULL_SETTINGS, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    quick = settings_from_args(parser.parse_args(["--quick"]))
+    assert not quick.teacher and quick.validation_cases == QUICK_VALIDATION_CASES
+    assert settings_from_args(parser.parse_args(["--quick", "--max-teacher-cases", "1"])).teacher
+    full = settings_from_args(parser.parse_args([]))
+    assert full == FULL_SETTINGS and full.teacher and full.max_teacher_cases == 2

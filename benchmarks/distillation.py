@@ -91,7 +91,6 @@ def main(argv=None) -> int:
     from DistillSegLib.progress import CancelToken, Progress
     from DistillSegLib.student.config import StudentConfig
     from DistillSegLib.student.preprocess import prepare_case
-    from DistillSegLib.atomic import write_json_atomic
     from DistillSegLib.training.strategies import strategy_names
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -149,7 +148,23 @@ def main(argv=None) -> int:
                                   "ratio": float(np.mean(list(per_case.values()))) / student,
                                   "teacher_dice": {m: evaluate_folders(out / "teacher" / m, out / "labels")["mean"]["dice"]
                                                    for m in ("ct", "pet")}}
+        # written after every seed, so a run cut short still leaves its finished seeds
+        summarise(args, data, split, strategies, seeds, runs, suv, suv_eval, teacher_timing, started, out)
 
+    result = summarise(args, data, split, strategies, seeds, runs, suv, suv_eval, teacher_timing, started, out)
+    print(format_table(result))
+    print(f"wrote {out / 'distillation.json'}")
+    return 0
+
+
+def summarise(args, data, split, strategies, seeds, runs, suv, suv_eval, teacher_timing, started, out) -> dict:
+    """Mean and spread per method over the seeds finished so far; writes ``distillation.json``."""
+    import torch
+
+    from DistillSegLib.atomic import write_json_atomic
+    from DistillSegLib.demo.run import SUV_METHOD
+
+    done = sorted({r["seed"] for r in runs if "dice" in r})
     summary = {SUV_METHOD: {"runs": 1, "dice_mean": suv_eval["mean"]["dice"], "dice_sd": 0.0,
                             "hd95_mean": suv_eval["mean"]["hd95_mm"], "hd95_sd": 0.0, "train_seconds_mean": None,
                             "inference_seconds_per_case": suv["inference_seconds_per_case"],
@@ -181,10 +196,9 @@ def main(argv=None) -> int:
                   "LiteMedSAM on CT + PET per case",
         "total_seconds": time.perf_counter() - started,
     }
+    result["seeds_finished"] = done
     write_json_atomic(out / "distillation.json", result)
-    print(format_table(result))
-    print(f"wrote {out / 'distillation.json'}")
-    return 0
+    return result
 
 
 def format_table(result: dict) -> str:

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="extra `distillseg train` options of the distilled students, e.g. \"--consistency 1.0\"")
     advanced.add_argument("--warmup-steps", type=int, metavar="N",
                           help="distilled students start from the supervised one after N steps")
-    advanced.add_argument("--max-teacher-cases", type=int, metavar="N", help="the teacher runs on N validation cases")
+    advanced.add_argument("--max-teacher-cases", type=int, metavar="N", help="the teacher is evaluated on N validation cases (full run: 2; --quick: off unless given)")
     advanced.add_argument("--seed", type=int, help="training seed (default 0; the split's seed is fixed)")
     advanced.add_argument("--max-val-cases", type=int, metavar="N", help="first N validation cases of the split")
     advanced.add_argument("--max-unlabelled-cases", type=int, metavar="N", help="first N unlabelled cases")
