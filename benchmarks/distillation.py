@@ -17,8 +17,10 @@ teacher rounds cost minutes per unlabelled case, so runs are cut with the option
 every departure from the protocol is written to the JSON under ``cuts`` with the reason.
 
     .venv/bin/python benchmarks/distillation.py --out benchmarks/results/distillation
-    .venv/bin/python benchmarks/distillation.py --steps 300 --warmup-steps 150 --max-unlabelled-cases 2 \\
-        --max-val-cases 10 --seeds 0,1,2 --cut-reason "CPU only, 2 cores, no GPU lent"
+    # the CPU run of benchmarks/results/distillation.json (MuDuo, all 15 unlabelled cases):
+    .venv/bin/python benchmarks/distillation.py --out /tmp/bench/final --seeds 0,1,2 --strategies muduo \\
+        --steps 600 --warmup-steps 200 --refresh-every 400 --teacher-cases 0 \\
+        --strategy-options "--consistency 0.5 --rampup-fraction 0.25"
 """
 
 from __future__ import annotations
