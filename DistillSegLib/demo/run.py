@@ -587,7 +587,7 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         "val_every": args.val_every,
         "strategies": tuple(s.strip() for s in args.strategies.split(",") if s.strip())
         if args.strategies is not None else None,
-        "strategy_options": tuple(shlex.split(args.strategy_options)) if getattr(args, "strategy_options", None) else None,
+        "strategy_options": tuple(shlex.split(args.strategy_options)) if args.strategy_options else None,
     }
     if args.no_upper_bound:
         overrides["teacher_upper_bound"] = False

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..volume import Volume
 from .base import Reorientation, check_inputs
-from .embeddings import encode_with_store
+from .embeddings import default_store, encode_with_store
 from .prompts import Prompt, mask_prompt, sample_points, slice_boxes
 
 # MedSAM pre_CT_MR.py: abdomen soft-tissue window.
@@ -206,8 +206,6 @@ class SamSliceTeacher:
     def store(self):
         """Where slice embeddings are reused (:mod:`.embeddings`): ``embedding_store`` when
         set, else the process-wide default; None recomputes every time."""
-        from .embeddings import default_store
-
         return default_store() if self.embedding_store == "default" else self.embedding_store
 
     def logits_to_slices(self, logits, resized: tuple[int, int], original: tuple[int, int]) -> np.ndarray:
