@@ -43,7 +43,7 @@ def sts_case_dir(sts_dir: Path):
 
 @pytest.fixture(scope="session")
 def sts_001(sts_dir: Path):
-    from DistillSegLib.case import load_case_folder
+    from DistillSegLib.io.case import load_case_folder
 
     return load_case_folder(sts_dir / "STS_001")
 

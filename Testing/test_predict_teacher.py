@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 
-from DistillSegLib.case import load_case_folder
-from DistillSegLib.volume import read_image, write_image
+from DistillSegLib.io.case import load_case_folder
+from DistillSegLib.io.volume import read_image, write_image
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT / "DistillSeg"))
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-core) provides the MRML scene")
 
-from DistillSegLib.dataset import find_cases, read_dataset_json  # noqa: E402
-from DistillSegLib.volume import Volume, read_image, write_image  # noqa: E402
+from DistillSegLib.io.dataset import find_cases, read_dataset_json  # noqa: E402
+from DistillSegLib.io.volume import Volume, read_image, write_image  # noqa: E402
 from DistillSegModuleLib.Logic import DistillSegLogic, LogicError, formatRoi  # noqa: E402
 from DistillSegModuleLib.Nodes import findVolume, orientedImageFromArray, volumeFromNode, volumeModality  # noqa: E402
 from DistillSegModuleLib.ProcessRunner import SubprocessRunner  # noqa: E402
@@ -102,7 +102,7 @@ def test_study_loads_through_storage_nodes_with_modalities(study, scene):
 
 def test_dicom_study_loads_with_suv_and_a_uid_based_case_id(logic, scene):
     from conftest import require_data
-    from DistillSegLib.case import load_volume
+    from DistillSegLib.io.case import load_volume
 
     folder = require_data("sts-petct-dicom", "STS_007")
     ct, pet = logic.loadDicomStudy(folder / "CT" / "image", folder / "PET" / "image")
@@ -227,7 +227,7 @@ def test_corrected_segmentation_round_trips_and_same_case_is_replaced(study, log
 
 
 def test_lesion_table_follows_the_correction(study, logic):
-    from DistillSegLib.lesions import lesion_statistics
+    from DistillSegLib.metrics.lesions import lesion_statistics
 
     folder, ct, pet = study
     segmentation = logic.importLabelmap(folder / "CT_mask.nii.gz", ct)
@@ -250,7 +250,7 @@ def test_refinement_loop_end_to_end(study, logic, scene, tiny_student, tmp_path)
     segmentation node has the expected segment on the CT geometry and the very voxels of
     ``distillseg predict`` on the same files."""
     from DistillSegLib.cli import main
-    from DistillSegLib.inference import roi_from_mask
+    from DistillSegLib.student.inference import roi_from_mask
 
     folder, ct, pet = study
     reference = logic.importLabelmap(folder / "CT_mask.nii.gz", ct, name="reference")
@@ -300,7 +300,7 @@ def test_refinement_loop_end_to_end(study, logic, scene, tiny_student, tmp_path)
     expected = read_image(cli_out)
     np.testing.assert_allclose(expected.affine, result.affine, atol=1e-4)
     np.testing.assert_array_equal(result.array, expected.array)
-    from DistillSegLib.lesions import lesion_statistics
+    from DistillSegLib.metrics.lesions import lesion_statistics
 
     rows = lesion_statistics(expected, read_image(folder / "PET_image.nii.gz"))
     assert job.statistics is not None and len(job.statistics) == len(rows)

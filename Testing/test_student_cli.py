@@ -97,9 +97,9 @@ def test_predict_writes_the_ct_grid_and_evaluate_scores_it(cancelled_run, sts_ca
 def test_dicom_input_gives_a_dicom_seg_referencing_the_ct(cancelled_run, tmp_path):
     import pydicom
 
-    from DistillSegLib.case import load_case
-    from DistillSegLib.inference import predict_case
-    from DistillSegLib.segmentation_export import write_label_map
+    from DistillSegLib.io.case import load_case
+    from DistillSegLib.student.inference import predict_case
+    from DistillSegLib.io.segmentation_export import write_label_map
 
     folder = require_data("sts-petct-dicom", "STS_007")
     case = load_case(folder / "CT" / "image", folder / "PET" / "image")

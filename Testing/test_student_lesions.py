@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from DistillSegLib.lesions import PEAK_RADIUS_MM, lesion_statistics, sphere_offsets, write_lesion_table
+from DistillSegLib.metrics.lesions import PEAK_RADIUS_MM, lesion_statistics, sphere_offsets, write_lesion_table
 
 
 def brute_force_peak(suv: np.ndarray, lesion: np.ndarray, spacing) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from DistillSegLib.metrics import (
+from DistillSegLib.metrics.segmentation import (
     dice,
     evaluate_masks,
     false_volumes_ml,

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from DistillSegLib.errors import DistillSegError
-from DistillSegLib.student.config import SegmentClass, StudentConfig
+from DistillSegLib.io.labels import SegmentClass
+from DistillSegLib.student.config import StudentConfig
 from DistillSegLib.student.model_file import load_model, save_model
 from DistillSegLib.student.network import build_student, count_parameters
 

@@ -15,8 +15,8 @@ from DistillSegLib.progress import CancelToken
 from DistillSegLib.student.config import StudentConfig
 from DistillSegLib.student.model_file import load_model, read_payload, save_model
 from DistillSegLib.student.preprocess import prepare_case
-from DistillSegLib.training.strategies import get_strategy_class
-from DistillSegLib.training.trainer import Trainer, TrainingOptions
+from DistillSegLib.distill import get_strategy_class
+from DistillSegLib.distill.trainer import Trainer, TrainingOptions
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -56,8 +56,8 @@ def test_prepared_case_is_two_channel_at_student_spacing(prepared_001, sts_001):
 
 
 def test_training_lowers_the_loss_and_finds_the_tumour(overfitted, sts_001):
-    from DistillSegLib.inference import predict_case
-    from DistillSegLib.metrics import dice
+    from DistillSegLib.student.inference import predict_case
+    from DistillSegLib.metrics.segmentation import dice
 
     result, path = overfitted
     assert np.mean(result.losses[-8:]) < np.mean(result.losses[:8]) - 0.2
@@ -69,14 +69,14 @@ def test_training_lowers_the_loss_and_finds_the_tumour(overfitted, sts_001):
 
 
 def test_crop_model_refuses_to_run_without_roi(overfitted, sts_001):
-    from DistillSegLib.inference import predict_case
+    from DistillSegLib.student.inference import predict_case
 
     with pytest.raises(DistillSegError, match="trained on crops.*--roi"):
         predict_case(load_model(overfitted[1]), sts_001, roi=None)
 
 
 def test_roi_limits_the_output_and_keeps_the_ct_grid(overfitted, sts_001):
-    from DistillSegLib.inference import predict_case, roi_from_mask
+    from DistillSegLib.student.inference import predict_case, roi_from_mask
 
     low, high = roi_from_mask(sts_001.label_on_ct, margin_mm=0.0)
     half = (low + high) / 2

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from DistillSegLib.case import Case
+from DistillSegLib.io.case import Case
 from DistillSegLib.teachers.prompts import Prompt, slice_boxes
-from DistillSegLib.volume import Volume
+from DistillSegLib.io.volume import Volume
 
 N_SLICES = 4
 

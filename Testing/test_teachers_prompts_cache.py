@@ -12,7 +12,7 @@ import torch
 from DistillSegLib.errors import DistillSegError
 from DistillSegLib.teachers.cache import TeacherCache, cached_predict
 from DistillSegLib.teachers.prompts import Prompt, mask_prompt, probability_to_logits, sample_points, slice_boxes
-from DistillSegLib.volume import Volume
+from DistillSegLib.io.volume import Volume
 
 
 @pytest.fixture(scope="module")

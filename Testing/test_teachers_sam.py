@@ -11,7 +11,7 @@ import torch
 from DistillSegLib.errors import DistillSegError
 from DistillSegLib.teachers.prompts import Prompt
 from DistillSegLib.teachers.sam import SamConfig, build_sam_model, load_sam, sam_teacher_from_model
-from DistillSegLib.volume import Volume
+from DistillSegLib.io.volume import Volume
 
 TINY = SamConfig(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=(1,),
                  prompt_embed_dim=32, image_size=64, window_size=4, decoder_mlp_dim=64, decoder_num_heads=2,

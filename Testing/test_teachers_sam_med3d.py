@@ -15,7 +15,7 @@ from DistillSegLib.errors import DistillSegError
 from DistillSegLib.teachers.prompts import Prompt
 from DistillSegLib.teachers.sam_med3d import (SamMed3DConfig, SamMed3DTeacher, build_sam_med3d_model,
                                               corrective_click, load_sam_med3d, roi_grid)
-from DistillSegLib.volume import apply_affine
+from DistillSegLib.io.volume import apply_affine
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sam_med3d_turbo_layout.json"
 TINY = SamMed3DConfig(encoder_embed_dim=48, encoder_depth=2, encoder_num_heads=2,
@@ -34,7 +34,7 @@ def case_arrays(sts_002):
 
 @pytest.fixture(scope="module")
 def sts_002(sts_dir):
-    from DistillSegLib.case import load_case_folder
+    from DistillSegLib.io.case import load_case_folder
 
     return load_case_folder(sts_dir / "STS_002")
 

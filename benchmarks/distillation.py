@@ -26,7 +26,6 @@ every departure from the protocol is written to the JSON under ``cuts`` with the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -86,14 +85,14 @@ def main(argv=None) -> int:
     import torch
 
     from DistillSegLib.commands.evaluate import evaluate_folders
-    from DistillSegLib.dataset import find_cases
+    from DistillSegLib.io.dataset import find_cases
     from DistillSegLib.demo.run import (SUV_METHOD, DemoSettings, predict_student, resolve_data_dir,
                                         run_suv_baseline, run_teacher, train_students, write_labels)
     from DistillSegLib.demo.split import sts_split
     from DistillSegLib.progress import CancelToken, Progress
     from DistillSegLib.student.config import StudentConfig
     from DistillSegLib.student.preprocess import prepare_case
-    from DistillSegLib.training.strategies import strategy_names
+    from DistillSegLib.distill import strategy_names
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies is not None else \

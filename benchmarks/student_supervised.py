@@ -39,10 +39,10 @@ def main() -> int:
     args = parser.parse_args()
 
     from DistillSegLib.commands.evaluate import evaluate_folders, format_table
-    from DistillSegLib.dataset import find_cases
-    from DistillSegLib.inference import predict_case
+    from DistillSegLib.io.dataset import find_cases
+    from DistillSegLib.student.inference import predict_case
     from DistillSegLib.student.model_file import load_model
-    from DistillSegLib.volume import write_image
+    from DistillSegLib.io.volume import write_image
     import torch
 
     if "--threads" in args.train_args:

@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from DistillSegLib.atomic import write_json_atomic  # noqa: E402
-from DistillSegLib.case import load_case_folder  # noqa: E402
+from DistillSegLib.io.case import load_case_folder  # noqa: E402
 from DistillSegLib.teachers.prompts import Prompt  # noqa: E402
 from DistillSegLib.teachers.registry import REGISTRY, load_teacher  # noqa: E402
-from DistillSegLib.volume import read_image  # noqa: E402
+from DistillSegLib.io.volume import read_image  # noqa: E402
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:

@@ -169,7 +169,7 @@ class DistillSegLogic:
 
         Returns ``(ctNode, petNode)``; on any error nothing is added to the scene.
         """
-        from DistillSegLib.case import load_volume
+        from DistillSegLib.io.case import load_volume
         from DistillSegLib.errors import DistillSegError
 
         try:
@@ -401,7 +401,7 @@ class DistillSegLogic:
     def labelFromSegmentation(self, segmentationNode, ctNode):
         """The segmentation as an engine label :class:`Volume` on the CT grid (segment n -> n+1)
         and its ``{value: name}`` map; the scene is not modified."""
-        from DistillSegLib.volume import Volume
+        from DistillSegLib.io.volume import Volume
 
         if segmentationNode is None or segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
             raise LogicError("no segmentation selected, or it has no segments")
@@ -426,11 +426,11 @@ class DistillSegLogic:
     def lesionStatistics(self, segmentationNode, ctNode, petNode) -> list[dict]:
         """MTV (mL), SUVmax, SUVmean, SUVpeak, TLG per segment of the (corrected) segmentation.
 
-        Computed by the engine (:func:`DistillSegLib.lesions.lesion_statistics`, one row per
+        Computed by the engine (:func:`DistillSegLib.metrics.lesions.lesion_statistics`, one row per
         connected lesion) on the CT grid with the PET resampled onto it, so it follows every
         correction made in the Segment Editor.
         """
-        from DistillSegLib.lesions import lesion_statistics
+        from DistillSegLib.metrics.lesions import lesion_statistics
 
         self.validateInputs(ctNode, petNode)
         label, names = self.labelFromSegmentation(segmentationNode, ctNode)
@@ -466,8 +466,8 @@ class DistillSegLogic:
         its files (each one written atomically by the engine) instead of adding a second
         case. A labelled case is never silently turned into an unlabelled one.
         """
-        from DistillSegLib.case import Case
-        from DistillSegLib.dataset import write_nnunet_case
+        from DistillSegLib.io.case import Case
+        from DistillSegLib.io.dataset import write_nnunet_case
         from DistillSegLib.errors import DistillSegError
 
         self.validateInputs(ctNode, petNode)
@@ -489,7 +489,7 @@ class DistillSegLogic:
 
         knowsam and tskd take one 2D teacher (litemedsam or sam); muduo takes a CT teacher
         (litemedsam or sam-med3d) and a PET teacher (litemedsam or seganypet), the one not
-        selected staying LiteMedSAM (options of ``DistillSegLib/training/strategies/options.py``).
+        selected staying LiteMedSAM (options of ``DistillSegLib/distill/options.py``).
         """
         if strategy == "supervised" or not teacher or teacher == "litemedsam":
             return []
@@ -519,7 +519,7 @@ class DistillSegLogic:
         if initModel:
             command += ["--init", str(initModel)]
         if strategy != "supervised" and "--unlabelled" not in extra:
-            from DistillSegLib.dataset import find_cases
+            from DistillSegLib.io.dataset import find_cases
 
             if any(not case.labelled for case in find_cases(dataset)):
                 command += ["--unlabelled", "rest"]  # the training set's unlabelled studies

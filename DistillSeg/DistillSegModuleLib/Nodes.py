@@ -1,7 +1,7 @@
 """Scene volumes <-> engine volumes, and telling PET from CT (``slicer-core`` only, no Qt).
 
 Slicer nodes hold an IJK-to-RAS matrix and VTK arrays indexed ``[k, j, i]``; the engine's
-:class:`~DistillSegLib.volume.Volume` holds ``[i, j, k]`` with an index-to-RAS affine. The
+:class:`~DistillSegLib.io.volume.Volume` holds ``[i, j, k]`` with an index-to-RAS affine. The
 transpose happens here (:func:`volumeFromNode`, :func:`orientedImageFromArray`) and
 nowhere else.
 """
@@ -49,12 +49,12 @@ def arrayFromImageData(image) -> np.ndarray:
 
 
 def volumeFromNode(node, withArray: bool = True):
-    """A :class:`DistillSegLib.volume.Volume` holding the node's voxels and RAS geometry.
+    """A :class:`DistillSegLib.io.volume.Volume` holding the node's voxels and RAS geometry.
 
     With ``withArray=False`` the array is a zero-memory placeholder of the right shape
     (enough for geometry checks such as overlap).
     """
-    from DistillSegLib.volume import Volume
+    from DistillSegLib.io.volume import Volume
 
     if node is None or node.GetImageData() is None:
         raise LogicError(f"volume {node.GetName() if node else '(none)'} holds no image data")
@@ -101,7 +101,7 @@ def ensureSegmentationConverters() -> None:
 def requireOverlap(ctNode, petNode) -> None:
     """Raise :class:`LogicError` unless CT and PET share physical space (engine's check)."""
     from DistillSegLib.errors import DistillSegError
-    from DistillSegLib.resample import require_overlap
+    from DistillSegLib.io.resample import require_overlap
 
     try:
         require_overlap(volumeFromNode(ctNode, False), volumeFromNode(petNode, False), "CT and PET")

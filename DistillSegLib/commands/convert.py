@@ -59,8 +59,8 @@ def convert(ct_path: str | os.PathLike, pet_path: str | os.PathLike, masks: list
     """
     import numpy as np
 
-    from ..case import Case, load_volume
-    from ..dicom_masks import read_dicom_mask_channels
+    from ..io.case import Case, load_volume
+    from ..io.dicom_masks import read_dicom_mask_channels
     from ..errors import DistillSegError
 
     out = Path(out)
@@ -87,7 +87,7 @@ def convert(ct_path: str | os.PathLike, pet_path: str | os.PathLike, masks: list
 
 def write_case_folder(outputs: dict, out: Path) -> None:
     """Write every volume into a hidden temporary folder beside ``out``, then move them in."""
-    from ..volume import write_image
+    from ..io.volume import write_image
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp{os.getpid()}"

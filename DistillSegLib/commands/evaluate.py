@@ -31,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def index_label_files(folder: Path) -> dict[str, Path]:
     """``{case_id: label file}`` for a folder of label files or of case folders."""
-    from ..case import CASE_FOLDER_FILES, find_in_folder
+    from ..io.case import CASE_FOLDER_FILES, find_in_folder
     from ..errors import DistillSegError
-    from ..volume import IMAGE_SUFFIXES, is_image_file
+    from ..io.volume import IMAGE_SUFFIXES, is_image_file
 
     if not folder.is_dir():
         raise DistillSegError(f"folder not found: {folder}")
@@ -56,10 +56,10 @@ def index_label_files(folder: Path) -> dict[str, Path]:
 
 def evaluate_folders(pred_dir: Path, gt_dir: Path) -> dict:
     """``{"mean": {...}, "cases": [{"case_id", "dice", ...}], "missing": [...]}``."""
-    from ..case import same_grid
+    from ..io.case import same_grid
     from ..errors import DistillSegError
-    from ..metrics import evaluate_masks, summarise
-    from ..volume import read_image
+    from ..metrics.segmentation import evaluate_masks, summarise
+    from ..io.volume import read_image
 
     preds, gts = index_label_files(pred_dir), index_label_files(gt_dir)
     matched = sorted(set(preds) & set(gts))

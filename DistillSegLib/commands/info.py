@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def describe_case(case) -> dict:
-    """Nested summary of a :class:`~DistillSegLib.case.Case` (JSON-serialisable)."""
+    """Nested summary of a :class:`~DistillSegLib.io.case.Case` (JSON-serialisable)."""
     ct, pet = case.ct, case.pet
     summary = {
         "case_id": case.case_id,
@@ -89,7 +89,7 @@ def format_text(summary: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..case import load_case
+    from ..io.case import load_case
 
     summary = describe_case(load_case(args.ct, args.pet, args.label))
     print(json.dumps(summary) if args.json else format_text(summary))

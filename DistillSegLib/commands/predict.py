@@ -55,12 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_roi(args: argparse.Namespace, case):
     """The ROI from --roi / --roi-from (None when neither is given)."""
-    from ..inference import parse_roi, roi_from_mask
+    from ..student.inference import parse_roi, roi_from_mask
 
     if args.roi:
         return parse_roi(args.roi)
     if args.roi_from:
-        from ..case import load_label
+        from ..io.case import load_label
 
         return roi_from_mask(load_label(args.roi_from, case.ct, case.pet), args.roi_margin)
     return None
@@ -69,7 +69,7 @@ def resolve_roi(args: argparse.Namespace, case):
 def run(args: argparse.Namespace) -> int:
     from ..errors import DistillSegError
     from ..progress import CancelToken, Progress
-    from ..segmentation_export import check_label_path
+    from ..io.segmentation_export import check_label_path
 
     out = check_label_path(args.out)
     if args.stats and not args.stats.lower().endswith((".csv", ".json")):
@@ -101,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _predict_student(args, progress, cancel):
     """Student inference: ``(label, probability, case, classes, seconds)``."""
-    from ..case import load_case
-    from ..inference import predict_case, require_roi_for_crop_model
+    from ..io.case import load_case
+    from ..student.inference import predict_case, require_roi_for_crop_model
     from ..student.model_file import load_model
 
     model = load_model(args.model)
@@ -121,14 +121,14 @@ def _predict_teacher(args, progress, cancel):
     """Teacher inference prompted by a student's prediction or a label map."""
     import time
 
-    from ..case import load_case, load_label
-    from ..student.config import SegmentClass
+    from ..io.case import load_case, load_label
+    from ..io.labels import SegmentClass
     from ..teachers.run import segment_with_teacher
 
     case = load_case(args.ct, args.pet)
     started = time.perf_counter()
     if args.prompt_from.lower().endswith(".pt"):
-        from ..inference import predict_case, require_roi_for_crop_model
+        from ..student.inference import predict_case, require_roi_for_crop_model
         from ..student.model_file import load_model
 
         student = load_model(args.prompt_from)
@@ -146,9 +146,9 @@ def _predict_teacher(args, progress, cancel):
 
 def _write_outputs(args, out, label, probability, case, classes):
     """Write the label map, the optional probability map and lesion table; return the rows."""
-    from ..lesions import lesion_statistics, write_lesion_table
-    from ..segmentation_export import write_label_map
-    from ..volume import write_image
+    from ..metrics.lesions import lesion_statistics, write_lesion_table
+    from ..io.segmentation_export import write_label_map
+    from ..io.volume import write_image
 
     write_label_map(label, out, classes, case.ct)
     if args.prob:

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--res-units", type=int, help="residual units per level (default: 2)")
     group.add_argument("--field-of-view", choices=["crop", "whole-body"], help="what the training images cover (default: crop)")
     group.add_argument("--class-name", help="name of the foreground class (default: tumour)")
-    from ..training.strategies.options import add_distillation_arguments
+    from ..distill.options import add_distillation_arguments
 
     add_distillation_arguments(parser)
 
@@ -72,7 +72,8 @@ def _numbers(text: str, kind=float) -> tuple:
 
 
 def student_config_from_args(args: argparse.Namespace):
-    from ..student.config import SegmentClass, StudentConfig
+    from ..io.labels import SegmentClass
+    from ..student.config import StudentConfig
 
     values = {}
     if args.spacing:
@@ -93,7 +94,7 @@ def student_config_from_args(args: argparse.Namespace):
 
 def select_cases(args: argparse.Namespace):
     """(labelled, unlabelled, validation) CaseSource lists from the id options."""
-    from ..dataset import find_cases
+    from ..io.dataset import find_cases
     from ..errors import DistillSegError
 
     cases = {c.case_id: c for c in find_cases(args.data)}
@@ -140,12 +141,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    from ..inference import resolve_device
+    from ..student.inference import resolve_device
     from ..student.model_file import read_payload, save_model
     from ..student.config import StudentConfig
     from ..student.preprocess import prepare_case
-    from ..training.strategies import get_strategy_class
-    from ..training.trainer import Trainer, TrainingOptions, init_distributed
+    from ..distill import get_strategy_class
+    from ..distill.trainer import Trainer, TrainingOptions, init_distributed
 
     strategy_class = get_strategy_class(args.strategy)
     distributed = init_distributed()
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         validation = prepared[len(labelled_src) + len(unlabelled_src):]
         strategy = strategy_class.from_args(args)
         if args.skd:
-            from ..training.strategies.skd import with_skd
+            from ..distill.skd import with_skd
 
             strategy = with_skd(strategy, args)
         trainer = Trainer(config, options, strategy, labelled, unlabelled, validation, progress, cancel,

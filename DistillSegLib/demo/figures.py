@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..atomic import atomic_path
-from ..volume import Volume
+from ..io.volume import Volume
 
 CT_WINDOW_HU = (-160.0, 240.0)  # soft-tissue window (level 40, width 400)
 GT_COLOUR = "#00e000"

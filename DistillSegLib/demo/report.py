@@ -1,7 +1,7 @@
 """The demo's report: ``report.json`` (everything, machine-readable) and ``report.md``.
 
 The accuracy numbers in both come verbatim from the evaluation of the saved prediction
-folders by :func:`DistillSegLib.metrics.evaluate_folders`, the function behind
+folders by :func:`DistillSegLib.commands.evaluate.evaluate_folders`, the function behind
 ``distillseg evaluate``, so ``distillseg evaluate --pred OUT/predictions/<method> --gt
 OUT/labels --json`` reproduces them exactly.
 """

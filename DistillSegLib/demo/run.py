@@ -3,7 +3,7 @@
 On the fixed split of :mod:`.split` (5 labelled, a fixed validation subset, the rest
 unlabelled), with one seed:
 
-1. the classic SUV-threshold baseline (41% of SUVmax, :mod:`DistillSegLib.baselines`);
+1. the classic SUV-threshold baseline (41% of SUVmax, :mod:`DistillSegLib.metrics.baselines`);
 2. the supervised student (``supervised`` strategy, labelled cases only);
 3. one or more distilled students (default ``muduo``; teachers: the embedded LiteMedSAM
    on the CT and on the PET view), same split, seed and number of steps;
@@ -39,11 +39,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import __version__
-from ..baselines import SUVMAX_FRACTION, suv_threshold_segmentation
-from ..case import Case
+from ..metrics.baselines import SUVMAX_FRACTION, suv_threshold_segmentation
+from ..io.case import Case
 from ..errors import CancelledError, DistillSegError
 from ..progress import CancelToken, Progress
-from ..volume import Volume, write_image
+from ..io.volume import Volume, write_image
 from .split import QUICK_UNLABELLED_CASES, QUICK_VALIDATION_CASES, DemoSplit, sts_split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -176,8 +176,8 @@ def run_suv_baseline(cases: Sequence[Case], folder: Path, progress: Progress, ca
 def strategy_instance(name: str, options: Sequence[str] = ()):
     """A registered strategy as ``distillseg train --strategy NAME OPTIONS`` builds it
     (embedded LiteMedSAM teachers by default)."""
-    from ..training.strategies import get_strategy_class
-    from ..training.strategies.options import add_distillation_arguments
+    from ..distill import get_strategy_class
+    from ..distill.options import add_distillation_arguments
 
     cls = get_strategy_class(name)
     if not hasattr(cls, "from_args"):
@@ -220,7 +220,7 @@ def train_student(
         "strategy_settings", "snapshot": weights or None, "snapshot_seconds"}``.
     """
     from ..student.model_file import save_model
-    from ..training.trainer import Trainer, TrainingOptions
+    from ..distill.trainer import Trainer, TrainingOptions
 
     steps = steps or settings.steps
     options = TrainingOptions(steps=steps, batch_size=settings.batch_size, seed=settings.seed,
@@ -313,7 +313,7 @@ def predict_student(model_path: Path, cases: Sequence[Case], folder: Path, progr
 
     Returns the label maps and the inference seconds, by case.
     """
-    from ..inference import predict_case
+    from ..student.inference import predict_case
     from ..student.model_file import load_model
 
     model = load_model(model_path)
@@ -342,7 +342,7 @@ def run_teacher(
 ) -> dict[str, float]:
     """The teacher on each case with per-slice boxes from ``prompts[case_id]`` (a 0/1 mask on
     the CT grid); writes ``probability >= 0.5`` as label maps; seconds per case."""
-    from ..teachers.prompts import Prompt
+    from ..teachers import Prompt
 
     progress.start(stage, len(cases))
     seconds = {}
@@ -363,12 +363,9 @@ def timing_teacher():
     """LiteMedSAM for the evaluation: slice embeddings kept in this process's memory only, so
     its first prompt on a case pays the full encoder cost (an honest time per case, even when
     an earlier run left embeddings on disk); later prompts (the upper bound) reuse them."""
-    from ..teachers.embeddings import EmbeddingStore
-    from ..teachers.litemedsam import load_litemedsam
+    from ..teachers import load_teacher
 
-    teacher = load_litemedsam()
-    teacher.embedding_store = EmbeddingStore(None)
-    return teacher
+    return load_teacher("litemedsam", private_embeddings=True)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -386,10 +383,10 @@ def run_demo(
     import torch
 
     from ..commands.evaluate import evaluate_folders
-    from ..dataset import find_cases
+    from ..io.dataset import find_cases
     from ..student.config import StudentConfig
     from ..student.preprocess import prepare_case
-    from ..training.strategies import strategy_names
+    from ..distill import strategy_names
     from .figures import plot_dice, plot_overlays, plot_training_curves
     from .report import write_report
 
@@ -571,7 +568,7 @@ def _cpu_seconds() -> float:
 
 def _read_prediction(folder: Path, case_id: str) -> Volume | None:
     """A saved prediction, or None where the method did not run on the case (the teacher's subset)."""
-    from ..volume import read_image
+    from ..io.volume import read_image
 
     path = folder / f"{case_id}.nii.gz"
     return read_image(path) if path.exists() else None

@@ -1,10 +1,45 @@
-"""Method-specific pieces of the three distillation methods (no trainer, no I/O).
+"""Training of students: one trainer loop and its strategies, one module per method.
 
-* :mod:`.losses` — losses and schedules shared by the methods (sigmoid ramp-up, soft
-  Dice, temperature-scaled KL, co-training consistency).
+* :mod:`.trainer` — the loop (model, data, optimiser, checkpoints, validation, progress,
+  DDP) and the :class:`~.trainer.Strategy` protocol; :mod:`.patches` — patch sampling.
+* :mod:`.supervised` — the supervised-only baseline every method is measured beside.
 * :mod:`.muduo` — MuDuo: teacher agreement, selection, random fusion, consistency.
 * :mod:`.knowsam` — KnowSAM: second student, learned fusion, learnable prompt, SAM-induced KD.
 * :mod:`.tskd` — TS-KD: LoRA fine-tuning of the teacher, distillation on a transfer set.
+* :mod:`.skd` — ``--skd``: KnowSAM's SAM-induced KD term added to any strategy.
+* :mod:`.teaching` — what the methods share: teacher rounds, prompts, mixed batches;
+  :mod:`.losses` — losses and schedules; :mod:`.options` — the command-line options.
 
-The strategies in :mod:`DistillSegLib.training.strategies` wire these into the trainer.
+Each method module holds the method's terms (pure functions of tensors, tested without a
+trainer) and its strategy class. Strategies are found by name (``distillseg train
+--strategy NAME``); modules are imported lazily, so a strategy's heavy dependencies (a
+teacher) load only when it is used. To add one, write a module with a ``Strategy``
+subclass and add one line to ``STRATEGY_MODULES``.
 """
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import DistillSegError
+
+# name -> "module:ClassName" relative to this package
+STRATEGY_MODULES: dict[str, str] = {
+    "supervised": "supervised:SupervisedStrategy",
+    "muduo": "muduo:MuDuoStrategy",
+    "knowsam": "knowsam:KnowSAMStrategy",
+    "tskd": "tskd:TSKDStrategy",
+}
+
+
+def strategy_names() -> list[str]:
+    return sorted(STRATEGY_MODULES)
+
+
+def get_strategy_class(name: str) -> type:
+    """The strategy class registered under ``name``."""
+    if name not in STRATEGY_MODULES:
+        raise DistillSegError(f"unknown strategy {name!r}: choose one of {', '.join(strategy_names())}")
+    module_name, class_name = STRATEGY_MODULES[name].split(":")
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    return getattr(module, class_name)

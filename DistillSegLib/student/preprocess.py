@@ -1,7 +1,7 @@
-"""From a :class:`~DistillSegLib.case.Case` to the student's input and back.
+"""From a :class:`~DistillSegLib.io.case.Case` to the student's input and back.
 
 A case is brought onto a grid with the student's spacing (same orientation and extent as
-the CT, see :func:`~DistillSegLib.resample.resample_to_spacing`): CT and PET become the two
+the CT, see :func:`~DistillSegLib.io.resample.resample_to_spacing`): CT and PET become the two
 channels of one ``(2, I, J, K)`` float32 array, the label a ``(I, J, K)`` uint8 array.
 Predictions on that grid go back onto the CT grid through the affines.
 """
@@ -13,10 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..case import Case
+from ..io.case import Case
 from ..errors import DistillSegError
-from ..resample import resample_to, resample_to_spacing
-from ..volume import Volume
+from ..io.resample import resample_to, resample_to_spacing
+from ..io.volume import Volume
 from .config import StudentConfig
 
 AIR_HU = -1000.0

@@ -4,7 +4,8 @@
 * :mod:`.prompts` — :class:`Prompt` and automatic boxes, points and mask prompts;
 * :mod:`.slicewise`, :mod:`.litemedsam`, :mod:`.sam`, :mod:`.lora` — 2D SAM-family teachers;
 * :mod:`.sam_med3d` — SAM-Med3D and SegAnyPET (3D);
-* :mod:`.cache` — on-disk cache of teacher outputs; :mod:`.registry` — the teacher table;
+* :mod:`.cache` — on-disk cache of teacher outputs; :mod:`.registry` — the teacher table
+  and :func:`load_teacher`, the way in for code outside this package;
 * :mod:`.run` — :func:`segment_with_teacher`, used by ``distillseg predict --teacher``.
 
 Torch is imported lazily, inside functions.
@@ -12,5 +13,6 @@ Torch is imported lazily, inside functions.
 
 from .base import Teacher
 from .prompts import Prompt
+from .registry import load_teacher
 
-__all__ = ["Prompt", "Teacher"]
+__all__ = ["Prompt", "Teacher", "load_teacher"]

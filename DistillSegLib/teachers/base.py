@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import DistillSegError
-from ..volume import Volume
+from ..io.volume import Volume
 from .prompts import Prompt
 
 MODALITIES = ("CT", "PET")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path
-from ..volume import Volume
+from ..io.volume import Volume
 from .prompts import Prompt
 
 CACHE_ENV = "DISTILLSEG_CACHE"

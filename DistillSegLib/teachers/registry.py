@@ -124,8 +124,14 @@ def teacher_info(name: str) -> TeacherInfo:
         raise DistillSegError(f"unknown teacher {name!r}: choose from {', '.join(REGISTRY)}") from None
 
 
-def load_teacher(name: str, checkpoint: str | os.PathLike | None = None, modality: str | None = None) -> Teacher:
-    """Instantiate a registered teacher (checkpoint: given, else found in :func:`weights_dir`)."""
+def load_teacher(name: str, checkpoint: str | os.PathLike | None = None, modality: str | None = None,
+                 private_embeddings: bool = False) -> Teacher:
+    """Instantiate a registered teacher (checkpoint: given, else found in :func:`weights_dir`).
+
+    ``private_embeddings``: a 2D teacher keeps its slice image embeddings in this process's
+    memory only, so its first prompt on a case pays the full encoder cost even when an
+    earlier run left embeddings on disk (honest timing); later prompts reuse them.
+    """
     info = teacher_info(name)
     modality = normalise_modality(modality or info.default_modality)
     path = Path(checkpoint) if checkpoint is not None else info.default_checkpoint()
@@ -134,4 +140,9 @@ def load_teacher(name: str, checkpoint: str | os.PathLike | None = None, modalit
             f"teacher {info.name} needs a checkpoint: pass --checkpoint FILE or place one of "
             f"{', '.join(info.checkpoint_names)} in {weights_dir()} (set {WEIGHTS_ENV})"
         )
-    return info.loader(path, modality)
+    teacher = info.loader(path, modality)
+    if private_embeddings and hasattr(teacher, "embedding_store"):
+        from .embeddings import EmbeddingStore
+
+        teacher.embedding_store = EmbeddingStore(None)
+    return teacher

@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 
-from ..case import Case, same_grid
+from ..io.case import Case, same_grid
 from ..errors import DistillSegError
-from ..resample import resample_to
-from ..volume import Volume
+from ..io.resample import resample_to
+from ..io.volume import Volume
 from .cache import TeacherCache, cached_predict
 from .prompts import Prompt
 from .registry import load_teacher, teacher_info

@@ -32,8 +32,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import DistillSegError
-from ..resample import resample_to
-from ..volume import Volume, apply_affine
+from ..io.resample import resample_to
+from ..io.volume import Volume, apply_affine
 from .base import check_hash_prefix, check_inputs, file_sha256, load_state_dict_strict, read_state_dict
 from .prompts import CONFIDENT_HIGH, CONFIDENT_LOW, Prompt, mask_prompt, sample_points
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..volume import Volume
+from ..io.volume import Volume
 from .base import Reorientation, check_inputs
 from .embeddings import default_store, encode_with_store
 from .prompts import Prompt, mask_prompt, sample_points, slice_boxes

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DistillSegError
+from ..errors import DistillSegError
 from .resample import require_overlap, resample_to
 from .volume import Volume, check_finite, is_image_file, read_image
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path
-from .errors import DistillSegError
+from ..atomic import atomic_path
+from ..errors import DistillSegError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")

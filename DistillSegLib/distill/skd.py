@@ -16,8 +16,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ...distill.losses import kd_kl_loss, probability_to_logits
-from ..trainer import Strategy
+from .losses import kd_kl_loss, probability_to_logits
+from .trainer import Strategy
 from .teaching import new_cache, DEFAULT_TEACHER, crop_teacher_batch, foreground_logits, load_teacher, teacher_round
 
 

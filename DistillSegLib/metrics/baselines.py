@@ -20,9 +20,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .case import Case
-from .errors import DistillSegError
-from .volume import Volume, apply_affine
+from ..io.case import Case
+from ..errors import DistillSegError
+from ..io.volume import Volume, apply_affine
 
 # Boellaard et al. 2015 (EJNMMI 42:328), EANM guideline v2.0: 41% of SUVmax.
 SUVMAX_FRACTION = 0.41

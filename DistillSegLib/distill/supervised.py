@@ -6,7 +6,7 @@ nnU-Net, Isensee et al., Nature Methods 2021).
 
 from __future__ import annotations
 
-from ..trainer import Strategy
+from .trainer import Strategy
 
 
 class SupervisedStrategy(Strategy):

@@ -261,14 +261,14 @@ class Trainer:
 
     def predict(self, case: PreparedCase, network: torch.nn.Module | None = None) -> np.ndarray:
         """Softmax ``(C, I, J, K)`` of the current student (sliding window) on a prepared case."""
-        from ..inference import sliding_window_probabilities
+        from ..student.inference import sliding_window_probabilities
 
         return sliding_window_probabilities(network or self.network, case.image, self.config, self.device).numpy()
 
     # -- the loop ---------------------------------------------------------------------
     def validate(self) -> dict[str, Any]:
         """Dice per validation case (on the student grid, valid region), and their mean."""
-        from ..metrics import dice
+        from ..metrics.segmentation import dice
 
         per_case = {}
         for case in self.validation:

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .case import CASE_FOLDER_FILES, Case, find_in_folder, load_case
-from .atomic import write_json_atomic
-from .errors import DistillSegError
+from ..atomic import write_json_atomic
+from ..errors import DistillSegError
 from .volume import Volume, write_image
 
 CHANNEL_NAMES = {"0": "CT", "1": "PET"}

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .case import Case
-from .errors import DistillSegError
-from .student.config import StudentConfig
-from .student.model_file import StudentModel
-from .student.preprocess import prepare_case, probabilities_to_ct_grid
-from .volume import Volume, apply_affine
+from ..io.case import Case
+from ..errors import DistillSegError
+from .config import StudentConfig
+from .model_file import StudentModel
+from .preprocess import prepare_case, probabilities_to_ct_grid
+from ..io.volume import Volume, apply_affine
 
 IndexBox = tuple[slice, slice, slice]
 

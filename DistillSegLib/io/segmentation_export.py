@@ -16,10 +16,10 @@ from typing import Sequence
 
 import numpy as np
 
-from . import __version__
-from .atomic import atomic_path
-from .errors import DistillSegError
-from .student.config import SegmentClass
+from .. import __version__
+from ..atomic import atomic_path
+from ..errors import DistillSegError
+from .labels import SegmentClass
 from .volume import Volume, volume_to_sitk, write_image
 
 LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".dcm")

@@ -1,4 +1,4 @@
-"""Reading a CT or PET DICOM image series into a :class:`~DistillSegLib.volume.Volume`.
+"""Reading a CT or PET DICOM image series into a :class:`~DistillSegLib.io.volume.Volume`.
 
 pydicom rather than SimpleITK's series reader, on purpose: PET series carry a different
 RescaleSlope on every slice, PET bed joins leave slightly irregular slice spacing (ITK
@@ -23,7 +23,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from .errors import DistillSegError
+from ..errors import DistillSegError
 from .volume import LPS_TO_RAS, Volume
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, signal
 
-from .atomic import write_text_atomic
-from .errors import DistillSegError
-from .volume import Volume, apply_affine
+from ..atomic import write_text_atomic
+from ..errors import DistillSegError
+from ..io.volume import Volume, apply_affine
 
 PEAK_SPHERE_ML = 1.0
 PEAK_RADIUS_MM = (3.0 * PEAK_SPHERE_ML * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)  # 6.2035 mm
@@ -81,8 +81,8 @@ def lesion_statistics(label: Volume, pet: Volume, class_names: dict[int, str] | 
         label: integer label map.
         pet: SUV image; resampled (linear) onto the label grid when it lies elsewhere.
     """
-    from .case import same_grid
-    from .resample import resample_to
+    from ..io.case import same_grid
+    from ..io.resample import resample_to
 
     if not same_grid(label, pet):
         pet = resample_to(pet, label, "linear", fill=0.0)

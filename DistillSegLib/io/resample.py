@@ -12,7 +12,7 @@ from typing import Literal, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import DistillSegError
+from ..errors import DistillSegError
 from .volume import Volume, volume_from_sitk, volume_to_sitk
 
 Interpolation = Literal["linear", "nearest", "bspline"]

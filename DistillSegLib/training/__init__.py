@@ -1,1 +1,0 @@
-"""Training of students: one trainer loop, pluggable strategies (supervised, distillation)."""
