@@ -111,11 +111,11 @@ def test_flipped_orientation_gives_the_same_result(litemedsam, ct_prediction, tu
         affine[:3, 2] *= -1
         return Volume(flipped, affine)
 
-    ct_f, pet_f = reorient(ct), reorient(pet)
+    ct_f = reorient(ct)
     assert ct_f.orientation != ct.orientation
     np.testing.assert_allclose(ct_f.world_bounds(), ct.world_bounds(), atol=1e-6)  # same physical image
     truth_f = reorient(ct, truth.astype(np.float32)).array
-    prediction_f = litemedsam.predict(ct_f, pet_f, Prompt(truth_f, box_margin=2), "CT")
+    prediction_f = litemedsam.predict(ct_f, Prompt(truth_f, box_margin=2), "CT")
     back = np.ascontiguousarray(prediction_f[::-1, :, ::-1].transpose(1, 0, 2))
     np.testing.assert_allclose(back, expected, atol=1e-5)
 
@@ -145,14 +145,14 @@ def test_slice_embeddings_are_reused_across_prompts_and_processes(litemedsam, ct
     teacher.embedding_store = EmbeddingStore(tmp_path, memory_bytes=1 << 30)
     first_half = truth.copy()
     first_half[:, :, 2:] = False
-    teacher.predict(ct, pet, Prompt(first_half, box_margin=2), "CT")
+    teacher.predict(ct, Prompt(first_half, box_margin=2), "CT")
     assert (teacher.embedding_store.hits, teacher.embedding_store.misses) == (0, 2)
     # Another prompt on the same case: only the two new slices go through the encoder.
-    reused = teacher.predict(ct, pet, Prompt(truth, box_margin=2), "CT")
+    reused = teacher.predict(ct, Prompt(truth, box_margin=2), "CT")
     assert (teacher.embedding_store.hits, teacher.embedding_store.misses) == (2, 4)
     np.testing.assert_allclose(reused, ct_prediction, atol=1e-4)
     # A new process (new store on the same folder) reads the embeddings back from disk.
     teacher.embedding_store = EmbeddingStore(tmp_path, memory_bytes=1 << 30)
-    again = teacher.predict(ct, pet, Prompt(truth, box_margin=2), "CT")
+    again = teacher.predict(ct, Prompt(truth, box_margin=2), "CT")
     assert (teacher.embedding_store.hits, teacher.embedding_store.misses) == (4, 0)
     np.testing.assert_array_equal(again, reused)

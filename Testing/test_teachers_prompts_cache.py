@@ -97,35 +97,35 @@ def test_cache_returns_identical_outputs_and_misses_on_any_change(tmp_path, tiny
     cache = TeacherCache()
     assert cache.root == tmp_path / "env-cache"
     prompt = Prompt(truth.astype(np.float32))
-    first = cached_predict(teacher, ct, pet, prompt, "CT", "STS_001", cache)
-    second = cached_predict(teacher, ct, pet, Prompt(truth.astype(np.float32)), "CT", "STS_001", cache)
+    first = cached_predict(teacher, ct, prompt, "CT", "STS_001", cache)
+    second = cached_predict(teacher, ct, Prompt(truth.astype(np.float32)), "CT", "STS_001", cache)
     assert (cache.misses, cache.hits) == (1, 1)
     np.testing.assert_array_equal(first, second)
     assert list(cache.root.rglob("*.npz")) and not list(cache.root.rglob(".*tmp*"))
 
     changed = truth.copy()
     changed[tuple(np.argwhere(truth)[-1])] = False
-    cached_predict(teacher, ct, pet, Prompt(changed.astype(np.float32)), "CT", "STS_001", cache)
+    cached_predict(teacher, ct, Prompt(changed.astype(np.float32)), "CT", "STS_001", cache)
     assert (cache.misses, cache.hits) == (2, 1)  # changed prompt
-    cached_predict(teacher, ct, pet, prompt, "PET", "STS_001", cache)
+    cached_predict(teacher, pet, prompt, "PET", "STS_001", cache)
     assert (cache.misses, cache.hits) == (3, 1)  # other modality
     teacher.weights_sha256 = "b" * 64
     try:
-        cached_predict(teacher, ct, pet, prompt, "CT", "STS_001", cache)
+        cached_predict(teacher, ct, prompt, "CT", "STS_001", cache)
     finally:
         teacher.weights_sha256 = "a" * 64
     assert (cache.misses, cache.hits) == (4, 1)  # other weights
     other_ct = ct.with_array(ct.array + 1)
-    cached_predict(teacher, other_ct, pet, prompt, "CT", "STS_001", cache)
+    cached_predict(teacher, other_ct, prompt, "CT", "STS_001", cache)
     assert (cache.misses, cache.hits) == (5, 1)  # other image content, same case id
 
 
 def test_teacher_rejects_mismatched_inputs(tiny_sam_case):
     teacher, ct, pet, truth = tiny_sam_case
-    with pytest.raises(DistillSegError, match="one grid"):
-        teacher.predict(ct, Volume(pet.array[:-1], pet.affine), Prompt(truth.astype(np.float32)))
+    with pytest.raises(DistillSegError, match="prompt mask shape"):
+        teacher.predict(ct, Prompt(truth[:-1].astype(np.float32)))
     with pytest.raises(DistillSegError, match="unknown modality"):
-        teacher.predict(ct, pet, Prompt(truth.astype(np.float32)), "MR")
+        teacher.predict(ct, Prompt(truth.astype(np.float32)), "MR")
 
 
 def test_teachers_command_lists_the_registry(capsys, tmp_path, monkeypatch):
@@ -178,3 +178,27 @@ def test_embedding_store_memory_is_bounded_and_keyed_by_weights_and_image(tmp_pa
         capped.put(f"k{n}", embedding)
         os.utime(capped._path(f"k{n}"), (1000 + n, 1000 + n))  # distinct write times
     assert sorted(p.stem for p in (tmp_path / "capped").rglob("*.npy")) == ["k2", "k3"]
+
+
+def test_teacher_sees_the_pet_on_its_native_grid(tiny_sam_case, sts_001):
+    """teacher_on_case runs a PET teacher on the native PET grid (not the PET resampled onto
+    the 1 mm CT grid) and brings only its output onto the CT grid."""
+    from DistillSegLib.io.resample import resample_to
+    from DistillSegLib.teachers.run import teacher_on_case
+
+    teacher = tiny_sam_case[0]
+    truth = sts_001.label_on_ct
+    k = int(np.flatnonzero(truth.array.any(axis=(0, 1))).mean())
+    prompt_map = truth.with_array(np.zeros_like(truth.array))
+    prompt_map.array[:, :, k] = truth.array[:, :, k]  # one prompted slice keeps the tiny model fast
+    on_ct = teacher_on_case(teacher, sts_001, prompt_map, "PET", ("box",))
+    assert on_ct.shape == sts_001.ct.shape
+
+    on_pet_grid = resample_to(prompt_map, sts_001.pet, "nearest", fill=0).array.astype(np.float32)
+    native = teacher.predict(sts_001.pet, Prompt(on_pet_grid, kinds=("box",)), "PET")
+    assert native.shape == sts_001.pet.shape != sts_001.ct.shape
+    expected = resample_to(sts_001.pet.with_array(native), sts_001.ct, "linear", fill=0.0).array
+    np.testing.assert_allclose(on_ct, np.clip(expected, 0, 1), atol=1e-6)
+    # The same teacher on the PET resampled onto the CT grid sees other pixels: another answer.
+    on_ct_grid = teacher.predict(sts_001.pet_on_ct, Prompt(prompt_map.array.astype(np.float32), kinds=("box",)), "PET")
+    assert not np.allclose(on_ct_grid, on_ct, atol=1e-3)

@@ -42,7 +42,7 @@ def tiny_teacher(seed: int = 0):
 def test_tiny_sam_runs_with_every_prompt_kind(small_case, kinds, modality):
     ct, pet, truth = small_case
     teacher = tiny_teacher()
-    probability = teacher.predict(ct, pet, Prompt(truth.astype(np.float32), kinds=kinds), modality)
+    probability = teacher.predict(ct if modality == "CT" else pet, Prompt(truth.astype(np.float32), kinds=kinds), modality)
     assert probability.shape == truth.shape and probability.dtype == np.float32
     assert 0.0 <= probability.min() and probability.max() <= 1.0
     assert probability[truth].min() > 0.0  # every prompted slice was decoded
@@ -54,7 +54,7 @@ def test_explicit_points_are_used(small_case):
     inside = np.argwhere(truth)[:1]
     base = Prompt(truth.astype(np.float32), kinds=("points",))
     explicit = Prompt(truth.astype(np.float32), kinds=("points",), points=inside, point_labels=np.array([1]))
-    assert not np.allclose(teacher.predict(ct, pet, base, "CT"), teacher.predict(ct, pet, explicit, "CT"))
+    assert not np.allclose(teacher.predict(ct, base, "CT"), teacher.predict(ct, explicit, "CT"))
 
 
 def test_lora_trains_only_adapters_and_round_trips(tmp_path, small_case):
@@ -72,7 +72,7 @@ def test_lora_trains_only_adapters_and_round_trips(tmp_path, small_case):
 
     # One optimiser step on a real slice moves only the adapters.
     prompt = Prompt(truth.astype(np.float32))
-    batch = teacher.prepare_slices(ct, pet, prompt, "CT")
+    batch = teacher.prepare_slices(ct, prompt, "CT")
     teacher.model.train()
     optimiser = torch.optim.SGD(lora_parameters(teacher), lr=1.0)
     target = torch.ones(1, 1, *teacher.forward_slices(batch.images[:1], batch.boxes[:1]).shape[-2:])
@@ -87,7 +87,7 @@ def test_lora_trains_only_adapters_and_round_trips(tmp_path, small_case):
             original = frozen_before[name.replace(".base_layer", "")]
             assert torch.equal(parameter, original), name
     assert any(not torch.all(p == 0) for n, p in teacher.model.named_parameters() if "lora_B" in n)
-    expected = teacher.predict(ct, pet, prompt, "CT")
+    expected = teacher.predict(ct, prompt, "CT")
     tuned_hash = update_weights_digest(teacher)
     assert tuned_hash != base_hash
 
@@ -98,7 +98,7 @@ def test_lora_trains_only_adapters_and_round_trips(tmp_path, small_case):
 
     fresh = tiny_teacher()
     load_lora(fresh, path)
-    np.testing.assert_allclose(fresh.predict(ct, pet, prompt, "CT"), expected, atol=1e-6)
+    np.testing.assert_allclose(fresh.predict(ct, prompt, "CT"), expected, atol=1e-6)
     assert fresh.weights_sha256 == teacher.weights_sha256
 
     other_base = tiny_teacher(seed=1)
@@ -117,7 +117,7 @@ def test_checkpoint_loads_strictly_and_checks_the_hash_prefix(tmp_path, small_ca
     loaded = load_sam(good, config=TINY)
     assert loaded.weights_sha256 == file_sha256(good)
     prompt = Prompt(truth.astype(np.float32))
-    np.testing.assert_allclose(loaded.predict(ct, pet, prompt, "PET"), reference.predict(ct, pet, prompt, "PET"), atol=1e-6)
+    np.testing.assert_allclose(loaded.predict(pet, prompt, "PET"), reference.predict(pet, prompt, "PET"), atol=1e-6)
 
     # Named like a published file, but the content's hash does not start with 01ec64.
     misnamed = tmp_path / "sam_vit_b_01ec64.pth"

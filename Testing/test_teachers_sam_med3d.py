@@ -55,7 +55,7 @@ def test_full_configuration_matches_the_reference_layout():
 def test_tiny_model_runs_with_every_prompt_kind(case_arrays, kinds, modality):
     ct, pet, truth = case_arrays
     teacher = tiny_teacher(iterations=2)
-    probability = teacher.predict(ct, pet, Prompt(truth.astype(np.float32), kinds=kinds), modality)
+    probability = teacher.predict(ct if modality == "CT" else pet, Prompt(truth.astype(np.float32), kinds=kinds), modality)
     assert probability.shape == truth.shape and probability.dtype == np.float32
     assert 0.0 <= probability.min() and probability.max() <= 1.0
     # Non-zero only inside the 32^3 x 1.5 mm region around the prompt.
@@ -68,14 +68,14 @@ def test_tiny_model_runs_with_every_prompt_kind(case_arrays, kinds, modality):
 def test_explicit_points_and_refinement_change_the_output(case_arrays):
     ct, pet, truth = case_arrays
     prompt = Prompt(truth.astype(np.float32), kinds=("points", "mask"))
-    once = tiny_teacher(iterations=1).predict(ct, pet, prompt, "CT")
-    refined = tiny_teacher(iterations=3).predict(ct, pet, prompt, "CT")
+    once = tiny_teacher(iterations=1).predict(ct, prompt, "CT")
+    refined = tiny_teacher(iterations=3).predict(ct, prompt, "CT")
     assert not np.allclose(once, refined)  # later iterations add clicks and feed logits back
     centre = np.argwhere(truth).mean(axis=0).round().astype(int)[None]
     explicit = Prompt(truth.astype(np.float32), kinds=("points",), points=centre, point_labels=np.array([1]))
     sampled = Prompt(truth.astype(np.float32), kinds=("points",))
     teacher = tiny_teacher(iterations=1)
-    assert not np.allclose(teacher.predict(ct, pet, explicit, "CT"), teacher.predict(ct, pet, sampled, "CT"))
+    assert not np.allclose(teacher.predict(ct, explicit, "CT"), teacher.predict(ct, sampled, "CT"))
 
 
 def test_roi_is_ras_at_1_5_mm_centred_on_the_prompt(case_arrays):
@@ -113,7 +113,7 @@ def test_checkpoints_load_wrapped_or_flat_and_strictly(tmp_path, case_arrays, wr
     loaded = load_sam_med3d(path, name="seganypet", config=TINY, iterations=1)
     assert loaded.modality == "PET" and loaded.weights_sha256 == file_sha256(path)
     prompt = Prompt(truth.astype(np.float32), kinds=("points", "mask"))
-    np.testing.assert_allclose(loaded.predict(ct, pet, prompt), reference.predict(ct, pet, prompt), atol=1e-6)
+    np.testing.assert_allclose(loaded.predict(ct, prompt), reference.predict(ct, prompt), atol=1e-6)
 
     broken = dict(state)
     broken.pop("mask_decoder.iou_token.weight")

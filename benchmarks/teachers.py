@@ -1,6 +1,7 @@
 """Benchmark the teachers on the shared sts-petct cases: Dice and seconds per case.
 
-For every available teacher and each modality (CT, PET), the teacher is prompted
+For every available teacher and each modality (CT, PET; each on its own grid, the output
+resampled onto the CT grid to be scored), the teacher is prompted
 
 * from the ground-truth mask (per-slice boxes with a 2 px margin for 2D teachers): the
   upper bound of what the teacher can give as pseudo-labels;
@@ -30,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from DistillSegLib.atomic import write_json_atomic  # noqa: E402
 from DistillSegLib.io.case import load_case_folder  # noqa: E402
-from DistillSegLib.teachers.prompts import Prompt  # noqa: E402
 from DistillSegLib.teachers.registry import REGISTRY, load_teacher  # noqa: E402
+from DistillSegLib.teachers.run import teacher_on_case  # noqa: E402
 from DistillSegLib.io.volume import read_image  # noqa: E402
 
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for case_id in cases:
             case = load_case_folder(args.data / case_id)
-            ct, pet, truth = case.ct, case.pet_on_ct, case.label_on_ct.array > 0
+            truth = case.label_on_ct.array > 0
             prompts = {"ground truth": truth}
             if args.student:
                 student_mask, seconds = run_student(args.student, args.data / case_id, Path(tmp))
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "dice": 0.0, "seconds": 0.0, "note": "empty prompt"})
                         continue
                     start = time.perf_counter()
-                    probability = teacher.predict(ct, pet, Prompt(mask.astype(np.float32)), modality)
+                    prompt = case.ct.with_array(mask.astype(np.uint8))
+                    probability = teacher_on_case(teacher, case, prompt, modality, ("box",))
                     seconds = time.perf_counter() - start
                     rows.append({"case": case_id, "teacher": name, "modality": modality, "prompt": source,
                                  "dice": dice(probability >= 0.5, truth), "seconds": seconds,

@@ -342,15 +342,15 @@ def run_teacher(
 ) -> dict[str, float]:
     """The teacher on each case with per-slice boxes from ``prompts[case_id]`` (a 0/1 mask on
     the CT grid); writes ``probability >= 0.5`` as label maps; seconds per case."""
-    from ..teachers import Prompt
+    from ..teachers import teacher_on_case
 
     progress.start(stage, len(cases))
     seconds = {}
     for n, case in enumerate(cases, 1):
         cancel.check()
-        prompt = Prompt(mask=(prompts[case.case_id] > 0).astype(np.float32), kinds=("box",))
+        prompt = case.ct.with_array((prompts[case.case_id] > 0).astype(np.uint8))
         start = time.perf_counter()
-        probability = teacher.predict(case.ct, case.pet_on_ct, prompt, modality)
+        probability = teacher_on_case(teacher, case, prompt, modality, ("box",))
         seconds[case.case_id] = time.perf_counter() - start
         label = (probability >= 0.5).astype(np.uint8)
         write_image(case.ct.with_array(label, label_names={1: "tumour"}), folder / f"{case.case_id}.nii.gz")

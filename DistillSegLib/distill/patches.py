@@ -8,11 +8,14 @@ distillation strategies crop their own arrays exactly where the image was cut.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
 from ..student.preprocess import PreparedCase
+
+if TYPE_CHECKING:  # torch is imported lazily: sampling needs only NumPy
+    import torch
 
 
 @dataclass(frozen=True)

@@ -79,11 +79,17 @@ def new_cache(root=None):
     return TeacherCache(root)
 
 
-def cached_teacher_output(cache, teacher, case_id: str, ct: Volume, pet: Volume, prompt, modality: str) -> np.ndarray:
+def cached_teacher_output(cache, teacher, case_id: str, image: Volume, prompt, modality: str) -> np.ndarray:
     """``teacher.predict`` through the teachers' disk cache (:mod:`DistillSegLib.teachers.cache`)."""
     from ..teachers.cache import cached_predict
 
-    return np.asarray(cached_predict(teacher, ct, pet, prompt, modality, case_id=case_id, cache=cache), np.float32)
+    return np.asarray(cached_predict(teacher, image, prompt, modality, case_id=case_id, cache=cache), np.float32)
+
+
+def modality_volume(case: PreparedCase, config: StudentConfig, modality: str) -> Volume:
+    """The prepared case's CT (HU) or PET (SUV) on the student grid (:func:`teacher_volumes`)."""
+    ct, pet = teacher_volumes(case, config)
+    return ct if modality.upper() == "CT" else pet
 
 
 def make_prompt(foreground: np.ndarray, teacher, n_points: int = 3, seed: int = 0):
@@ -125,13 +131,13 @@ def teacher_round(trainer, teachers: Mapping[str, tuple[Any, str]], cache,
     for index, case in enumerate(trainer.unlabelled):
         trainer.cancel.check()
         foreground = foregrounds[case.case_id] if foregrounds is not None else student_foreground(trainer, case)
-        ct, pet = teacher_volumes(case, trainer.config)
         union = np.zeros(case.shape, bool)
         prompt_found = False
         for key, (teacher, modality) in teachers.items():
             prompt = prompt_factory(foreground, teacher)
             prompt_found = prompt_found or not prompt.is_empty()
-            probability = cached_teacher_output(cache, teacher, case.case_id, ct, pet, prompt, modality)
+            image = modality_volume(case, trainer.config, modality)
+            probability = cached_teacher_output(cache, teacher, case.case_id, image, prompt, modality)
             outputs[key][case.case_id] = probability
             union |= probability >= 0.5
         has_prompt[case.case_id] = prompt_found
@@ -156,8 +162,7 @@ def labelled_slices(teacher, case: PreparedCase, config: StudentConfig, prompt, 
     from ..teachers.base import Reorientation
     from ..teachers.slicewise import CANONICAL
 
-    ct, pet = teacher_volumes(case, config)
-    batch = teacher.prepare_slices(ct, pet, prompt, modality)
+    batch = teacher.prepare_slices(modality_volume(case, config, modality), prompt, modality)
     if not len(batch.slices):
         return batch, torch.zeros((0, 1, teacher.image_size, teacher.image_size))
     orientation = Reorientation.for_affine(case.affine, case.shape, CANONICAL)

@@ -6,7 +6,8 @@
 * :mod:`.sam_med3d` — SAM-Med3D and SegAnyPET (3D);
 * :mod:`.cache` — on-disk cache of teacher outputs; :mod:`.registry` — the teacher table
   and :func:`load_teacher`, the way in for code outside this package;
-* :mod:`.run` — :func:`segment_with_teacher`, used by ``distillseg predict --teacher``.
+* :mod:`.run` — :func:`teacher_on_case` (a loaded teacher on a case, native grids) and
+  :func:`segment_with_teacher`, used by ``distillseg predict --teacher``.
 
 Torch is imported lazily, inside functions.
 """
@@ -14,5 +15,6 @@ Torch is imported lazily, inside functions.
 from .base import Teacher
 from .prompts import Prompt
 from .registry import load_teacher
+from .run import segment_with_teacher, teacher_on_case
 
-__all__ = ["Prompt", "Teacher", "load_teacher"]
+__all__ = ["Prompt", "Teacher", "load_teacher", "segment_with_teacher", "teacher_on_case"]

@@ -1,8 +1,9 @@
 """The teacher interface and what every teacher shares: modalities, orientation, checkpoints.
 
-A teacher takes a CT (HU) and a PET (SUVbw) on ONE grid (the CT grid, ``case.pet_on_ct``,
-or the student's resampled grid) and a :class:`~.prompts.Prompt` on that grid, and returns
-foreground probabilities (float32 in [0, 1]) on that grid, computed from one modality.
+A teacher takes ONE image, a CT (HU) or a PET (SUVbw), on that image's own grid (DESIGN.md:
+teachers see each modality on its native grid; only their outputs are resampled to another
+grid) and a :class:`~.prompts.Prompt` on the same grid, and returns foreground
+probabilities (float32 in [0, 1]) on that grid.
 """
 
 from __future__ import annotations
@@ -44,23 +45,26 @@ class Teacher(Protocol):
     weights_sha256: str
     prompt_kinds: tuple[str, ...]
 
-    def predict(self, ct: Volume, pet: Volume, prompt: Prompt, modality: str | None = None) -> np.ndarray:
-        """Foreground probabilities ``(I, J, K)`` float32 in [0, 1] on the grid of ``ct``."""
+    def predict(self, image: Volume, prompt: Prompt, modality: str | None = None) -> np.ndarray:
+        """Foreground probabilities ``(I, J, K)`` float32 in [0, 1] on the grid of ``image``.
+
+        ``image`` is the modality's own volume (CT in HU or PET in SUVbw, ``modality``
+        says which: it decides the intensity normalisation); ``prompt.mask`` lies on the
+        same grid.
+        """
         ...
 
 
-def check_inputs(teacher: Teacher, ct: Volume, pet: Volume, prompt: Prompt, modality: str | None) -> str:
+def check_inputs(teacher: Teacher, image: Volume, prompt: Prompt, modality: str | None) -> str:
     """Validate a teacher call; returns the modality to use."""
     modality = normalise_modality(modality or teacher.modality)
     if modality not in teacher.modalities:
         raise DistillSegError(f"teacher {teacher.name} does not take {modality} (it takes {teacher.modalities})")
-    if ct.shape != pet.shape or not np.allclose(ct.affine, pet.affine, atol=1e-3):
+    if prompt.mask.shape != image.shape:
         raise DistillSegError(
-            f"teacher {teacher.name}: CT {ct.shape} and PET {pet.shape} must be on one grid "
-            "(use case.pet_on_ct)"
+            f"teacher {teacher.name}: prompt mask shape {prompt.mask.shape} differs from the {modality} "
+            f"image grid {image.shape} (bring the prompt onto the image's grid first)"
         )
-    if prompt.mask.shape != ct.shape:
-        raise DistillSegError(f"prompt mask shape {prompt.mask.shape} differs from the image grid {ct.shape}")
     unsupported = set(prompt.kinds) - set(teacher.prompt_kinds)
     if unsupported:
         raise DistillSegError(

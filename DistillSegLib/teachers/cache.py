@@ -1,7 +1,7 @@
 """On-disk cache of teacher outputs, keyed by everything that decides them.
 
 The key hashes the teacher name, its weights' SHA-256 (including LoRA adapters), the case
-(id and a hash of the CT/PET arrays and grid), the modality and the prompt (a hash of the
+(id and a hash of the image's array and grid), the modality and the prompt (a hash of the
 prompt arrays and settings, :meth:`Prompt.digest`): a changed prompt or weight never
 reuses a stale entry. Entries are written atomically, so a killed process never leaves a
 half-written one. Location: ``$DISTILLSEG_CACHE`` or ``~/.cache/distillseg/teachers``.
@@ -79,17 +79,17 @@ class TeacherCache:
         return path
 
 
-def cached_predict(teacher, ct: Volume, pet: Volume, prompt: Prompt, modality: str | None = None,
+def cached_predict(teacher, image: Volume, prompt: Prompt, modality: str | None = None,
                    case_id: str = "", cache: TeacherCache | None = None) -> np.ndarray:
-    """``teacher.predict`` through the cache (no cache: a plain call)."""
+    """``teacher.predict(image, prompt, modality)`` through the cache (no cache: a plain call)."""
     from .base import normalise_modality
 
     if cache is None:
-        return teacher.predict(ct, pet, prompt, modality)
+        return teacher.predict(image, prompt, modality)
     modality = normalise_modality(modality or teacher.modality)
-    key = cache.key(teacher.name, teacher.weights_sha256, case_id, volumes_digest(ct, pet), modality, prompt)
+    key = cache.key(teacher.name, teacher.weights_sha256, case_id, volumes_digest(image), modality, prompt)
     probability = cache.get(teacher.name, key)
     if probability is None:
-        probability = teacher.predict(ct, pet, prompt, modality)
+        probability = teacher.predict(image, prompt, modality)
         cache.put(teacher.name, key, probability)
     return probability

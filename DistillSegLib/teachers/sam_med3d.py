@@ -97,20 +97,20 @@ class SamMed3DTeacher:
         self.iterations = int(iterations)
         self.device = device
 
-    def predict(self, ct: Volume, pet: Volume, prompt: Prompt, modality: str | None = None) -> np.ndarray:
-        """Foreground probabilities ``(I, J, K)`` float32 in [0, 1] on the grid of ``ct``."""
-        modality = check_inputs(self, ct, pet, prompt, modality)
+    def predict(self, image: Volume, prompt: Prompt, modality: str | None = None) -> np.ndarray:
+        """Foreground probabilities ``(I, J, K)`` float32 in [0, 1] on the grid of ``image``
+        (the CT in HU or the PET in SUV on its own grid; ``prompt`` on that grid)."""
+        modality = check_inputs(self, image, prompt, modality)
         if prompt.is_empty():
-            return np.zeros(ct.shape, np.float32)
-        image = ct if modality == "CT" else pet
-        roi = roi_grid(prompt.mask, ct.affine, self.config.image_size)
+            return np.zeros(image.shape, np.float32)
+        roi = roi_grid(prompt.mask, image.affine, self.config.image_size)
         roi_image = resample_to(Volume(image.array.astype(np.float32), image.affine), roi, "linear", fill=0.0).array
-        roi_prob = resample_to(Volume(np.asarray(prompt.mask, np.float32), ct.affine), roi, "linear", fill=0.0).array
-        points, labels = self._points(prompt, ct.affine, roi, roi_prob)
+        roi_prob = resample_to(Volume(np.asarray(prompt.mask, np.float32), image.affine), roi, "linear", fill=0.0).array
+        points, labels = self._points(prompt, image.affine, roi, roi_prob)
         logits = self.infer(z_normalise(roi_image), points, labels,
                             roi_prob if "mask" in prompt.kinds else None, roi_prob)
         probability = Volume(_sigmoid(logits), roi.affine)
-        return np.clip(resample_to(probability, ct, "linear", fill=0.0).array, 0.0, 1.0).astype(np.float32)
+        return np.clip(resample_to(probability, image, "linear", fill=0.0).array, 0.0, 1.0).astype(np.float32)
 
     def infer(self, image: np.ndarray, points: np.ndarray, labels: np.ndarray,
               mask_probability: np.ndarray | None, reference: np.ndarray) -> np.ndarray:

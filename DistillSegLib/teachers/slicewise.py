@@ -55,8 +55,9 @@ def pet_to_unit(suv: np.ndarray, percentiles: tuple[float, float] = PET_PERCENTI
     return ((np.clip(suv, low, high) - low) / (high - low)).astype(np.float32)
 
 
-def modality_to_unit(ct: Volume, pet: Volume, modality: str) -> np.ndarray:
-    return ct_to_unit(ct.array) if modality == "CT" else pet_to_unit(pet.array)
+def modality_to_unit(image: Volume, modality: str) -> np.ndarray:
+    """CT (HU) or PET (SUV) voxels -> [0, 1] by the modality's rule."""
+    return ct_to_unit(image.array) if modality == "CT" else pet_to_unit(image.array)
 
 
 @dataclass
@@ -132,14 +133,15 @@ class SamSliceTeacher:
         self.embedding_store = "default"
 
     # ------------------------------------------------------------------ public API
-    def predict(self, ct: Volume, pet: Volume, prompt: Prompt, modality: str | None = None) -> np.ndarray:
-        """Foreground probabilities ``(I, J, K)`` float32 in [0, 1] on the grid of ``ct``."""
+    def predict(self, image: Volume, prompt: Prompt, modality: str | None = None) -> np.ndarray:
+        """Foreground probabilities ``(I, J, K)`` float32 in [0, 1] on the grid of ``image``
+        (the CT in HU or the PET in SUV on its own grid; ``prompt`` on that grid)."""
         import torch
 
-        modality = check_inputs(self, ct, pet, prompt, modality)
-        orientation = Reorientation.for_affine(ct.affine, ct.shape, CANONICAL)
+        modality = check_inputs(self, image, prompt, modality)
+        orientation = Reorientation.for_affine(image.affine, image.shape, CANONICAL)
         canonical_prob = np.zeros(orientation.to_canonical(prompt.mask).shape, np.float32)
-        batch = self.prepare_slices(ct, pet, prompt, modality)
+        batch = self.prepare_slices(image, prompt, modality)
         if len(batch.slices):
             with torch.inference_mode():
                 for start in range(0, len(batch.slices), self.batch_size):
@@ -158,13 +160,13 @@ class SamSliceTeacher:
                         canonical_prob[:, :, k] = p.T  # slice (row=j, col=i) -> [i, j]
         return orientation.from_canonical(canonical_prob)
 
-    def prepare_slices(self, ct: Volume, pet: Volume, prompt: Prompt, modality: str) -> SliceBatch:
-        """Preprocessed axial slices (with prompt foreground) and their prompts."""
+    def prepare_slices(self, volume: Volume, prompt: Prompt, modality: str) -> SliceBatch:
+        """Preprocessed axial slices of ``volume`` (those with prompt foreground) and their prompts."""
         import torch
 
-        orientation = Reorientation.for_affine(ct.affine, ct.shape, CANONICAL)
+        orientation = Reorientation.for_affine(volume.affine, volume.shape, CANONICAL)
         # (K, J, I) stacks: stack[k] is the radiological view of canonical slice k.
-        image = orientation.to_canonical(modality_to_unit(ct, pet, modality)).transpose(2, 1, 0)
+        image = orientation.to_canonical(modality_to_unit(volume, modality)).transpose(2, 1, 0)
         prob = orientation.to_canonical(np.asarray(prompt.mask, np.float32)).transpose(2, 1, 0)
         foreground = prob >= prompt.threshold
         boxes = slice_boxes(foreground, prompt.box_margin)
