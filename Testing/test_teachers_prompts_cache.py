@@ -202,3 +202,19 @@ def test_teacher_sees_the_pet_on_its_native_grid(tiny_sam_case, sts_001):
     # The same teacher on the PET resampled onto the CT grid sees other pixels: another answer.
     on_ct_grid = teacher.predict(sts_001.pet_on_ct, Prompt(prompt_map.array.astype(np.float32), kinds=("box",)), "PET")
     assert not np.allclose(on_ct_grid, on_ct, atol=1e-3)
+
+
+def test_embedding_a_volume_ahead_makes_prompts_decoder_only(tiny_sam_case, tmp_path):
+    import copy
+
+    from DistillSegLib.teachers.embeddings import EmbeddingStore
+
+    teacher, ct, _, truth = tiny_sam_case
+    teacher = copy.copy(teacher)
+    teacher.embedding_store = EmbeddingStore(tmp_path)
+    seen = []
+    assert teacher.embed_volume(ct, "CT", on_batch=lambda done, total: seen.append((done, total))) == ct.shape[2]
+    assert seen[-1] == (ct.shape[2], ct.shape[2])
+    misses = teacher.embedding_store.misses
+    teacher.predict(ct, Prompt(truth.astype(np.float32)), "CT")
+    assert teacher.embedding_store.misses == misses  # every prompted slice was already embedded

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..io.volume import Volume
-from .base import Reorientation, check_inputs
+from .base import Reorientation, check_inputs, normalise_modality
 from .embeddings import default_store, encode_with_store
 from .prompts import Prompt, mask_prompt, sample_points, slice_boxes
 
@@ -160,20 +160,51 @@ class SamSliceTeacher:
                         canonical_prob[:, :, k] = p.T  # slice (row=j, col=i) -> [i, j]
         return orientation.from_canonical(canonical_prob)
 
+    def embed_volume(self, volume: Volume, modality: str | None = None, on_batch=None) -> int:
+        """Encode every axial slice of ``volume`` into the embedding store ahead of any prompt
+        (a loaded study embedded in the background: later prompts cost only the decoder).
+
+        ``on_batch(done, total)`` is called after each encoder batch (progress, cancel by
+        raising). Returns the number of slices; slices already stored are not re-encoded.
+        """
+        import torch
+
+        modality = normalise_modality(modality or self.modality)
+        stack = self.canonical_stack(volume, modality)
+        resized, _ = self.frame(stack.shape[1:])
+        total = len(stack)
+        with torch.inference_mode():
+            for start in range(0, total, self.batch_size):
+                images = self._preprocess_images(stack[start:start + self.batch_size], resized)
+                encode_with_store(self.model.image_encoder, images, self.weights_sha256, self.store(), self.device)
+                if on_batch is not None:
+                    on_batch(min(start + self.batch_size, total), total)
+        return total
+
+    def canonical_stack(self, volume: Volume, modality: str) -> np.ndarray:
+        """``(K, J, I)`` intensities in [0, 1]: stack[k] is the radiological view of canonical
+        axial slice k."""
+        orientation = Reorientation.for_affine(volume.affine, volume.shape, CANONICAL)
+        return orientation.to_canonical(modality_to_unit(volume, modality)).transpose(2, 1, 0)
+
+    def frame(self, original: tuple[int, ...]) -> tuple[tuple[int, int], float]:
+        """Size of a slice of shape ``original`` inside the model's square input (longest
+        side = ``image_size``, MedSAM's ``resize_longest_side``) and the scale factor."""
+        scale = self.image_size / max(original)
+        return (int(round(original[0] * scale)), int(round(original[1] * scale))), scale
+
     def prepare_slices(self, volume: Volume, prompt: Prompt, modality: str) -> SliceBatch:
         """Preprocessed axial slices of ``volume`` (those with prompt foreground) and their prompts."""
         import torch
 
         orientation = Reorientation.for_affine(volume.affine, volume.shape, CANONICAL)
-        # (K, J, I) stacks: stack[k] is the radiological view of canonical slice k.
-        image = orientation.to_canonical(modality_to_unit(volume, modality)).transpose(2, 1, 0)
+        image = self.canonical_stack(volume, modality)
         prob = orientation.to_canonical(np.asarray(prompt.mask, np.float32)).transpose(2, 1, 0)
         foreground = prob >= prompt.threshold
         boxes = slice_boxes(foreground, prompt.box_margin)
         slices = np.array(sorted(boxes), dtype=np.int64)
         original = image.shape[1:]
-        scale = self.image_size / max(original)
-        resized = (int(round(original[0] * scale)), int(round(original[1] * scale)))
+        resized, scale = self.frame(original)
         batch = SliceBatch(slices, torch.zeros((0, 3, self.image_size, self.image_size)),
                            resized=resized, original=original)
         if not len(slices):
