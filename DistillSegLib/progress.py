@@ -1,24 +1,41 @@
-"""Progress for long work: a tqdm bar for people, JSON lines for the Slicer module; cancel.
+"""Progress for long work: a bar on a terminal, plain lines in logs, JSON lines for the Slicer module; cancel.
 
-JSON progress lines go to stdout, one object per line, e.g.::
+How progress is shown depends on where it goes:
 
-    {"stage": "train", "step": 40, "total": 1200, "loss": 0.41, "metrics": {}, "eta": 312.5}
+* ``json_lines``: one JSON object per line on stdout, e.g.::
 
-The Slicer module (or any caller) reads them while the process runs; a final line
-``{"stage": "done", ...}`` or ``{"stage": "error", "message": ...}`` closes the run.
+      {"stage": "train", "step": 40, "total": 1200, "loss": 0.41, "metrics": {}, "eta": 312.5}
+
+  The Slicer module (or any caller) reads them while the process runs; a final line
+  ``{"stage": "done", ...}`` or ``{"stage": "cancelled", ...}`` closes the run.
+* stderr is a terminal: a tqdm bar.
+* otherwise (a log file, a pipe, CI): plain lines such as ``train: 40/1200 (3%), loss 0.4100,
+  eta 5 min`` every tenth of a stage or every 30 s, never carriage returns.
+
+Anything else written to stderr while a bar is drawn (messages, warnings, the final
+``error:`` line) goes through :func:`write_line`, which first clears the bar so that the
+text starts on a line of its own; :func:`close_all` ends every bar before such a line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from .errors import CancelledError
+
+# Plain-line mode: a line every this fraction of a stage, or after this many seconds.
+LINE_FRACTION = 0.1
+LINE_SECONDS = 30.0
+
+_ACTIVE: "weakref.WeakSet[Progress]" = weakref.WeakSet()
 
 
 class CancelToken:
@@ -55,32 +72,60 @@ class CancelToken:
                 signal.signal(sig, old)
 
 
-class Progress:
-    """Reports steps of named stages either as a progress bar (stderr) or JSON lines (stdout)."""
+def stderr_is_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # closed stream
+        return False
 
-    def __init__(self, json_lines: bool = False, enabled: bool = True) -> None:
+
+class Progress:
+    """Reports steps of named stages as a bar (terminal), plain lines (stderr) or JSON lines (stdout).
+
+    Args:
+        json_lines: JSON progress lines on stdout (``--json-progress``).
+        enabled: False shows nothing (library use, or the non-zero ranks of DDP).
+        bar: a tqdm bar (True) or plain lines (False); default: a bar only when stderr
+            is a terminal.
+    """
+
+    def __init__(self, json_lines: bool = False, enabled: bool = True, bar: bool | None = None) -> None:
         self.json_lines = json_lines
         self.enabled = enabled
+        self.use_bar = stderr_is_terminal() if bar is None else bar
         self._bar = None
         self._stage = ""
         self._total = 0
         self._start = 0.0
+        self._last_line = (0.0, -1)  # (time, tenth of the stage) of the last plain line
+
+    @property
+    def mode(self) -> str:
+        """``"json"``, ``"bar"``, ``"lines"`` or ``"off"``."""
+        if self.json_lines:
+            return "json"
+        if not self.enabled:
+            return "off"
+        return "bar" if self.use_bar else "lines"
 
     def start(self, stage: str, total: int) -> None:
         self.close()
         self._stage, self._total, self._start = stage, int(total), time.monotonic()
-        if self.json_lines:
+        self._last_line = (self._start, -1)
+        if self.mode == "json":
             self.emit(stage=stage, step=0, total=self._total, eta=None)
-        elif self.enabled:
+        elif self.mode == "bar":
             from tqdm import tqdm
 
             self._bar = tqdm(total=self._total, desc=stage, unit="step", file=sys.stderr, dynamic_ncols=True)
+            _ACTIVE.add(self)
 
     def update(self, step: int, loss: float | None = None, **metrics: Any) -> None:
         """Report that ``step`` of the current stage's ``total`` steps are done."""
         elapsed = time.monotonic() - self._start
         eta = elapsed / step * (self._total - step) if step > 0 else None
-        if self.json_lines:
+        if self.mode == "json":
             self.emit(stage=self._stage, step=int(step), total=self._total, loss=loss,
                       metrics=metrics, eta=None if eta is None else round(eta, 1))
         elif self._bar is not None:
@@ -89,19 +134,72 @@ class Progress:
             postfix.update({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items()})
             self._bar.set_postfix(postfix, refresh=False)
             self._bar.refresh()
+        elif self.mode == "lines":
+            self._plain_line(int(step), loss, eta, metrics)
+
+    def _plain_line(self, step: int, loss: float | None, eta: float | None, metrics: dict) -> None:
+        now = time.monotonic()
+        tenth = int(step / self._total / LINE_FRACTION) if self._total else 0
+        last_time, last_tenth = self._last_line
+        if not (step >= self._total or tenth > last_tenth or now - last_time >= LINE_SECONDS):
+            return
+        self._last_line = (now, tenth)
+        parts = [f"{self._stage}: {step}/{self._total}" + (f" ({100 * step // self._total}%)" if self._total else "")]
+        if loss is not None:
+            parts.append(f"loss {loss:.4f}")
+        parts += [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
+        if eta is not None and step < self._total and now - self._start >= 1.0:
+            parts.append(f"eta {format_seconds(eta)}")
+        write_line(", ".join(parts))
 
     def message(self, text: str) -> None:
-        if self.json_lines:
+        if self.mode == "json":
             self.emit(stage="message", message=text)
         elif self.enabled:
-            print(text, file=sys.stderr)
+            write_line(text)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        _ACTIVE.discard(self)
 
     def emit(self, **record: Any) -> None:
         """Write one JSON object as a line on stdout (only in JSON mode)."""
         if self.json_lines:
             print(json.dumps(record, default=str), flush=True)
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def write_line(text: str, stream=None) -> None:
+    """Write ``text`` as a line of its own on stderr, above any progress bar being drawn."""
+    stream = stream or sys.stderr
+    if any(p._bar is not None for p in list(_ACTIVE)):
+        from tqdm import tqdm
+
+        tqdm.write(text, file=stream)
+    else:
+        print(text, file=stream, flush=True)
+
+
+def close_all() -> None:
+    """End every progress bar (called before an ``error:`` or ``cancelled:`` line)."""
+    for progress in list(_ACTIVE):
+        progress.close()
+
+
+class ProgressAwareHandler(logging.Handler):
+    """A logging handler for stderr that never writes into the middle of a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            write_line(self.format(record))
+        except Exception:  # logging must never raise
+            self.handleError(record)

@@ -7,6 +7,7 @@ root; tests that need it skip with a clear reason when it is absent (CI has it).
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,18 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def cli(capsys):
+    """``cli(*args)``: run ``distillseg ARGS`` in this process (the console script's code path) and
+    return a CompletedProcess with its exit status, stdout and stderr."""
+    from DistillSegLib.cli import main
+
+    def run(*args) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return run

@@ -424,11 +424,13 @@ class DistillSegLogic:
     # ----------------------------------------------------------------- statistics
 
     def lesionStatistics(self, segmentationNode, ctNode, petNode) -> list[dict]:
-        """MTV (mL), SUVmax, SUVmean, SUVpeak, TLG per segment of the (corrected) segmentation.
+        """MTV (mL), SUVmax, SUVmean, SUVpeak, TLG per lesion of the (corrected) segmentation.
 
-        Computed by the engine (:func:`DistillSegLib.metrics.lesions.lesion_statistics`, one row per
-        connected lesion) on the CT grid with the PET resampled onto it, so it follows every
-        correction made in the Segment Editor.
+        Computed by the engine (:func:`DistillSegLib.metrics.lesions.lesion_statistics`, the table of
+        ``distillseg stats`` and ``predict --stats``: one row per connected lesion of at least
+        0.1 mL), so it follows every correction made in the Segment Editor. MTV is counted on the CT
+        grid; the SUV figures come from the PET node's own (native) voxels, each lesion brought onto
+        the PET grid by the IBSI partial-volume rule, never from a PET resampled onto the CT.
         """
         from DistillSegLib.metrics.lesions import lesion_statistics
 

@@ -99,6 +99,14 @@ def apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ affine[:3, :3].T + affine[:3, 3]
 
 
+def crop_volume(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
+    """Sub-volume ``volume.array[box]`` with its affine moved to the box's first voxel."""
+    start = np.array([s.start for s in box], dtype=float)
+    affine = volume.affine.copy()
+    affine[:3, 3] = volume.affine[:3, :3] @ start + volume.affine[:3, 3]
+    return Volume(np.ascontiguousarray(volume.array[box]), affine, dict(volume.meta))
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_SUFFIXES)
 
@@ -140,12 +148,16 @@ def read_image(path: str | os.PathLike, **meta: Any) -> Volume:
         raise DistillSegError(f"file not found: {path}")
     if not path.is_file():
         raise DistillSegError(f"not a file: {path}")
+    if path.stat().st_size == 0:
+        raise DistillSegError(f"cannot read image {path}: the file is empty")
     try:
         if path.name.lower().endswith((".nii", ".nii.gz")):
             volume = _read_nifti(path, **meta)
         else:
             volume = volume_from_sitk(sitk.ReadImage(str(path)), path=str(path), **meta)
-    except (RuntimeError, OSError, ValueError, EOFError) as exc:
+    except DistillSegError:
+        raise
+    except Exception as exc:  # nibabel, gzip, zlib and ITK raise many types for a file that is not an image
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DistillSegError(f"cannot read image {path}: {reason}") from exc
     check_finite(volume)

@@ -16,7 +16,7 @@ import numpy as np
 from ..io.case import Case
 from ..errors import DistillSegError
 from ..io.resample import resample_to, resample_to_spacing
-from ..io.volume import Volume
+from ..io.volume import Volume, crop_volume
 from .config import StudentConfig
 
 AIR_HU = -1000.0
@@ -63,14 +63,6 @@ def normalise_ct(hu: np.ndarray, config: StudentConfig) -> np.ndarray:
 def normalise_pet(suv: np.ndarray, config: StudentConfig) -> np.ndarray:
     """SUV -> SUV / ``pet_suv_scale`` after clipping to [0, ``pet_suv_clip``]."""
     return (np.clip(suv, 0.0, config.pet_suv_clip) / config.pet_suv_scale).astype(np.float32)
-
-
-def crop_volume(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
-    """Sub-volume ``volume.array[box]`` with its affine moved to the box's first voxel."""
-    start = np.array([s.start for s in box], dtype=float)
-    affine = volume.affine.copy()
-    affine[:3, 3] = volume.affine[:3, :3] @ start + volume.affine[:3, 3]
-    return Volume(np.ascontiguousarray(volume.array[box]), affine, dict(volume.meta))
 
 
 def prepare_case(
