@@ -22,9 +22,12 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_all_cases_load_and_pet_mask_agrees_with_ct_mask(sts_dir):
+    from DistillSegLib.io.plausibility import plausibility_report
+
     scores = {}
     for source in find_cases(sts_dir):
-        case = source.load()
+        case = source.load()  # refuses implausible HU/SUV values
+        assert plausibility_report(case.ct, case.pet) == []
         pet_mask = read_image(sts_dir / source.case_id / "PET_mask.nii.gz")
         on_ct = resample_to(pet_mask, case.ct, "nearest")
         assert on_ct.shape == case.ct.shape

@@ -130,6 +130,10 @@ def load_label(path: PathLike, ct: Volume, pet: Volume) -> Volume:
             if not np.allclose(label.array, np.round(label.array)):
                 raise DistillSegError(f"label map {path} holds non-integer values")
             label = label.with_array(np.round(label.array).astype(np.int16))
+        if label.array.min() < 0:
+            raise DistillSegError(
+                f"label map {path} holds negative values (down to {label.array.min()}): label values are "
+                "0 (background) and 1, 2, ... (classes); is it an image rather than a label map?")
         return label
     from .dicom_masks import read_dicom_mask
 
@@ -141,10 +145,20 @@ def load_case(
     pet: PathLike,
     label: PathLike | None = None,
     case_id: str | None = None,
+    check: bool = True,
 ) -> Case:
-    """Load a case from files or DICOM folders (see :func:`load_volume`, :func:`load_label`)."""
+    """Load a case from files or DICOM folders (see :func:`load_volume`, :func:`load_label`).
+
+    Args:
+        check: refuse a CT that does not look like HU or a PET that does not look like SUV
+            (:mod:`.plausibility`; ``--allow-implausible`` turns it off).
+    """
     ct_volume = load_volume(ct, "CT")
     pet_volume = load_volume(pet, "PT")
+    if check:
+        from .plausibility import require_plausible
+
+        require_plausible(ct_volume, pet_volume)
     label_volume = load_label(label, ct_volume, pet_volume) if label else None
     return Case(case_id or default_case_id(ct), ct_volume, pet_volume, label_volume)
 
@@ -172,11 +186,11 @@ def find_in_folder(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def load_case_folder(folder: PathLike) -> Case:
+def load_case_folder(folder: PathLike, check: bool = True) -> Case:
     """Load a case folder (``CT_image``, ``PET_image``, optional ``CT_mask``)."""
     folder = Path(folder)
     paths = {key: find_in_folder(folder, stem) for key, stem in CASE_FOLDER_FILES.items()}
     for key in ("ct", "pet"):
         if paths[key] is None:
             raise DistillSegError(f"case folder {folder} has no {CASE_FOLDER_FILES[key]}.nii.gz")
-    return load_case(paths["ct"], paths["pet"], paths["label"], case_id=folder.name)
+    return load_case(paths["ct"], paths["pet"], paths["label"], case_id=folder.name, check=check)

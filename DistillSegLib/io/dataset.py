@@ -44,8 +44,9 @@ class CaseSource:
     def labelled(self) -> bool:
         return self.label is not None
 
-    def load(self) -> Case:
-        return load_case(self.ct, self.pet, self.label, case_id=self.case_id)
+    def load(self, check: bool = True) -> Case:
+        """The case; ``check``: refuse implausible HU/SUV values (see :mod:`.plausibility`)."""
+        return load_case(self.ct, self.pet, self.label, case_id=self.case_id, check=check)
 
 
 def is_nnunet_dataset(folder: Path) -> bool:
