@@ -82,7 +82,8 @@ def test_predict_writes_the_ct_grid_and_evaluate_scores_it(cancelled_run, sts_ca
     # (the 1 mL peak sphere may reach beyond a small lesion, so SUVpeak can exceed its SUVmax)
     assert rows and all(r["mtv_ml"] > 0 and r["suv_peak"] > 0 for r in rows)
 
-    result = cli(capsys, "evaluate", "--pred", str(pred.parent), "--gt", str(case.parent), "--json")
+    result = cli(capsys, "evaluate", "--pred", str(pred.parent), "--gt", str(case.parent), "--cases", "STS_001",
+                 "--json")
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
     assert [c["case_id"] for c in scores["cases"]] == ["STS_001"]

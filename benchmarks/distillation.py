@@ -147,7 +147,8 @@ def main(argv=None) -> int:
                                   "teacher_seconds_per_case_ct_plus_pet": float(np.mean(list(per_case.values()))),
                                   "student_seconds_per_case": student,
                                   "ratio": float(np.mean(list(per_case.values()))) / student,
-                                  "teacher_dice": {m: evaluate_folders(out / "teacher" / m, out / "labels")["mean"]["dice"]
+                                  "teacher_dice": {m: evaluate_folders(out / "teacher" / m, out / "labels",
+                                                                       [c.case_id for c in subset])["mean"]["dice"]
                                                    for m in ("ct", "pet")}}
         # written after every seed, so a run cut short still leaves its finished seeds
         summarise(args, data, split, strategies, seeds, runs, suv, suv_eval, teacher_timing, started, out)

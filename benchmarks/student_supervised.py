@@ -67,7 +67,7 @@ def main() -> int:
         prediction = predict_case(model, case, roi="all", device="cpu")
         predict_seconds.append(prediction.seconds)
         write_image(prediction.label, pred_dir / f"{source.case_id}.nii.gz")
-    result = evaluate_folders(pred_dir, Path(args.data))
+    result = evaluate_folders(pred_dir, Path(args.data), [c.case_id for c in test])
     print(format_table(result))
     summary = {
         "command": " ".join(command),

@@ -479,7 +479,8 @@ def run_demo(
     progress.start("evaluate", len(methods))
     for n, name in enumerate(methods, 1):
         cancel.check()
-        evaluation[name] = evaluate_folders(predictions_dir / name, labels_dir)
+        scored = teacher_cases if name in teacher_seconds else validation  # the cases the method ran on
+        evaluation[name] = evaluate_folders(predictions_dir / name, labels_dir, [c.case_id for c in scored])
         mean = evaluation[name]["mean"]
         methods[name].update(dice=mean["dice"], hd95=mean["hd95_mm"], surface_dice=mean["surface_dice_2mm"],
                              hd95_undefined=mean["hd95_undefined"], cases=mean["cases"])
