@@ -45,3 +45,28 @@ def test_teacher_without_prompt_is_a_clear_error(sts_case_dir, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and "--prompt-from" in result.stderr
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_teacher_honours_the_roi(sts_case_dir, tmp_path):
+    """--roi limits where the teacher is prompted and answers (it was ignored); --roi=foo is refused."""
+    from DistillSegLib.io.volume import apply_affine
+
+    folder = sts_case_dir("STS_001")
+    case = load_case_folder(folder)
+    gt = case.label_on_ct.array > 0
+    middle = int(np.argmax(gt.sum(axis=(0, 1))))
+    corners = np.array([[-0.5, -0.5, middle - 0.4], np.array(case.ct.shape[:2] + (middle + 1.4,)) - [0.5, 0.5, 0]])
+    low, high = apply_affine(case.ct.affine, corners)
+    roi = ",".join(f"{v:.3f}" for v in list(np.minimum(low, high)) + list(np.maximum(low, high)))
+    base = ["predict", "--teacher", "litemedsam", "--prompt-from", str(folder / "CT_mask.nii.gz"),
+            "--ct", str(folder / "CT_image.nii.gz"), "--pet", str(folder / "PET_image.nii.gz"), "--threads", "1"]
+    bad = run_cli(*base, "--out", str(tmp_path / "bad.nii.gz"), "--roi=foo")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --roi must be six")
+    out = tmp_path / "teacher.nii.gz"
+    result = run_cli(*base, "--out", str(out), f"--roi={roi}")
+    assert result.returncode == 0, result.stderr
+    predicted = read_image(out).array > 0
+    assert not predicted[..., :middle].any() and not predicted[..., middle + 2:].any()
+    on_slices = slice(middle, middle + 2)
+    dice = 2 * (predicted[..., on_slices] & gt[..., on_slices]).sum() / (predicted[..., on_slices].sum() + gt[..., on_slices].sum())
+    assert dice > 0.8

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from .options import add_allow_implausible, add_min_lesion_ml, non_negative_float
 
 HELP = "segment a PET/CT study with a student or a teacher (label map on the CT grid, lesion statistics)"
 DESCRIPTION = """\
@@ -16,11 +19,15 @@ Outside the ROI the label is background.
 
 --out: .nii.gz, .nii, .nrrd (label map), .seg.nrrd (3D Slicer segmentation with names
 and terminology) or .dcm (DICOM SEG referencing the CT series; the CT must be DICOM).
---stats: one row per connected lesion (MTV mL, SUVmax, SUVmean, SUVpeak, TLG, centroid).
+--stats: one row per connected lesion (MTV mL, SUVmax, SUVmean, SUVpeak, TLG, centroid), the
+table of `distillseg stats`: SUV figures from the PET's own voxels, lesions under
+--min-lesion-ml left out. All outputs are checked before the work and written together:
+a failure leaves none of them.
 
 Teachers (--teacher NAME, see `distillseg teachers`) need no radiologist prompt: they are
 prompted automatically from --prompt-from, either a student model (its prediction inside
-the ROI) or a label map. ROI coordinates may be negative: write --roi=-10,... .
+the ROI) or a label map; with --roi/--roi-from the teacher is prompted and answers only
+inside that region. ROI coordinates may be negative: write --roi=-10,... .
 
 examples:
   distillseg predict --model student.pt --ct STS_010/CT_image.nii.gz --pet STS_010/PET_image.nii.gz \\
@@ -41,16 +48,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ct", required=True, metavar="PATH", help="CT image file or DICOM folder")
     parser.add_argument("--pet", required=True, metavar="PATH", help="PET image file or DICOM folder")
     parser.add_argument("--out", required=True, metavar="FILE", help="label map to write (.nii.gz/.nii/.nrrd/.seg.nrrd/.dcm)")
-    parser.add_argument("--prob", metavar="FILE", help="also write the foreground probability map (float, CT grid)")
+    parser.add_argument("--prob", metavar="FILE", help="also write the foreground probability map (float, CT grid; "
+                                                       ".nii.gz/.nii/.nrrd/.mha)")
     roi = parser.add_mutually_exclusive_group()
     roi.add_argument("--roi", metavar="BOX", help="x0,y0,z0,x1,y1,z1 in RAS mm, or 'all' (the input is the region)")
     roi.add_argument("--roi-from", metavar="MASK", help="label map whose bounding box (+ margin) is the region")
-    parser.add_argument("--roi-margin", type=float, default=10.0, metavar="MM", help="margin around --roi-from (default: 10)")
+    parser.add_argument("--roi-margin", type=non_negative_float, default=10.0, metavar="MM",
+                        help="margin around --roi-from (default: 10)")
     parser.add_argument("--stats", metavar="FILE", help="lesion statistics table (.csv or .json)")
+    add_min_lesion_ml(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--json-progress", action="store_true", help="JSON progress lines on stdout")
     parser.add_argument("--threads", type=int, default=0, metavar="N",
                         help="CPU threads for torch (default: 0 = all cores; 1 is faster on a busy machine)")
+    add_allow_implausible(parser)
+
+
+PROBABILITY_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 def resolve_roi(args: argparse.Namespace, case):
@@ -66,16 +80,42 @@ def resolve_roi(args: argparse.Namespace, case):
     return None
 
 
-def run(args: argparse.Namespace) -> int:
+def check_arguments(args: argparse.Namespace) -> list:
+    """Everything that needs no model and no image, before any loading: the output paths
+    (suffix, writable, not an input, distinct), a DICOM CT for a .dcm output, the ROI's
+    syntax, the device. Returns the output paths ``[out, prob?, stats?]``."""
+    from ..atomic import check_output_path, same_file
     from ..errors import DistillSegError
-    from ..progress import CancelToken, Progress
-    from ..io.segmentation_export import check_label_path
+    from ..io.segmentation_export import LABEL_SUFFIXES
+    from ..student.inference import parse_roi, resolve_device
 
-    out = check_label_path(args.out)
-    if args.stats and not args.stats.lower().endswith((".csv", ".json")):
-        raise DistillSegError(f"--stats must end in .csv or .json, got {args.stats}")
     if args.teacher and not args.prompt_from:
         raise DistillSegError("--teacher needs --prompt-from MODEL|LABEL: teachers are prompted automatically from it")
+    inputs = (args.ct, args.pet, args.model, args.prompt_from, args.roi_from, args.checkpoint)
+    outputs = [check_output_path(args.out, "--out", LABEL_SUFFIXES, inputs)]
+    if args.prob:
+        outputs.append(check_output_path(args.prob, "--prob", PROBABILITY_SUFFIXES, inputs))
+    if args.stats:
+        outputs.append(check_output_path(args.stats, "--stats", (".csv", ".json"), inputs))
+    for n, path in enumerate(outputs):
+        for other in outputs[n + 1:]:
+            if same_file(path, other):
+                raise DistillSegError(f"two outputs are the same file {path}: give --out, --prob and --stats "
+                                      "different names")
+    if args.out.lower().endswith(".dcm") and not (Path(args.ct).is_dir() or args.ct.lower().endswith(".dcm")):
+        raise DistillSegError(
+            f"--out {args.out}: a DICOM SEG must reference a DICOM CT series, but --ct {args.ct} is not a DICOM "
+            "folder; write .nii.gz or .seg.nrrd instead")
+    if args.roi:
+        parse_roi(args.roi)
+    resolve_device(args.device)
+    return outputs
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..progress import CancelToken, Progress
+
+    outputs = check_arguments(args)
     if args.threads > 0:
         import torch
 
@@ -87,28 +127,35 @@ def run(args: argparse.Namespace) -> int:
             _predict_teacher(args, progress, cancel) if args.teacher else _predict_student(args, progress, cancel)
         )
         progress.update(2)
-        rows = _write_outputs(args, out, label, probability, case, classes)
+        table = _write_outputs(args, outputs, label, probability, case, classes)
         progress.update(3)
         progress.close()
+    out = outputs[0]
     volume_ml = int((label.array > 0).sum()) * case.ct.voxel_volume_ml
-    progress.emit(stage="done", output=str(out), seconds=round(seconds, 2),
-                  foreground_ml=round(volume_ml, 2), lesions=len(rows) if rows is not None else None)
+    lesions = len(table.rows) if table is not None else None
+    progress.emit(stage="done", output=str(out), seconds=round(seconds, 2), foreground_ml=round(volume_ml, 2),
+                  lesions=lesions)
     if not args.json_progress:
         print(f"wrote {out}: {volume_ml:.1f} mL foreground in {seconds:.1f} s"
-              + (f", {len(rows)} lesion(s) in {args.stats}" if rows is not None else ""))
+              + (f", {lesions} lesion(s) in {args.stats}" if table is not None else ""))
     return 0
+
+
+def _load_case(args):
+    from ..io.case import load_case
+
+    return load_case(args.ct, args.pet, check=not args.allow_implausible)
 
 
 def _predict_student(args, progress, cancel):
     """Student inference: ``(label, probability, case, classes, seconds)``."""
-    from ..io.case import load_case
     from ..student.inference import predict_case, require_roi_for_crop_model
     from ..student.model_file import load_model
 
     model = load_model(args.model)
     if not (args.roi or args.roi_from):
         require_roi_for_crop_model(model, None)  # before the (slow) loading of the study
-    case = load_case(args.ct, args.pet)
+    case = _load_case(args)
     roi = resolve_roi(args, case)
     require_roi_for_crop_model(model, roi)
     progress.start("predict", 3)  # only now: an input error stays the one line on stderr
@@ -118,43 +165,62 @@ def _predict_student(args, progress, cancel):
 
 
 def _predict_teacher(args, progress, cancel):
-    """Teacher inference prompted by a student's prediction or a label map."""
+    """Teacher inference prompted by a student's prediction or a label map, inside the ROI if one is given."""
     import time
 
-    from ..io.case import load_case, load_label
+    from ..io.case import load_label
     from ..io.labels import SegmentClass
-    from ..teachers.run import segment_with_teacher
+    from ..student.inference import roi_to_index_box
+    from ..teachers.run import prompt_on_grid, segment_with_teacher
 
-    case = load_case(args.ct, args.pet)
+    case = _load_case(args)
     started = time.perf_counter()
+    roi = resolve_roi(args, case)
+    box = None if roi is None or isinstance(roi, str) else roi_to_index_box(roi, case.ct)
     if args.prompt_from.lower().endswith(".pt"):
         from ..student.inference import predict_case, require_roi_for_crop_model
         from ..student.model_file import load_model
 
         student = load_model(args.prompt_from)
-        roi = resolve_roi(args, case)
         require_roi_for_crop_model(student, roi)
         prompt = predict_case(student, case, roi, args.device, cancel).probability
     else:
         prompt = load_label(args.prompt_from, case.ct, case.pet)
+    if box is not None:  # the teacher is prompted, and answers, only inside the ROI
+        prompt = inside_box(case.ct.with_array(prompt_on_grid(prompt, case.ct), path=f"{args.prompt_from} inside the ROI"), box)
     progress.start("predict", 3)
     progress.update(1)
     cancel.check()
     label, probability = segment_with_teacher(case, args.teacher, args.checkpoint, prompt, args.modality)
+    if box is not None:
+        label, probability = inside_box(label, box), inside_box(probability, box)
     return label, probability, case, (SegmentClass("tumour"),), time.perf_counter() - started
 
 
-def _write_outputs(args, out, label, probability, case, classes):
-    """Write the label map, the optional probability map and lesion table; return the rows."""
-    from ..metrics.lesions import lesion_statistics, write_lesion_table
+def inside_box(volume, box):
+    """``volume`` with every voxel outside the index ``box`` set to 0."""
+    import numpy as np
+
+    array = np.zeros_like(volume.array)
+    array[box] = volume.array[box]
+    return volume.with_array(array)
+
+
+def _write_outputs(args, outputs, label, probability, case, classes):
+    """Write the label map, probability map and lesion table all or none; return the table."""
+    from ..atomic import atomic_outputs
     from ..io.segmentation_export import write_label_map
     from ..io.volume import write_image
+    from ..metrics.lesions import lesion_table, write_lesion_table
 
-    write_label_map(label, out, classes, case.ct)
-    if args.prob:
-        write_image(probability, args.prob)
-    if not args.stats:
-        return None
-    rows = lesion_statistics(label, case.pet, {i + 1: c.name for i, c in enumerate(classes)})
-    write_lesion_table(rows, args.stats)
-    return rows
+    table = None
+    if args.stats:  # computed before anything is written
+        table = lesion_table(label, case.pet, {i + 1: c.name for i, c in enumerate(classes)},
+                             args.min_lesion_ml, "CT")
+    with atomic_outputs(outputs) as temporary:
+        write_label_map(label, temporary[0], classes, case.ct)
+        if args.prob:
+            write_image(probability, temporary[1])
+        if table is not None:
+            write_lesion_table(table, temporary[-1])
+    return table

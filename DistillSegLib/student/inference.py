@@ -75,8 +75,8 @@ def parse_roi(text: str) -> tuple[np.ndarray, np.ndarray] | str:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != 6:
-        raise DistillSegError(f"--roi must be six numbers x0,y0,z0,x1,y1,z1 in RAS mm (or 'all'), got {text!r}")
+    if len(values) != 6 or not np.all(np.isfinite(values)):
+        raise DistillSegError(f"--roi must be six finite numbers x0,y0,z0,x1,y1,z1 in RAS mm (or 'all'), got {text!r}")
     a, b = np.array(values[:3]), np.array(values[3:])
     low, high = np.minimum(a, b), np.maximum(a, b)
     if np.any(high - low <= 0):

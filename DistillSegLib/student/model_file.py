@@ -126,8 +126,11 @@ def read_payload(path: str | os.PathLike) -> dict[str, Any]:
         if "Weights only load failed" in str(exc):
             reason = ("it holds Python objects besides tensors, which a DistillSeg model never does "
                       "(refused: loading them could run code)")
+        elif path.stat().st_size == 0:
+            reason = "the file is empty"
         else:
-            reason = f"not a readable PyTorch file ({str(exc).splitlines()[0][:120]})"
+            detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            reason = f"not a readable PyTorch file ({detail})"
         raise DistillSegError(f"cannot read model file {path}: {reason}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DistillSegError(f"{path} is not a DistillSeg student model (expected format {FORMAT})")
@@ -136,6 +139,10 @@ def read_payload(path: str | os.PathLike) -> dict[str, Any]:
         metadata = json.loads(metadata_json)
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise DistillSegError(f"model file {path} is incomplete or its metadata is corrupt: {exc}") from exc
+    if not isinstance(metadata, dict) or not isinstance(weights, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        raise DistillSegError(f"model file {path} is incomplete: its metadata or weights are not what a DistillSeg "
+                              "model holds")
     actual = weights_sha256(weights)
     if actual != metadata.get("weights_sha256"):
         raise DistillSegError(
@@ -148,12 +155,33 @@ def read_payload(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
+def model_config(payload: dict[str, Any], path: str | os.PathLike) -> StudentConfig:
+    """The :class:`StudentConfig` recorded in a verified payload's metadata.
+
+    Raises:
+        DistillSegError: the metadata has no usable configuration (a file made by other code).
+    """
+    metadata = payload["metadata"]
+    config = metadata.get("config") if isinstance(metadata, dict) else None
+    if not isinstance(config, dict):
+        raise DistillSegError(f"model file {path} records no student configuration: it was not written by DistillSeg")
+    try:
+        return StudentConfig.from_dict(config)
+    except DistillSegError as exc:
+        raise DistillSegError(f"model file {path}: {exc}") from exc
+    except (TypeError, ValueError, KeyError) as exc:
+        raise DistillSegError(f"model file {path} records an unusable student configuration: {exc}") from exc
+
+
 def load_model(path: str | os.PathLike) -> StudentModel:
     """Load a verified student model (network in eval mode on the CPU)."""
     payload = read_payload(path)
     metadata = payload["metadata"]
-    config = StudentConfig.from_dict(metadata["config"])
-    network = build_student(config)
+    config = model_config(payload, path)
+    try:
+        network = build_student(config)
+    except (TypeError, ValueError) as exc:  # sizes MONAI cannot build
+        raise DistillSegError(f"model file {path}: its student configuration cannot be built: {exc}") from exc
     try:
         network.load_state_dict(payload["weights"], strict=True)
     except RuntimeError as exc:
