@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .options import add_allow_implausible, positive_float, positive_int
+
 HELP = "train a student network on PET/CT cases (supervised baseline or a distillation strategy)"
 DESCRIPTION = """\
 Train a small 3D student (MONAI U-Net, CT+PET channels) on the cases in DATA.
@@ -30,22 +32,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val", metavar="CASES", help="validation case ids (Dice reported every --val-every steps)")
     parser.add_argument("--strategy", default="supervised", help="training strategy (default: supervised)")
     parser.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.pt)")
-    parser.add_argument("--steps", type=int, default=400,
+    parser.add_argument("--steps", type=positive_int, default=400,
                         help="optimiser steps (default: 400; 800 scored no better on sts-petct, see benchmarks/results)")
-    parser.add_argument("--batch-size", type=int, default=2, help="patches per step (default: 2)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="initial learning rate, poly decay (default: 2e-3)")
+    parser.add_argument("--batch-size", type=positive_int, default=2, help="patches per step (default: 2)")
+    parser.add_argument("--lr", type=positive_float, default=2e-3, help="initial learning rate, poly decay (default: 2e-3)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--val-every", type=int, default=200, metavar="N", help="validate every N steps (default: 200)")
-    parser.add_argument("--checkpoint-every", type=int, default=100, metavar="N", help="checkpoint every N steps (default: 100)")
-    parser.add_argument("--refresh-every", type=int, default=100, metavar="N",
+    parser.add_argument("--val-every", type=positive_int, default=200, metavar="N", help="validate every N steps (default: 200)")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="N",
+                        help="checkpoint every N steps (default: 100)")
+    parser.add_argument("--refresh-every", type=positive_int, default=100, metavar="N",
                         help="round length: distillation strategies refresh teacher pseudo-labels every N steps (default: 100)")
     parser.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: MODEL with .checkpoint.pt)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the checkpoint (with the arguments it was started with)")
     parser.add_argument("--init", metavar="MODEL", help="start from an existing student's weights (same configuration)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--json-progress", action="store_true", help="JSON progress lines on stdout")
     parser.add_argument("--threads", type=int, default=0, metavar="N",
                         help="CPU threads for torch (default: 0 = all cores; 1 is faster on a busy machine)")
+    add_allow_implausible(parser)
     group = parser.add_argument_group("student configuration (ignored with --init: the model's own is used)")
     group.add_argument("--spacing", metavar="X,Y,Z", help="student voxel size in mm (default: 2.5,2.5,3.27)")
     group.add_argument("--patch-size", metavar="X,Y,Z", help="patch size in voxels (default: 64,64,32)")
@@ -58,8 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_distillation_arguments(parser)
 
 
-def _ids(text: str | None) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()] if text else []
+def _ids(text: str | None, option: str = "") -> list[str]:
+    """Comma-separated case ids; ``None`` (option not given) is ``[]``, an empty value an error."""
+    from ..errors import DistillSegError
+
+    if text is None:
+        return []
+    ids = [t.strip() for t in text.split(",") if t.strip()]
+    if not ids:
+        raise DistillSegError(f"{option} is empty: give case ids, or leave the option out")
+    return ids
 
 
 def _numbers(text: str, kind=float) -> tuple:
@@ -98,20 +111,22 @@ def select_cases(args: argparse.Namespace):
     from ..errors import DistillSegError
 
     cases = {c.case_id: c for c in find_cases(args.data)}
-    val_ids = _ids(args.val)
-    labelled_ids = _ids(args.labelled) or [i for i, c in cases.items() if c.labelled and i not in val_ids]
-    if args.unlabelled and args.unlabelled.strip() == "rest":
+    val_ids = _ids(args.val, "--val")
+    labelled_ids = _ids(args.labelled, "--labelled") or [
+        i for i, c in cases.items() if c.labelled and i not in val_ids]
+    if args.unlabelled is not None and args.unlabelled.strip() == "rest":
         unlabelled_ids = [i for i in cases if i not in labelled_ids and i not in val_ids]
     else:
-        unlabelled_ids = _ids(args.unlabelled)
+        unlabelled_ids = _ids(args.unlabelled, "--unlabelled")
     for what, ids in (("--labelled", labelled_ids), ("--unlabelled", unlabelled_ids), ("--val", val_ids)):
         missing = [i for i in ids if i not in cases]
         if missing:
             raise DistillSegError(f"{what}: no case {', '.join(missing)} in {args.data}")
     for what, ids in (("--labelled", labelled_ids), ("--val", val_ids)):
-        unlabelled = [i for i in ids if not cases[i].labelled]
+        unlabelled = [cases[i] for i in ids if not cases[i].labelled]
         if unlabelled:
-            raise DistillSegError(f"{what}: case(s) {', '.join(unlabelled)} in {args.data} have no label")
+            raise DistillSegError(f"{what}: case(s) {', '.join(c.case_id for c in unlabelled)} in {args.data} have "
+                                  f"no label{label_hint(unlabelled[0])}")
     overlap = set(val_ids) & (set(labelled_ids) | set(unlabelled_ids))
     if overlap:
         raise DistillSegError(f"validation case(s) {', '.join(sorted(overlap))} are also training cases")
@@ -120,49 +135,146 @@ def select_cases(args: argparse.Namespace):
     return [cases[i] for i in labelled_ids], [cases[i] for i in unlabelled_ids], [cases[i] for i in val_ids]
 
 
+def label_hint(source) -> str:
+    """What the label file of a case folder must be called, and the masks that are there instead."""
+    from ..io.case import CASE_FOLDER_FILES
+    from ..io.volume import is_image_file
+
+    folder = source.ct.parent
+    if folder.name == "imagesTr":  # nnU-Net dataset
+        return f" (expected {folder.parent / 'labelsTr' / (source.case_id + '.nii.gz')})"
+    taken = {CASE_FOLDER_FILES["ct"], CASE_FOLDER_FILES["pet"]}
+    others = sorted(p.name for p in folder.iterdir() if is_image_file(p) and p.name.split(".")[0] not in taken)
+    hint = f" ({folder / (CASE_FOLDER_FILES['label'] + '.nii.gz')} is the training label"
+    if others:
+        hint += (f"; the folder holds {', '.join(others)}: `distillseg convert --label NAME` writes it from an "
+                 "RTSTRUCT/SEG ROI, or copy the right mask to that name")
+    return hint + ")"
+
+
+# Arguments a resumed run must share with its checkpoint: (option, metadata lookup).
+RESUME_ARGUMENTS = (
+    ("--labelled", lambda m: m.get("training_cases", {}).get("labelled")),
+    ("--unlabelled", lambda m: m.get("training_cases", {}).get("unlabelled")),
+    ("--val", lambda m: m.get("training_cases", {}).get("validation")),
+    ("--strategy", lambda m: str(m["strategy"]).removesuffix("+skd") if m.get("strategy") else None),
+    ("--skd", lambda m: str(m["strategy"]).endswith("+skd") if m.get("strategy") else None),
+    ("--steps", lambda m: m.get("training", {}).get("steps")),
+    ("--seed", lambda m: m.get("training", {}).get("seed")),
+    ("--batch-size", lambda m: m.get("training", {}).get("batch_size")),
+    ("--lr", lambda m: m.get("training", {}).get("learning_rate")),
+    ("--refresh-every", lambda m: m.get("training", {}).get("refresh_every")),
+)
+
+
+def check_resume(checkpoint: Path, args: argparse.Namespace, config, labelled, unlabelled, validation) -> None:
+    """Refuse a ``--resume`` whose arguments differ from those the checkpoint was started with.
+
+    Its model would otherwise record the new case lists although most steps used the old
+    ones. Checked before any case is loaded.
+
+    Raises:
+        DistillSegError: naming every differing argument with the checkpoint's and the new value.
+    """
+    from ..errors import DistillSegError
+    from ..student.model_file import model_config, read_payload
+
+    payload = read_payload(checkpoint)
+    if not payload.get("training_state"):
+        raise DistillSegError(f"--resume: {checkpoint} is a model, not a training checkpoint "
+                              "(use --init to start from its weights)")
+    metadata = payload["metadata"]
+    now = {"--labelled": [c.case_id for c in labelled], "--unlabelled": [c.case_id for c in unlabelled],
+           "--val": [c.case_id for c in validation], "--strategy": args.strategy,
+           "--skd": bool(args.skd) and args.strategy != "knowsam",  # knowsam has it built in
+           "--steps": args.steps, "--seed": args.seed, "--batch-size": args.batch_size, "--lr": args.lr,
+           "--refresh-every": args.refresh_every}
+    then = {option: lookup(metadata) for option, lookup in RESUME_ARGUMENTS}
+
+    def show(value) -> str:
+        return ",".join(value) if isinstance(value, list) else str(value)
+
+    differing = [f"{option} {show(then[option])} (now {show(now[option])})" for option in now
+                 if then[option] is not None and _differs(then[option], now[option])]
+    if model_config(payload, checkpoint) != config:
+        differing.append("the student configuration (--spacing, --patch-size, --channels, --res-units, "
+                         "--field-of-view, --class-name or --init)")
+    if differing:
+        raise DistillSegError(
+            f"--resume: the checkpoint {checkpoint} was started with other arguments: {'; '.join(differing)}. "
+            "Resume with the same arguments, or start a new run without --resume")
+
+
+def _differs(then, now) -> bool:
+    if isinstance(then, float) or isinstance(now, float):
+        return abs(float(then) - float(now)) > 1e-12 * max(abs(float(then)), 1.0)
+    return then != now
+
+
 def default_checkpoint(out: Path) -> Path:
     name = out.name[:-3] if out.name.endswith(".pt") else out.name
     return out.with_name(f"{name}.checkpoint.pt")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import CancelledError, DistillSegError
-    from ..progress import CancelToken, Progress
+    from contextlib import ExitStack
+
+    from ..atomic import check_output_path, exclusive_lock
+    from ..errors import DistillSegError
 
     out = Path(args.out)
     if out.exists() and out.is_dir():
         raise DistillSegError(f"--out {out} is a folder; give a model file name such as student.pt")
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(out)
+    check_output_path(out, "--out", inputs=(args.init, args.data))
+    check_output_path(checkpoint, "--checkpoint", inputs=(args.init, args.data, out))
     if args.resume and not checkpoint.exists():
         raise DistillSegError(f"--resume: no checkpoint at {checkpoint} to resume from")
     labelled_src, unlabelled_src, val_src = select_cases(args)
 
     import torch
 
+    from ..student.inference import resolve_device
+
+    device = str(resolve_device(args.device))  # before any loading
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    from ..student.inference import resolve_device
-    from ..student.model_file import read_payload, save_model
-    from ..student.config import StudentConfig
-    from ..student.preprocess import prepare_case
-    from ..distill import get_strategy_class
-    from ..distill.trainer import Trainer, TrainingOptions, init_distributed
+    from ..distill.trainer import init_distributed
 
-    strategy_class = get_strategy_class(args.strategy)
     distributed = init_distributed()
     rank = torch.distributed.get_rank() if distributed else 0
+    with ExitStack() as locks:
+        if rank == 0:  # one run at a time writes this model and its checkpoint
+            locks.enter_context(exclusive_lock(out, "model"))
+            locks.enter_context(exclusive_lock(checkpoint, "checkpoint"))
+        return _train(args, out, checkpoint, labelled_src, unlabelled_src, val_src, device, distributed, rank)
+
+
+def _train(args, out, checkpoint, labelled_src, unlabelled_src, val_src, device, distributed, rank) -> int:
+    import torch
+
+    from ..errors import CancelledError
+    from ..progress import CancelToken, Progress
+    from ..student.model_file import model_config, read_payload, save_model
+    from ..student.preprocess import prepare_case
+    from ..distill import get_strategy_class
+    from ..distill.trainer import Trainer, TrainingOptions
+
+    strategy_class = get_strategy_class(args.strategy)
     progress = Progress(json_lines=args.json_progress, enabled=rank == 0)
     config = student_config_from_args(args)
     init_weights, metadata = None, {}
     if args.init:
         payload = read_payload(args.init)
-        config = StudentConfig.from_dict(payload["metadata"]["config"])
+        config = model_config(payload, args.init)
         init_weights = payload["weights"]
         metadata["init_from"] = {"path": str(args.init), "weights_sha256": payload["metadata"]["weights_sha256"]}
+    if args.resume:
+        check_resume(checkpoint, args, config, labelled_src, unlabelled_src, val_src)
     options = TrainingOptions(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
         val_every=args.val_every, checkpoint_every=args.checkpoint_every, refresh_every=args.refresh_every,
-        device=str(resolve_device(args.device)),
+        device=device,
     )
     cancel = CancelToken()
     with cancel.on_signals():
@@ -171,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
         prepared = []
         for n, (source, with_label) in enumerate(sources, 1):
             cancel.check()
-            prepared.append(prepare_case(source.load(), config, with_label=with_label))
+            prepared.append(prepare_case(source.load(check=not args.allow_implausible), config, with_label=with_label))
             progress.update(n)
         labelled = prepared[: len(labelled_src)]
         unlabelled = prepared[len(labelled_src): len(labelled_src) + len(unlabelled_src)]
