@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require_data
 from DistillSegLib.errors import DistillSegError
 from DistillSegLib.teachers.cache import TeacherCache, cached_predict
 from DistillSegLib.teachers.prompts import Prompt, mask_prompt, probability_to_logits, sample_points, slice_boxes
@@ -132,15 +133,34 @@ def test_teachers_command_lists_the_registry(capsys, tmp_path, monkeypatch):
     from DistillSegLib.cli import main
 
     monkeypatch.setenv("DISTILLSEG_WEIGHTS", str(tmp_path))
-    (tmp_path / "sam_med3d_turbo.pth").write_bytes(b"placeholder")
+    torch.save({"weight": torch.zeros(1)}, tmp_path / "sam_med3d_turbo.pth")  # a PyTorch file (not checked further)
+    (tmp_path / "SegAnyPET.pth").write_bytes(os.urandom(4096))  # random bytes: not "present"
+    (tmp_path / "sam_vit_b_01ec64.pth").write_bytes(b"PK\x03\x04" + b"\0" * 60)  # a zip, with the wrong SHA-256
     assert main(["teachers", "--json"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
     assert set(rows) == {"litemedsam", "sam", "sam-med3d", "seganypet"}
     assert rows["litemedsam"]["weights_present"] and not rows["litemedsam"]["needs_checkpoint"]
     assert rows["sam-med3d"]["weights_present"] and rows["sam-med3d"]["dims"] == 3
-    assert not rows["sam"]["weights_present"] and rows["seganypet"]["default_modality"] == "PET"
+    assert not rows["seganypet"]["weights_present"] and rows["seganypet"]["default_modality"] == "PET"
+    assert "not a PyTorch checkpoint" in rows["seganypet"]["weights_problem"]
+    assert not rows["sam"]["weights_present"] and "SHA-256 prefix 01ec64" in rows["sam"]["weights_problem"]
     assert main(["teachers"]) == 0
-    assert "litemedsam" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "litemedsam" in table and "invalid" in table
+
+
+def test_a_text_file_as_checkpoint_says_what_it_is(tmp_path, capsys):
+    from DistillSegLib.cli import main
+
+    checkpoint = tmp_path / "sam_med3d_turbo.pth"
+    checkpoint.write_text("hello world\n")
+    folder = require_data("sts-petct", "STS_001")
+    assert main(["predict", "--teacher", "sam-med3d", "--checkpoint", str(checkpoint),
+                 "--prompt-from", str(folder / "CT_mask.nii.gz"), "--ct", str(folder / "CT_image.nii.gz"),
+                 "--pet", str(folder / "PET_image.nii.gz"), "--out", str(tmp_path / "x.nii.gz")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error == (f"error: cannot read checkpoint {checkpoint}: not a PyTorch checkpoint: it starts with "
+                     "b'hello wo', neither a zip archive nor a pickle")
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, monkeypatch):

@@ -159,6 +159,22 @@ def check_hash_prefix(path: str | os.PathLike, sha256: str) -> None:
         )
 
 
+# How a file written by ``torch.save`` begins: a zip archive (torch >= 1.6) or a pickle
+# (protocol 2-5, the legacy format).
+TORCH_FILE_HEADERS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
+def checkpoint_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a PyTorch checkpoint (from its first bytes), or None."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if not head:
+        return "the file is empty"
+    if not head.startswith(TORCH_FILE_HEADERS):
+        return f"not a PyTorch checkpoint: it starts with {head!r}, neither a zip archive nor a pickle"
+    return None
+
+
 def read_state_dict(path: str | os.PathLike, wrapper_keys: tuple[str, ...] = ("model_state_dict", "model", "state_dict")) -> dict:
     """Load a checkpoint's state dict safely (``weights_only=True``), unwrapping a known key.
 
@@ -170,10 +186,14 @@ def read_state_dict(path: str | os.PathLike, wrapper_keys: tuple[str, ...] = ("m
     path = Path(path)
     if not path.is_file():
         raise DistillSegError(f"checkpoint not found: {path}")
+    problem = checkpoint_file_problem(path)
+    if problem:
+        raise DistillSegError(f"cannot read checkpoint {path}: {problem}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
         raise DistillSegError(f"cannot read checkpoint {path}: {reason}") from exc
     if isinstance(payload, dict):
         for key in wrapper_keys:

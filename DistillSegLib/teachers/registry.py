@@ -8,6 +8,7 @@ file names, or given with ``--checkpoint``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,6 +17,7 @@ from ..errors import DistillSegError
 from .base import Teacher, normalise_modality
 
 WEIGHTS_ENV = "DISTILLSEG_WEIGHTS"
+_HASH_NAMED = re.compile(r"_[0-9a-f]{6,}$")  # sam_vit_b_01ec64: a SHA-256 prefix in the name
 
 
 def weights_dir() -> Path:
@@ -56,19 +58,37 @@ class TeacherInfo:
                 return candidate
         return None
 
+    def weights_problem(self) -> str | None:
+        """Why the found checkpoint file cannot be this teacher's weights (from its header
+        and, for names carrying one, its SHA-256 prefix), or None."""
+        checkpoint = self.default_checkpoint() if self.needs_checkpoint else None
+        if checkpoint is None:
+            return None
+        from .base import check_hash_prefix, checkpoint_file_problem, file_sha256
+
+        problem = checkpoint_file_problem(checkpoint)
+        if problem is None and _HASH_NAMED.search(checkpoint.name.split(".")[0]):
+            try:
+                check_hash_prefix(checkpoint, file_sha256(checkpoint))
+            except DistillSegError as exc:
+                problem = str(exc)
+        return problem
+
     def weights_present(self) -> bool:
         if not self.needs_checkpoint:
             from .litemedsam import weights_present
 
             return weights_present()
-        return self.default_checkpoint() is not None
+        return self.default_checkpoint() is not None and self.weights_problem() is None
 
     def describe(self) -> dict:
         checkpoint = None if not self.needs_checkpoint else self.default_checkpoint()
+        problem = self.weights_problem()
         return {
             "name": self.name, "description": self.description, "modalities": list(self.modalities),
             "default_modality": self.default_modality, "dims": self.dims,
             "needs_checkpoint": self.needs_checkpoint, "weights_present": self.weights_present(),
+            "weights_problem": problem,
             "checkpoint": str(checkpoint) if checkpoint else None,
             "checkpoint_names": list(self.checkpoint_names), "prompt_kinds": list(self.prompt_kinds),
         }

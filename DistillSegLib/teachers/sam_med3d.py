@@ -24,7 +24,8 @@ are upsampled to 128^3 and mapped back onto the input grid.
 from __future__ import annotations
 
 import contextlib
-import sys
+import io
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from ..io.resample import resample_to
 from ..io.volume import Volume, apply_affine
 from .base import check_hash_prefix, check_inputs, file_sha256, load_state_dict_strict, read_state_dict
 from .prompts import CONFIDENT_HIGH, CONFIDENT_LOW, Prompt, mask_prompt, sample_points
+
+log = logging.getLogger(__name__)
 
 SPACING_MM = 1.5  # infer_utils.validate_paired_img_gt: target_spacing=(1.5, 1.5, 1.5)
 
@@ -64,9 +67,12 @@ def build_sam_med3d_model(config: SamMed3DConfig = SamMed3DConfig()):
 
     sizes = asdict(config)
     sizes["encoder_global_attn_indexes"] = list(config.encoder_global_attn_indexes)
-    # medim prints "creating model ..." on stdout, which carries JSON progress lines.
-    with contextlib.redirect_stdout(sys.stderr):
+    # medim prints "creating model ..." on stdout, which carries JSON progress lines: kept for --debug.
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
         model = medim.create_model("SAM-Med3D", pretrained=False, **sizes)
+    if printed.getvalue().strip():
+        log.debug("medim: %s", printed.getvalue().strip())
     return model.eval()
 
 
