@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and out.is_dir():
         raise DistillSegError(f"--out {out} is a folder; give a model file name such as student.pt")
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(out)
-    check_output_path(out, "--out", inputs=(args.init, args.data))
+    check_output_path(out, "--out", inputs=(args.data,))  # --out = --init updates a model in place (atomically)
     check_output_path(checkpoint, "--checkpoint", inputs=(args.init, args.data, out))
     if args.resume and not checkpoint.exists():
         raise DistillSegError(f"--resume: no checkpoint at {checkpoint} to resume from")

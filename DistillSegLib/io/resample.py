@@ -93,7 +93,11 @@ def mask_to_grid(mask: Volume, reference: Volume, threshold: float = PARTIAL_VOL
     binary = (mask.array > 0)
     if reference.shape == mask.shape and np.allclose(reference.affine, mask.affine, atol=1e-3):
         return Volume(binary.astype(np.uint8), reference.affine.copy(), dict(mask.meta))
-    fraction = resample_to(Volume(binary.astype(np.float32), mask.affine, mask.meta), reference, "linear", fill=0.0)
+    # One voxel of zeros all round: ITK would hold the edge value over the outer half voxel.
+    padded = np.pad(binary.astype(np.float32), 1)
+    affine = mask.affine.copy()
+    affine[:3, 3] -= mask.affine[:3, :3] @ np.ones(3)
+    fraction = resample_to(Volume(padded, affine, mask.meta), reference, "linear", fill=0.0)
     return Volume((fraction.array >= threshold).astype(np.uint8), reference.affine.copy(), dict(mask.meta))
 
 

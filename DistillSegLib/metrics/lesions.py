@@ -179,18 +179,21 @@ def lesion_table(
     voxel_ml = label.voxel_volume_ml
     names = class_names or {int(k): str(v) for k, v in (label.meta.get("label_names") or {}).items()}
     table = LesionTable([], float(min_lesion_ml), label_grid=label_grid)
-    for value in [int(v) for v in np.unique(label.array) if v != 0]:
-        components, _ = ndimage.label(label.array == value, structure=np.ones((3, 3, 3), bool))
+    values = [int(v) for v in np.unique(label.array) if v != 0]
+    # Work inside each value's, then each component's bounding box: a whole-body map with
+    # many values, or thousands of specks, stays fast.
+    value_boxes = ndimage.find_objects(label.array.astype(np.int32)) if values and min(values) > 0 else None
+    for value in values:
+        region = crop_volume(label, value_boxes[value - 1]) if value_boxes else label
+        components, _ = ndimage.label(region.array == value, structure=np.ones((3, 3, 3), bool))
         sizes = np.bincount(components.ravel())
-        # Work inside each component's bounding box: thousands of specks stay fast.
         for index, box in enumerate(ndimage.find_objects(components), start=1):
             mtv = float(sizes[index] * voxel_ml)
             if mtv < min_lesion_ml:
                 table.left_out += 1
                 table.left_out_ml += mtv
                 continue
-            padded = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(box, label.shape))
-            lesion = crop_volume(label.with_array(components), padded)
+            lesion = crop_volume(region.with_array(components), box)
             lesion = lesion.with_array((lesion.array == index).astype(np.uint8))
             centroid = apply_affine(lesion.affine, np.argwhere(lesion.array > 0).mean(axis=0)[None])[0]
             table.rows.append({
