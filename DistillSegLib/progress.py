@@ -59,12 +59,14 @@ class CancelToken:
 
     @contextmanager
     def on_signals(self) -> Iterator["CancelToken"]:
-        """Turn SIGINT/SIGTERM into a cancel request for the duration of the block."""
+        """Turn SIGINT/SIGTERM (and SIGBREAK on Windows, which is what a GUI can send a console
+        process there) into a cancel request for the duration of the block."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
         handler = lambda signum, frame: self.cancel(f"stopped by {signal.Signals(signum).name}")  # noqa: E731
-        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        signals = (signal.SIGINT, signal.SIGTERM, *filter(None, [getattr(signal, "SIGBREAK", None)]))
+        previous = {sig: signal.signal(sig, handler) for sig in signals}
         try:
             yield self
         finally:

@@ -23,7 +23,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-c
 
 from DistillSegLib.io.dataset import find_cases, read_dataset_json  # noqa: E402
 from DistillSegLib.io.volume import Volume, read_image, write_image  # noqa: E402
-from DistillSegModuleLib.Logic import DistillSegLogic, LogicError, formatRoi  # noqa: E402
+from DistillSegModuleLib.Logic import LogicError, SceneLogic, formatRoi  # noqa: E402
 from DistillSegModuleLib.Nodes import findVolume, orientedImageFromArray, volumeFromNode, volumeModality  # noqa: E402
 from DistillSegModuleLib.ProcessRunner import SubprocessRunner  # noqa: E402
 
@@ -52,7 +52,7 @@ def scene():
 
 @pytest.fixture
 def logic(scene):
-    return DistillSegLogic(scene, SubprocessRunner(), python=sys.executable)
+    return SceneLogic(scene, SubprocessRunner(), python=sys.executable)
 
 
 @pytest.fixture
@@ -342,7 +342,7 @@ def test_cancelled_distillation_changes_neither_scene_nor_training_set(study, lo
 
 
 def test_teacher_selection_becomes_train_options():
-    arguments = DistillSegLogic.teacherArguments
+    arguments = SceneLogic.teacherArguments
     assert arguments("supervised", "sam", "sam.pth") == []
     assert arguments("knowsam", "litemedsam", None) == []
     assert arguments("tskd", "sam", "sam_vit_b_01ec64.pth") == ["--teacher", "sam", "--teacher-checkpoint",

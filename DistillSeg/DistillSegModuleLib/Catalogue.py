@@ -1,25 +1,25 @@
-"""Which student models and teachers the module offers: bundled catalogue + user folder.
+"""Which student models and teachers the module offers: bundled students + the user's folder.
 
-The bundled catalogue is ``Resources/ModelCatalogue.json``: in an installed extension it
-sits in the module's ``Resources/`` (CMake copies it there), in a source checkout in the
-repository's top-level ``Resources/``. Students the user distils are ``.pt`` files
-(format ``distillseg-student/1``, ``DistillSegLib/student/model_file.py``) in a models folder.
-No Qt and no Slicer import here.
+The catalogue (``Resources/ModelCatalogue.json``) and the bundled students are found by the
+engine's :mod:`DistillSegLib.student.catalogue` (also behind ``distillseg predict --model
+NAME``). Students the user distils are ``.pt`` files (format ``distillseg-student/1``,
+``DistillSegLib/student/model_file.py``) in a models folder. No Qt and no Slicer import here.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import importlib.util
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-MODULE_DIR = Path(__file__).resolve().parent.parent
-CATALOGUE_NAME = "ModelCatalogue.json"
+from DistillSegLib.errors import DistillSegError
+from DistillSegLib.student import catalogue as engineCatalogue
+
 MODEL_SUFFIX = ".pt"
 CHECKPOINT_SUFFIX = ".checkpoint.pt"  # training checkpoints of ``distillseg train``, not offered
+BUNDLED_STUDENT = "sts-petct-crop"
 
 
 @dataclass(frozen=True)
@@ -28,20 +28,17 @@ class ModelEntry:
 
     title: str
     path: Path
-    source: str  # "catalogue" or "user"
-
-
-def catalogueCandidates() -> list[Path]:
-    """Where the catalogue is looked for: installed layout first, then the source checkout."""
-    return [MODULE_DIR / "Resources" / CATALOGUE_NAME, MODULE_DIR.parent / "Resources" / CATALOGUE_NAME]
+    source: str  # "bundled" or "user"
 
 
 def bundledCatalogue() -> dict:
     """The parsed catalogue (``{"students": [...], "teachers": [...]}``)."""
-    for path in catalogueCandidates():
-        if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
-    raise FileNotFoundError(f"{CATALOGUE_NAME} not found in {[str(p) for p in catalogueCandidates()]}")
+    return engineCatalogue.load_catalogue()
+
+
+def bundledStudent(name: str = BUNDLED_STUDENT) -> Path:
+    """The file of a bundled student (SHA-256 checked)."""
+    return engineCatalogue.resolve_model(name)
 
 
 def defaultModelsFolder() -> Path:
@@ -50,7 +47,10 @@ def defaultModelsFolder() -> Path:
 
 
 def studentModels(folder: str | os.PathLike | None = None, catalogue: dict | None = None) -> list[ModelEntry]:
-    """Students in the user folder (newest first), then catalogue students already downloaded."""
+    """Students in the user folder (newest first), then the bundled students.
+
+    A bundled student whose file is missing or modified is left out (the engine would refuse it).
+    """
     folder = Path(folder) if folder else defaultModelsFolder()
     entries: list[ModelEntry] = []
     if folder.is_dir():
@@ -58,10 +58,12 @@ def studentModels(folder: str | os.PathLike | None = None, catalogue: dict | Non
                         if not p.name.startswith(".") and not p.name.endswith(CHECKPOINT_SUFFIX)),
                        key=lambda p: p.stat().st_mtime, reverse=True)
         entries += [ModelEntry(p.stem, p, "user") for p in files]
-    for student in (catalogue or {}).get("students", []):
-        path = folder / student["file_name"]
-        if path.is_file() and all(e.path != path for e in entries):
-            entries.append(ModelEntry(student.get("title", path.stem), path, "catalogue"))
+    for student in (catalogue if catalogue is not None else bundledCatalogue()).get("students", []):
+        try:
+            entries.append(ModelEntry(student.get("title", student["name"]), engineCatalogue.student_file(student),
+                                      "bundled"))
+        except DistillSegError:
+            continue
     return entries
 
 

@@ -1,15 +1,19 @@
-"""DistillSeg module logic: MRML scene <-> engine, without Qt and without ``slicer.app``.
+"""DistillSeg scene logic: MRML scene <-> engine, without Qt and without ``slicer.app``.
 
-Only what ``slicer-core`` provides is used here (``vtkMRMLScene``, volume, segmentation and
-storage nodes, ``vtkSlicerSegmentationsModuleLogic``, VTK), so the same code runs in Slicer
-and in the pytest suite on a real scene. Every computation lives in :mod:`DistillSegLib`;
-long work (inference, distillation) runs as ``python -m DistillSegLib ...`` through a
-:class:`~DistillSegModuleLib.ProcessRunner.ProcessRunner` that reports JSON progress lines
-(``DistillSegLib/progress.py``). A failed or cancelled run changes nothing in the scene or
-the training set: results are imported only when the process succeeded.
+Only what ``slicer-core`` provides is used here (``vtkMRMLScene``, volume, segmentation,
+markups, table and storage nodes, ``vtkSlicerSegmentationsModuleLogic``, VTK), so the same
+code runs in Slicer and in the pytest suite on a real scene. Every computation lives in
+:mod:`DistillSegLib`; long work (inference, distillation) runs as ``python -m DistillSegLib
+...`` through a :class:`~DistillSegModuleLib.ProcessRunner.ProcessRunner` that reports JSON
+progress lines (``DistillSegLib/progress.py``). A failed or cancelled run changes nothing in
+the scene or the training set: results are imported only when the process succeeded, always
+into a new segmentation node (a segmentation the radiologist corrected is never
+overwritten).
 
-Geometry and modality helpers are in ``Nodes.py``. Files are written by Slicer's storage
-nodes, which write correct (LPS) NIfTI headers from the RAS matrix.
+In Slicer, ``DistillSeg.DistillSegLogic`` (Slicer's ``ScriptedLoadableModuleLogic``) holds one
+:class:`SceneLogic` on ``slicer.mrmlScene``; the tests build it on a new ``vtkMRMLScene``.
+Geometry and modality helpers are in ``Nodes.py``, PET specifics in ``Pet.py``. Files are
+written by Slicer's storage nodes, which write correct (LPS) NIfTI headers from the RAS matrix.
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import slicer
 import vtk
 from vtk.util import numpy_support
 
+from . import Pet
 from .Nodes import (DICOM_UIDS_ATTRIBUTE, HU_UNITS, MODALITY_ATTRIBUTE, SERIES_UID_ATTRIBUTE, SUV_UNITS,
                     LogicError, arrayFromImageData, ensureSegmentationConverters, ijkToRasArray,
                     orientedImageFromArray, requireOverlap, volumeFromNode, volumeModality)
@@ -38,14 +43,25 @@ STRATEGIES = ("supervised", "muduo", "knowsam", "tskd")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Slicer terminology entry string: "context~category~type~typeModifier~anatomicContext~region~regionModifier",
-# each coded item as "scheme^value^meaning" (Slicer vtkSlicerTerminologiesModuleLogic,
-# SerializeTerminologyEntry; codes from SegmentationCategoryTypeModifier-SlicerGeneralAnatomy.json).
-TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+# each coded item "scheme^value^meaning" (vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry,
+# Slicer v5.10.0 and main). SCT 108369006 "Neoplasm" under 49755003 "Morphologically Altered
+# Structure" is in the DICOM master list (Modules/Loadable/Terminologies/Resources/
+# SegmentationCategoryTypeModifier-DICOM-Master.json), which Slicer loads at startup; it is not in
+# the "3D Slicer General Anatomy list".
+TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 DEFAULT_CLASSES = {
     1: {"name": "tumour", "category": ["SCT", "49755003", "Morphologically Altered Structure"],
         "type": ["SCT", "108369006", "Neoplasm"], "color": [216, 101, 79]},
 }
+# Column titles (and units) of the lesion table node; other engine columns keep their key.
+TABLE_COLUMNS = {
+    "lesion": ("Lesion", ""), "class": ("Class", ""), "mtv_ml": ("MTV", "mL"), "suv_max": ("SUVmax", "g/mL"),
+    "suv_mean": ("SUVmean", "g/mL"), "suv_peak": ("SUVpeak", "g/mL"), "tlg": ("TLG", "g"),
+}
+
+# ``dicomFiles(sopInstanceUid) -> file path or None`` (in Slicer: ``slicer.dicomDatabase.fileForInstance``).
+DicomFileLookup = Callable[[str], "str | None"]
 
 
 @dataclass
@@ -99,20 +115,45 @@ FinishedCallback = Callable[[JobResult], None]
 # --------------------------------------------------------------------------- the logic
 
 
-class DistillSegLogic:
+class SceneLogic:
     """Everything the module does, on one MRML scene.
 
     Args:
         scene: the MRML scene (``slicer.mrmlScene`` in Slicer, a new ``vtkMRMLScene`` in tests).
-        runner: how ``python -m DistillSegLib`` is run (QProcess in Slicer, subprocess otherwise).
+        runner: how ``python -m DistillSegLib`` is run (a :class:`SubprocessRunner` polled by a
+            Qt timer in Slicer; polled by the caller otherwise).
         python: the interpreter for the engine (``PythonSlicer`` in Slicer).
+        baseEnvironment: the environment the engine starts from (Slicer: the environment
+            Slicer was started with, ``slicer.util.startupEnvironment``, as
+            ``slicer.util.launchConsoleProcess`` uses; otherwise ``os.environ``).
+        dicomFiles: the file of a DICOM instance UID (Slicer: the DICOM database), used to
+            convert a PET loaded with Slicer's DICOM module to SUV; ``None``: such a PET is refused.
     """
 
-    def __init__(self, scene, runner: ProcessRunner | None = None, python: str | None = None) -> None:
+    def __init__(self, scene, runner: ProcessRunner | None = None, python: str | None = None,
+                 baseEnvironment: Callable[[], Mapping[str, str]] | None = None,
+                 dicomFiles: DicomFileLookup | None = None) -> None:
         self.scene = scene
         self.runner = runner if runner is not None else SubprocessRunner()
         self.python = python or python_executable()
+        self.baseEnvironment = baseEnvironment or (lambda: os.environ)
+        self.dicomFiles = dicomFiles
         self._tempDir: Path | None = None
+        self._sceneClosed = False
+        # Closing the scene (File > Close scene) removes the nodes a running job would import into.
+        self._closeObserver = scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._onSceneStartClose)
+
+    def cleanup(self) -> None:
+        """Stop observing the scene and cancel a running job (the module is being unloaded)."""
+        if self._closeObserver is not None:
+            self.scene.RemoveObserver(self._closeObserver)
+            self._closeObserver = None
+        self.cancel()
+
+    def _onSceneStartClose(self, caller=None, event=None) -> None:
+        if self.isRunning():
+            self._sceneClosed = True
+            self.cancel()
 
     # ----------------------------------------------------------------- loading
 
@@ -162,34 +203,31 @@ class DistillSegLogic:
         coded.SetValueSchemeMeaning(*units)
         node.SetVoxelValueUnits(coded)
         node.CreateDefaultDisplayNodes()
+        if modality == "PT":
+            Pet.showAsPet(node)
 
     def loadDicomStudy(self, ctFolder: str | os.PathLike, petFolder: str | os.PathLike):
         """Read a CT and a PET DICOM series with the engine (HU; PET converted to SUVbw from
-        its header, ``DistillSegLib/suv.py``) into new volume nodes, and check they overlap.
+        its header, ``DistillSegLib/io/suv.py``) into new volume nodes, and check they overlap.
 
         Returns ``(ctNode, petNode)``; on any error nothing is added to the scene.
         """
-        from DistillSegLib.io.case import load_volume
-        from DistillSegLib.errors import DistillSegError
-
-        try:
-            volumes = [load_volume(ctFolder, "CT"), load_volume(petFolder, "PT")]
-        except DistillSegError as exc:
-            raise LogicError(str(exc)) from exc
+        volumes = [_engineVolume(ctFolder, "CT"), _engineVolume(petFolder, "PT")]
         before = self.scene.GetNumberOfNodes()
         try:
-            nodes = []
-            for volume, modality in zip(volumes, ("CT", "PT")):
-                # The series description names the node: never the patient's name or id.
-                node = self.addVolumeNode(volume, modality,
-                                          f"{modality} {volume.meta.get('series_description') or 'series'}")
-                node.SetAttribute(SERIES_UID_ATTRIBUTE, str(volume.meta.get("series_instance_uid", "")))
-                nodes.append(node)
+            nodes = [self._addDicomVolume(volume, modality, f"{modality} {volume.meta.get('series_description') or 'series'}")
+                     for volume, modality in zip(volumes, ("CT", "PT"))]
             self.validateInputs(*nodes)
         except Exception:
             self._removeNodesAddedAfter(before)
             raise
         return tuple(nodes)
+
+    def _addDicomVolume(self, volume, modality: str, name: str):
+        # The series description names the node: never the patient's name or id.
+        node = self.addVolumeNode(volume, modality, name)
+        node.SetAttribute(SERIES_UID_ATTRIBUTE, str(volume.meta.get("series_instance_uid", "")))
+        return node
 
     def loadStudy(self, ctPath: str | os.PathLike, petPath: str | os.PathLike):
         """Load a CT and a PET file and check that they overlap.
@@ -214,6 +252,48 @@ class DistillSegLogic:
         while self.scene.GetNumberOfNodes() > count:
             self.scene.RemoveNode(self.scene.GetNthNode(self.scene.GetNumberOfNodes() - 1))
 
+    # ----------------------------------------------------------------- PET in SUV
+
+    def suvPet(self, petNode):
+        """A PET node whose voxels are SUVbw: ``petNode`` itself, or for a PET that Slicer's
+        DICOM module loaded (stored values, no SUV) a new node converted from its DICOM files
+        with the engine's QIBA SUVbw code.
+
+        Raises:
+            LogicError: the PET is not SUV and cannot be converted here (the message says how
+                to load it).
+        """
+        state = Pet.suvState(petNode)
+        if state in (Pet.SUV, Pet.UNKNOWN):
+            return petNode
+        if state == Pet.DICOM_UNCONVERTED and self.dicomFiles is not None:
+            return self.convertDicomPetToSuv(petNode)
+        raise LogicError(_notSuvMessage(petNode))
+
+    def convertDicomPetToSuv(self, petNode):
+        """Read the DICOM files of a PET loaded by Slicer's DICOM module (``DICOM.instanceUIDs``
+        -> :attr:`dicomFiles`) with the engine, in SUVbw, into a new volume node.
+
+        Raises:
+            LogicError: the files are not found, the series is split across folders, or the
+                header lacks what SUVbw needs (the engine names the field).
+        """
+        uids = (petNode.GetAttribute(DICOM_UIDS_ATTRIBUTE) or "").split()
+        files = [self.dicomFiles(uid) if self.dicomFiles else None for uid in uids]
+        missing = [uid for uid, file in zip(uids, files) if not file or not Path(file).is_file()]
+        if not uids or missing:
+            raise LogicError(f"the DICOM files of the PET {petNode.GetName()} are not in the DICOM database "
+                             f"({len(missing)} of {len(uids)} missing): {_HOW_TO_LOAD_PET}")
+        volume = _engineVolume(files[0], "PT")  # the series of that file, in SUVbw
+        read = {Path(f).resolve() for f in volume.meta.get("dicom_files", [])}
+        if not all(Path(f).resolve() in read for f in files):
+            raise LogicError(f"the DICOM files of the PET {petNode.GetName()} are not all in one folder "
+                             f"({Path(files[0]).parent}): {_HOW_TO_LOAD_PET}")
+        node = self._addDicomVolume(volume, "PT", f"{petNode.GetName()} SUVbw")
+        node.SetAttribute("DistillSeg.ConvertedFrom", petNode.GetID())
+        _placeBeside(node, petNode)
+        return node
+
     # ----------------------------------------------------------------- validation
 
     def validateInputs(self, ctNode, petNode) -> None:
@@ -226,10 +306,8 @@ class DistillSegLogic:
             raise LogicError(f"the same volume ({ctNode.GetName()}) is selected as CT and as PET")
         if volumeModality(petNode) == "CT":
             raise LogicError(f"the volume selected as PET ({petNode.GetName()}) is a CT")
-        units = petNode.GetVoxelValueUnits()
-        if units is not None and "bq" in f"{units.GetCodeValue()} {units.GetCodeMeaning()}".lower():
-            raise LogicError(f"the PET {petNode.GetName()} is in Bq/ml, not SUV: load its DICOM series with "
-                             "'Load DICOM series...' of this module, which converts it to SUVbw")
+        if Pet.suvState(petNode) in (Pet.NOT_SUV, Pet.DICOM_UNCONVERTED):
+            raise LogicError(_notSuvMessage(petNode))
         requireOverlap(ctNode, petNode)
 
     @staticmethod
@@ -240,6 +318,40 @@ class DistillSegLogic:
         bounds = [0.0] * 6
         roiNode.GetRASBounds(bounds)
         return (bounds[0], bounds[2], bounds[4], bounds[1], bounds[3], bounds[5])
+
+    def requireUsableRoi(self, roiNode, ctNode) -> tuple[float, ...]:
+        """The ROI's RAS bounds, or :class:`LogicError` saying what to do when it has no
+        extent or lies outside the CT."""
+        bounds = np.asarray(self.roiBounds(roiNode), float)
+        size = bounds[3:] - bounds[:3]
+        if not np.all(np.isfinite(size)) or np.any(size <= 0.5):
+            raise LogicError(f"the region of interest {roiNode.GetName()} is empty ({_mm(size)}): press 'Place at "
+                             "PET hot spot', or drag its handles in the slice views around the lesion")
+        low, high = volumeFromNode(ctNode, withArray=False).world_bounds()
+        if np.any(bounds[3:] <= low) or np.any(bounds[:3] >= high):
+            raise LogicError(f"the region of interest {roiNode.GetName()} lies outside the CT {ctNode.GetName()}: "
+                             "move it onto the lesion")
+        return tuple(float(v) for v in bounds)
+
+    def placeRoiAtHotSpot(self, roiNode, petNode, searchBounds: Sequence[float] | None = None) -> None:
+        """Give a (new) markups ROI the box around the PET hot spot (``Pet.hotSpotBox``),
+        searched in ``searchBounds`` (RAS mm; in Slicer what the slice view shows)."""
+        if petNode is None:
+            raise LogicError("no PET volume selected: the region of interest is placed around the PET hot spot")
+        Pet.setRoiBox(roiNode, *Pet.hotSpotBox(self.suvPet(petNode), searchBounds))
+
+    def placeRoiAroundSegmentation(self, roiNode, segmentationNode, ctNode,
+                                   margin_mm: float = Pet.ROI_MARGIN_MM) -> None:
+        """Give a markups ROI the bounding box of a segmentation plus ``margin_mm`` (the
+        engine's ``predict --roi-from``)."""
+        from DistillSegLib.errors import DistillSegError
+        from DistillSegLib.student.inference import roi_from_mask
+
+        label, _ = self.labelFromSegmentation(segmentationNode, ctNode)
+        try:
+            Pet.setRoiBox(roiNode, *roi_from_mask(label, margin_mm))
+        except DistillSegError as exc:
+            raise LogicError(str(exc)) from exc
 
     # ----------------------------------------------------------------- export
 
@@ -257,12 +369,11 @@ class DistillSegLogic:
     def engineCommand(self, *args: str) -> list[str]:
         return [self.python, "-m", "DistillSegLib", *args]
 
-    @staticmethod
-    def engineEnvironment() -> dict[str, str]:
+    def engineEnvironment(self) -> dict[str, str]:
         """Environment for the engine process: DistillSegLib importable wherever it lives."""
         import importlib.util
 
-        env = dict(os.environ)
+        env = dict(self.baseEnvironment())
         spec = importlib.util.find_spec("DistillSegLib")
         if spec is not None and spec.origin:
             root = str(Path(spec.origin).resolve().parent.parent)
@@ -284,28 +395,35 @@ class DistillSegLogic:
             command += ["--stats", str(statsPath)]
         return command
 
-    # ----------------------------------------------------------------- segmentation
+    # ----------------------------------------------------------------- jobs
 
     def isRunning(self) -> bool:
+        """True while a job's process (or any process it started) is alive."""
         return self.runner.is_running()
 
     def cancel(self) -> None:
         """Stop the running job; its ``on_finished`` reports ``cancelled`` and nothing changes."""
         self.runner.cancel()
 
+    def jobFolder(self) -> Path | None:
+        """The running job's temporary folder (removed once no process of the job is left)."""
+        return self._tempDir
+
     def startSegmentation(self, ctNode, petNode, model: str | os.PathLike, roiNode=None, device: str = "auto",
-                          segmentationNode=None, onProgress: ProgressCallback | None = None,
+                          onProgress: ProgressCallback | None = None,
                           onFinished: FinishedCallback | None = None) -> None:
         """Segment the selected study with a student model in a separate process.
 
         Inputs are validated first (``LogicError``, nothing started). The result is imported
-        into ``segmentationNode`` (or a new node) only when the process succeeds.
+        into a new segmentation node only when the process succeeds; existing segmentations
+        (a corrected one included) are never modified.
         """
         self.validateInputs(ctNode, petNode)
         info = modelInfo(model)
         if info.get("field_of_view") == "crop" and roiNode is None:
             raise LogicError(f"model {Path(model).name} was trained on crops around the tumour: draw a region "
                              "of interest (markups ROI) around the lesion and select it")
+        roi = self.requireUsableRoi(roiNode, ctNode) if roiNode is not None else None
         if self.isRunning():
             raise LogicError("another DistillSeg job is running: wait for it or cancel it")
         work = self._newTempDir()
@@ -316,20 +434,31 @@ class DistillSegLogic:
             self._cleanTempDir()
             raise
         outPath, statsPath = work / "label.nii.gz", work / "stats.json"
-        command = self.predictCommand(model, ctPath, petPath, outPath, self.roiBounds(roiNode), device, statsPath)
+        command = self.predictCommand(model, ctPath, petPath, outPath, roi, device, statsPath)
         classes = info.get("classes") or DEFAULT_CLASSES
+
+        def imported() -> JobResult:
+            name = self.scene.GenerateUniqueName(f"{ctNode.GetName()} DistillSeg")
+            node = self.importLabelmap(outPath, ctNode, classes, name=name)
+            stats = json.loads(statsPath.read_text())["lesions"] if statsPath.exists() else None
+            return JobResult(True, message="segmentation done", segmentationNode=node, statistics=stats)
+
+        self._start(command, onProgress, onFinished, imported)
+
+    def _start(self, command: list[str], onProgress: ProgressCallback | None, onFinished: FinishedCallback | None,
+               succeeded: Callable[[], JobResult]) -> None:
+        """Run ``command``; when every process of it has ended: ``succeeded()`` on success,
+        remove the job's temporary folder, then report to ``onFinished``."""
+        self._sceneClosed = False
 
         def finished(result: ProcessResult) -> None:
             try:
-                if not result.ok:
-                    job = JobResult(False, result.cancelled, "cancelled" if result.cancelled
-                                    else result.error_message())
+                if self._sceneClosed:
+                    job = JobResult(False, True, "cancelled: the scene was closed")
+                elif not result.ok:
+                    job = JobResult(False, result.cancelled, "cancelled" if result.cancelled else result.error_message())
                 else:
-                    node = self.importLabelmap(outPath, ctNode, classes, segmentationNode,
-                                               name=f"{ctNode.GetName()} DistillSeg")
-                    stats = json.loads(statsPath.read_text())["lesions"] if statsPath.exists() else None
-                    job = JobResult(True, message="segmentation done", segmentationNode=node,
-                                    statistics=stats)
+                    job = succeeded()
             except Exception as exc:  # report, never leave the caller waiting
                 job = JobResult(False, message=str(exc))
             finally:
@@ -337,13 +466,9 @@ class DistillSegLogic:
             if onFinished is not None:
                 onFinished(job)
 
-        self._start(command, onProgress, finished)
-
-    def _start(self, command: list[str], onProgress: ProgressCallback | None,
-               finished: Callable[[ProcessResult], None]) -> None:
         try:
             self.runner.start(command, self._progressHandler(onProgress), finished, env=self.engineEnvironment())
-        except OSError as exc:  # e.g. the interpreter is missing
+        except OSError as exc:  # e.g. the interpreter is missing: no process, no "finished"
             self._cleanTempDir()
             raise LogicError(f"cannot start {command[0]}: {exc}") from exc
 
@@ -364,14 +489,12 @@ class DistillSegLogic:
             shutil.rmtree(self._tempDir, ignore_errors=True)
             self._tempDir = None
 
-    def importLabelmap(self, labelPath: str | os.PathLike, ctNode, classes: dict | None = None,
-                       segmentationNode=None, name: str = "DistillSeg"):
-        """Import a label-map file as named segments (terminology, colour) on the CT geometry.
+    # ----------------------------------------------------------------- segmentations
 
-        Each label value ``v`` becomes one segment described by ``classes[v]`` (name,
-        category/type codes, colour 0-255). An existing ``segmentationNode`` has its
-        segments replaced; otherwise a new node is added to the scene.
-        """
+    def importLabelmap(self, labelPath: str | os.PathLike, ctNode, classes: dict | None = None,
+                       name: str = "DistillSeg"):
+        """Import a label-map file as a new segmentation node on the CT geometry, one named
+        segment per label value (terminology, colour from ``classes[value]``)."""
         ensureSegmentationConverters()
         classes = {int(k): v for k, v in (classes or DEFAULT_CLASSES).items()}
         labelNode = slicer.vtkMRMLLabelMapVolumeNode()  # not added to the scene
@@ -381,12 +504,10 @@ class DistillSegLogic:
             raise LogicError(f"cannot read the label map {labelPath}")
         labels = arrayFromImageData(labelNode.GetImageData())
         affine = ijkToRasArray(labelNode)
-        if segmentationNode is None:
-            segmentationNode = slicer.vtkMRMLSegmentationNode()
-            segmentationNode.SetName(name)
-            self.scene.AddNode(segmentationNode)
-            segmentationNode.CreateDefaultDisplayNodes()
-        segmentationNode.GetSegmentation().RemoveAllSegments()
+        segmentationNode = slicer.vtkMRMLSegmentationNode()
+        segmentationNode.SetName(name)
+        self.scene.AddNode(segmentationNode)
+        segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
         for value in sorted(set(classes) | {int(v) for v in np.unique(labels) if v != 0}):
             spec = classes.get(value, {"name": f"label {value}"})
@@ -421,6 +542,32 @@ class DistillSegLogic:
                  for i in range(ids.GetNumberOfValues())}
         return Volume(array, ijkToRasArray(ctNode), {"label_names": names}), names
 
+    def eraseSlices(self, segmentationNode, ctNode, slab: slice | None = None) -> np.ndarray:
+        """Erase the first segment in the CT slices ``slab`` (default: the middle slice of the
+        segment), as a correction in the Segment Editor would; returns the new label array."""
+        label, _ = self.labelFromSegmentation(segmentationNode, ctNode)
+        array = label.array.copy()
+        if slab is None:
+            slices = np.flatnonzero(array.any(axis=(0, 1)))
+            if slices.size == 0:
+                raise LogicError(f"segmentation {segmentationNode.GetName()} is empty: nothing to erase")
+            middle = int(slices[slices.size // 2])
+            slab = slice(middle, middle + 1)
+        array[:, :, slab] = 0
+        segmentId = segmentationNode.GetSegmentation().GetNthSegmentID(0)
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            orientedImageFromArray((array == 1).astype(np.uint8), label.affine), segmentationNode, segmentId,
+            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
+        return array
+
+    def dice(self, segmentationNode, referenceNode, ctNode) -> float:
+        """Dice of two segmentations' foreground (all segments merged) on the CT grid."""
+        from DistillSegLib.metrics.segmentation import dice
+
+        result, _ = self.labelFromSegmentation(segmentationNode, ctNode)
+        reference, _ = self.labelFromSegmentation(referenceNode, ctNode)
+        return float(dice(result.array > 0, reference.array > 0))
+
     # ----------------------------------------------------------------- statistics
 
     def lesionStatistics(self, segmentationNode, ctNode, petNode) -> list[dict]:
@@ -437,6 +584,36 @@ class DistillSegLogic:
         self.validateInputs(ctNode, petNode)
         label, names = self.labelFromSegmentation(segmentationNode, ctNode)
         return lesion_statistics(label, volumeFromNode(petNode), names)
+
+    def lesionTable(self, rows: list[dict], segmentationNode, tableNode=None):
+        """The lesion statistics as a ``vtkMRMLTableNode`` (saved with the scene, exportable
+        from the Tables module): one row per lesion, column titles and units set.
+
+        ``tableNode`` is refilled when given, else a new node named after the segmentation
+        is added and referenced from it.
+        """
+        if tableNode is None:
+            tableNode = slicer.vtkMRMLTableNode()
+            tableNode.SetName(self.scene.GenerateUniqueName(f"{segmentationNode.GetName()} lesions"))
+            self.scene.AddNode(tableNode)
+            segmentationNode.SetNodeReferenceID("DistillSeg.LesionTable", tableNode.GetID())
+        keys = list(rows[0]) if rows else list(TABLE_COLUMNS)
+        table = vtk.vtkTable()
+        for key in keys:
+            numeric = rows and all(isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) for r in rows)
+            column = vtk.vtkDoubleArray() if numeric else vtk.vtkStringArray()
+            column.SetName(key)
+            for row in rows:
+                column.InsertNextValue(float(row[key]) if numeric else str(row.get(key, "")))
+            table.AddColumn(column)
+        tableNode.SetAndObserveTable(table)
+        for key in keys:
+            title, unit = TABLE_COLUMNS.get(key, (key, ""))
+            tableNode.SetColumnTitle(key, title)
+            if unit:
+                tableNode.SetColumnUnitLabel(key, unit)
+        tableNode.SetUseColumnTitleAsColumnHeader(True)
+        return tableNode
 
     # ----------------------------------------------------------------- training set
 
@@ -468,9 +645,9 @@ class DistillSegLogic:
         its files (each one written atomically by the engine) instead of adding a second
         case. A labelled case is never silently turned into an unlabelled one.
         """
+        from DistillSegLib.errors import DistillSegError
         from DistillSegLib.io.case import Case
         from DistillSegLib.io.dataset import write_nnunet_case
-        from DistillSegLib.errors import DistillSegError
 
         self.validateInputs(ctNode, petNode)
         label, names = self.labelFromSegmentation(segmentationNode, ctNode) if segmentationNode else (None, None)
@@ -551,21 +728,52 @@ class DistillSegLogic:
         command = self.trainCommand(dataset, strategy, outModel, initModel, steps,
                                     ["--checkpoint", str(checkpoint), *extra])
 
-        def finished(result: ProcessResult) -> None:
-            self._cleanTempDir()
-            if result.ok and outModel.is_file():
-                job = JobResult(True, message=f"new student {outModel.name}", modelPath=outModel)
-            elif result.ok:
-                job = JobResult(False, message=f"training ended but wrote no model at {outModel}")
-            else:
-                job = JobResult(False, result.cancelled, "cancelled" if result.cancelled else result.error_message())
-            if onFinished is not None:
-                onFinished(job)
+        def trained() -> JobResult:
+            if not outModel.is_file():
+                return JobResult(False, message=f"training ended but wrote no model at {outModel}")
+            return JobResult(True, message=f"new student {outModel.name}", modelPath=outModel)
 
-        self._start(command, onProgress, finished)
+        self._start(command, onProgress, onFinished, trained)
 
 
 # --------------------------------------------------------------------------- models and terminology
+
+_HOW_TO_LOAD_PET = ("load the PET series with this module's 'Load DICOM series...', which converts it to SUVbw "
+                    "from its header")
+
+
+def _notSuvMessage(petNode) -> str:
+    if Pet.suvState(petNode) == Pet.DICOM_UNCONVERTED:
+        return (f"the PET {petNode.GetName()} was loaded by Slicer's DICOM module in its stored units (Bq/ml), "
+                f"not SUV: {_HOW_TO_LOAD_PET}")
+    return f"the PET {petNode.GetName()} is in Bq/ml, not SUV: {_HOW_TO_LOAD_PET}"
+
+
+def _engineVolume(path: str | os.PathLike, modality: str):
+    """An engine volume (file or DICOM series; PET in SUVbw); engine errors as :class:`LogicError`."""
+    from DistillSegLib.errors import DistillSegError
+    from DistillSegLib.io.case import load_volume
+
+    try:
+        return load_volume(path, modality)
+    except DistillSegError as exc:
+        raise LogicError(str(exc)) from exc
+
+
+def _placeBeside(node, sibling) -> None:
+    """Put ``node`` under the subject-hierarchy parent of ``sibling`` (its study)."""
+    scene = node.GetScene()
+    shNode = scene.GetSubjectHierarchyNode() if scene is not None else None
+    if shNode is None:
+        return
+    parent = shNode.GetItemParent(shNode.GetItemByDataNode(sibling))
+    item = shNode.GetItemByDataNode(node)
+    if parent and item:
+        shNode.SetItemParent(item, parent)
+
+
+def _mm(size: np.ndarray) -> str:
+    return " x ".join(f"{v:.0f}" for v in size) + " mm"
 
 
 def formatRoi(bounds: Sequence[float]) -> str:

@@ -159,10 +159,22 @@ def _subjectHierarchyModality(node) -> str | None:
     return None
 
 
+def nodesByClass(scene, className: str) -> list:
+    """Nodes of ``className`` in ``scene``, releasing the collection the scene returns.
+
+    ``vtkMRMLScene::GetNodesByClass`` returns a new collection the caller owns; from Python
+    the wrapper holds one reference and the C++ "New" another, so without ``UnRegister`` the
+    collection (and a reference to every node in it) is never freed (as
+    ``slicer.util.getNodesByClass`` does, Base/Python/slicer/util.py).
+    """
+    collection = scene.GetNodesByClass(className)
+    collection.UnRegister(None)
+    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+
 def scalarVolumes(scene) -> list:
-    nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
-    result = [nodes.GetItemAsObject(i) for i in range(nodes.GetNumberOfItems())]
-    return [n for n in result if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+    """Scalar volumes of the scene (label maps excluded), in the order they were added."""
+    return [n for n in nodesByClass(scene, "vtkMRMLScalarVolumeNode") if not n.IsA("vtkMRMLLabelMapVolumeNode")]
 
 
 def findVolume(scene, modality: str):

@@ -9,9 +9,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import slicer
-from slicer.parameterNodeWrapper import Choice, Default, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
 
 from .Logic import DEVICES, STRATEGIES
+
+# Distillation steps the GUI offers. The parameter-node connector sets a QSpinBox's range from
+# WithinRange; without it the range becomes the whole int range, 0 and negatives included
+# (QSliderOrSpinBoxToIntConnector, Base/Python/slicer/parameterNodeWrapper/guiConnectors.py,
+# Slicer v5.10.0 and main). 10 steps is the least that does anything; 20000 about 1.5 h on a CPU.
+MIN_STEPS, MAX_STEPS, DEFAULT_STEPS = 10, 20000, 1200
 
 
 @parameterNodeWrapper
@@ -31,4 +37,4 @@ class DistillSegParameterNode:
     segmentation: slicer.vtkMRMLSegmentationNode
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     strategy: Annotated[str, Choice(list(STRATEGIES))] = "supervised"
-    steps: Annotated[int, Default(1200)]
+    steps: Annotated[int, WithinRange(MIN_STEPS, MAX_STEPS), Default(DEFAULT_STEPS)]

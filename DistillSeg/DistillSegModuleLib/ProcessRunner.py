@@ -1,13 +1,21 @@
 """Running ``python -m DistillSegLib ...`` in a separate process, line by line, cancellable.
 
-The Logic only sees the small :class:`ProcessRunner` protocol, so the same Logic runs with
-:class:`SubprocessRunner` (tests, scripts, fallback) and with ``QProcessRunner`` in Slicer
-(``Widget.py``), where output arrives through the Qt event loop and the UI never freezes.
-The pattern (a thin runner behind the logic, JSON progress lines) follows
-lassoan/SlicerMONAIAuto3DSeg ``MONAIAuto3DSegLib/process.py``; the code is our own.
+The Logic only sees the small :class:`ProcessRunner` protocol (``start``, ``cancel``,
+``is_running``), so another runner (a warm background engine) can replace this one.
+:class:`SubprocessRunner` is the one used everywhere, Slicer included: in Slicer a
+``qt.QTimer`` calls :meth:`SubprocessRunner.poll` (see ``schedule``), as
+lassoan/SlicerMONAIAuto3DSeg ``MONAIAuto3DSegLib/process.py`` does; the code is our own.
+
+Why a process *tree*: in Slicer the interpreter is ``PythonSlicer``, a CTK application
+launcher (commontk/AppLauncher ``Base/ctkAppLauncher.cpp``) that starts the real
+interpreter as a child process and forwards no signal. Cancel therefore signals every
+process of the tree (psutil), first gently (SIGTERM on POSIX, CTRL_BREAK on Windows: the
+engine's ``CancelToken`` rolls back), then, after :data:`TERMINATE_GRACE_S`, kills what is
+left. The run is reported finished only when no process of the tree is alive, so the
+caller may then delete the job's temporary folder.
 
 Callbacks are always called on the thread that calls :meth:`SubprocessRunner.poll` (or
-:meth:`~SubprocessRunner.wait`), never on the reader thread, so they may touch the MRML scene.
+:meth:`~SubprocessRunner.wait`), never on a reader thread, so they may touch the MRML scene.
 """
 
 from __future__ import annotations
@@ -25,8 +33,10 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 # Exit status the engine uses for a cancelled run (``DistillSegLib.cli.main``).
 EXIT_CANCELLED = 130
-# Seconds between SIGTERM (engine cleans up: atomic writes roll back) and SIGKILL.
+# Seconds between the gentle stop (the engine rolls back its atomic writes) and the kill.
 TERMINATE_GRACE_S = 5.0
+# Seconds between two polls when a scheduler (Slicer's QTimer) drives the runner.
+POLL_INTERVAL_S = 0.1
 
 
 @dataclass
@@ -57,6 +67,8 @@ class ProcessResult:
 
 LineCallback = Callable[[str], None]
 FinishedCallback = Callable[[ProcessResult], None]
+# ``schedule(seconds, function)``: call ``function`` once after ``seconds`` on the GUI thread.
+Scheduler = Callable[[float, Callable[[], None]], None]
 
 
 class ProcessRunner(Protocol):
@@ -64,76 +76,95 @@ class ProcessRunner(Protocol):
 
     def start(self, command: Sequence[str], on_line: LineCallback, on_finished: FinishedCallback,
               env: Mapping[str, str] | None = None) -> None:
-        """Start ``command``; call ``on_line`` with each stdout line, ``on_finished`` once at the end."""
+        """Start ``command``; call ``on_line`` with each stdout line, ``on_finished`` once at the end.
+
+        Raises:
+            OSError: the program cannot be started (``on_finished`` is then never called).
+        """
 
     def cancel(self) -> None:
-        """Stop the process (and its children); ``on_finished`` then reports ``cancelled=True``."""
+        """Ask the run to stop; ``on_finished`` reports ``cancelled=True`` once nothing of it runs."""
 
     def is_running(self) -> bool:
-        """True between :meth:`start` and the ``on_finished`` call."""
+        """True from :meth:`start` until ``on_finished`` has been called."""
 
 
 class SubprocessRunner:
-    """:class:`ProcessRunner` on :mod:`subprocess` with a reader thread and a queue.
+    """:class:`ProcessRunner` on :mod:`subprocess` + psutil, with reader threads and a queue.
 
-    Call :meth:`poll` regularly (a timer in a GUI) or :meth:`wait` (scripts, tests) to
-    deliver the callbacks on the calling thread.
+    Args:
+        schedule: when given (Slicer: ``qt.QTimer.singleShot``), the runner polls itself every
+            :data:`POLL_INTERVAL_S` while a run is active; otherwise call :meth:`poll` or
+            :meth:`wait`.
+        grace_s: seconds between the gentle stop and the kill.
     """
 
-    def __init__(self, stderr_lines: int = 40) -> None:
+    def __init__(self, schedule: Scheduler | None = None, grace_s: float = TERMINATE_GRACE_S,
+                 stderr_lines: int = 40) -> None:
+        self._schedule = schedule
+        self._grace_s = grace_s
         self._process: subprocess.Popen | None = None
+        self._tree: dict[int, object] = {}  # pid -> psutil.Process, every process seen in the run's tree
+        self._tree_lock = threading.Lock()
         self._events: queue.Queue = queue.Queue()
         self._stderr: deque[str] = deque(maxlen=stderr_lines)
         self._on_line: LineCallback | None = None
         self._on_finished: FinishedCallback | None = None
         self._cancelled = False
+        self._kill_at: float | None = None  # monotonic time after which survivors are killed
         self._readers: list[threading.Thread] = []
+
+    # ----------------------------------------------------------------- protocol
 
     def start(self, command: Sequence[str], on_line: LineCallback, on_finished: FinishedCallback,
               env: Mapping[str, str] | None = None) -> None:
+        import psutil
+
         if self.is_running():
             raise RuntimeError("a process is already running")
         self._on_line, self._on_finished = on_line, on_finished
-        self._cancelled = False
+        self._cancelled, self._kill_at = False, None
         self._stderr.clear()
         self._events = queue.Queue()
-        self._process = subprocess.Popen(
-            list(command),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-            env=dict(env) if env is not None else None,
-            # Own process group, so cancel reaches worker processes (data loaders) too.
-            start_new_session=(os.name == "posix"),
-            creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
-        )
+        self._process = subprocess.Popen(list(command), **_popen_options(env))
+        with self._tree_lock:
+            self._tree = {self._process.pid: psutil.Process(self._process.pid)}
         self._readers = [
             threading.Thread(target=self._read, args=(self._process.stdout, "line"), daemon=True),
             threading.Thread(target=self._read, args=(self._process.stderr, "stderr"), daemon=True),
         ]
         for reader in self._readers:
             reader.start()
-        threading.Thread(target=self._wait_exit, daemon=True).start()
+        threading.Thread(target=self._wait_exit, args=(self._process,), daemon=True).start()
+        if self._schedule is not None:
+            self._schedule(POLL_INTERVAL_S, self._tick)
 
     def is_running(self) -> bool:
         return self._process is not None
 
     def cancel(self) -> None:
-        process = self._process
-        if process is None or process.poll() is not None:
+        """Stop every process of the run's tree gently now, kill survivors after the grace time.
+
+        Returns at once; :meth:`poll` delivers the end of the run when nothing is left.
+        """
+        if self._process is None or self._cancelled:
             return
         self._cancelled = True
-        _terminate(process)
-        deadline = time.monotonic() + TERMINATE_GRACE_S
-        while process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if process.poll() is None:
-            _terminate(process, kill=True)
+        self._kill_at = time.monotonic() + self._grace_s
+        self._refresh_tree()
+        for process in self._alive():
+            _stop_gently(process)
+
+    # ----------------------------------------------------------------- driving
 
     def poll(self) -> bool:
-        """Deliver queued lines and the end of the run; True while the process is still running."""
+        """Deliver queued lines and the end of the run; True while the run is still active."""
+        if self._process is None:
+            return False
+        self._refresh_tree()
+        if self._kill_at is not None and time.monotonic() >= self._kill_at:
+            for process in self._alive():
+                _kill(process)
         while True:
             try:
                 kind, payload = self._events.get_nowait()
@@ -155,14 +186,50 @@ class SubprocessRunner:
                 raise TimeoutError(f"process still running after {timeout} s")
             time.sleep(interval)
 
+    def process_ids(self) -> list[int]:
+        """Ids of the processes of the current run's tree seen so far (alive or not)."""
+        with self._tree_lock:
+            return list(self._tree)
+
+    def _tick(self) -> None:
+        if self.poll() and self._schedule is not None:
+            self._schedule(POLL_INTERVAL_S, self._tick)
+
+    # ----------------------------------------------------------------- process tree
+
+    def _refresh_tree(self) -> None:
+        """Remember every descendant of the root while the root lives (orphans lose their parent)."""
+        import psutil
+
+        with self._tree_lock:
+            root = self._tree.get(self._process.pid) if self._process is not None else None
+            if root is None:
+                return
+            try:
+                for child in root.children(recursive=True):
+                    self._tree.setdefault(child.pid, child)
+            except psutil.Error:
+                pass  # the root has exited: its former children stay in the set
+
+    def _alive(self) -> list:
+        with self._tree_lock:
+            processes = list(self._tree.values())
+        return [p for p in processes if _is_alive(p)]
+
+    # ----------------------------------------------------------------- threads
+
     def _read(self, stream, kind: str) -> None:
         for line in stream:
             self._events.put((kind, line.rstrip("\r\n")))
         stream.close()
 
-    def _wait_exit(self) -> None:
-        process = self._process
+    def _wait_exit(self, process: subprocess.Popen) -> None:
         exit_code = process.wait()
+        root_exited = time.monotonic()
+        while self._alive():  # e.g. the interpreter the launcher started
+            if self._kill_at is None and time.monotonic() - root_exited > self._grace_s:
+                self._kill_at = time.monotonic()  # orphans of a finished run: poll() kills them
+            time.sleep(0.05)
         for reader in self._readers:  # every line is queued before the exit event
             reader.join()
         self._events.put(("exit", exit_code))
@@ -179,16 +246,51 @@ class SubprocessRunner:
             on_finished(result)
 
 
-def _terminate(process: subprocess.Popen, kill: bool = False) -> None:
-    """SIGTERM (or SIGKILL) the process group on POSIX; terminate/kill on Windows."""
+def _popen_options(env: Mapping[str, str] | None) -> dict:
+    """Pipes, no stdin, own process group; on Windows no console window (as
+    ``slicer.util.launchConsoleProcess`` does)."""
+    options: dict = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                         encoding="utf-8", errors="replace", bufsize=1,
+                         env=dict(env) if env is not None else None)
+    if os.name == "nt":
+        info = subprocess.STARTUPINFO()  # type: ignore[attr-defined]
+        info.dwFlags |= subprocess.STARTF_USESHOWWINDOW  # type: ignore[attr-defined]
+        info.wShowWindow = 0  # SW_HIDE
+        options.update(startupinfo=info, creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)  # type: ignore[attr-defined]
+    else:
+        options.update(start_new_session=True)
+    return options
+
+
+def _is_alive(process) -> bool:
+    import psutil
+
     try:
-        if os.name == "posix":
-            os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-        elif kill:
-            process.kill()
-        else:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _stop_gently(process) -> None:
+    """SIGTERM on POSIX; CTRL_BREAK on Windows (``terminate()`` there is a hard kill, and
+    QProcess's WM_CLOSE is ignored by console programs). The engine handles both."""
+    import psutil
+
+    try:
+        if os.name == "nt":
             process.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
-    except (ProcessLookupError, PermissionError, OSError):
+        else:
+            process.terminate()
+    except (psutil.Error, OSError):
+        pass
+
+
+def _kill(process) -> None:
+    import psutil
+
+    try:
+        process.kill()
+    except psutil.Error:
         pass
 
 
@@ -196,7 +298,7 @@ def python_executable() -> str:
     """The interpreter that runs ``-m DistillSegLib``: ``PythonSlicer`` inside Slicer.
 
     In Slicer ``sys.executable`` is the application, not a plain interpreter; Slicer ships
-    ``PythonSlicer`` beside it (the launcher that sets Slicer's Python environment).
+    ``PythonSlicer`` on its PATH (``slicer.util._executePythonModule`` finds it the same way).
     """
     import shutil
 

@@ -1,118 +1,70 @@
 """The DistillSeg GUI: every ``slicer.app`` / ``qt`` / ``ctk`` call of the module lives here.
 
-The widget reads the user's choices, hands them to :class:`~DistillSegModuleLib.Logic.DistillSegLogic`
-and shows what comes back; long work runs in a separate process through
-:class:`QProcessRunner`, so the UI stays responsive. Exercised in Slicer only (the pytest
-suite checks that every ``self.ui.<name>`` used here exists in ``DistillSeg.ui``).
+The widget reads the user's choices, hands them to the module's logic (``DistillSegLogic``:
+Slicer's parameter node + :class:`~DistillSegModuleLib.Logic.SceneLogic`) and shows what comes
+back. Long work runs in engine processes polled by a Qt timer, so the UI stays responsive.
+Exercised in Slicer only (its self-test, ``DistillSegTest``); the pytest suite checks that every
+``self.ui.<name>`` used here exists in ``DistillSeg.ui`` with the class the code expects.
+
+Follows Slicer's scripted-module template (Utilities/Templates/Modules/Scripted/TemplateKey.py,
+v5.10.0): parameter node bound on enter, released on exit and when the scene closes.
 """
 
 from __future__ import annotations
 
 import os
-from collections import deque
 from pathlib import Path
 
 import qt
 import slicer
+from slicer.i18n import tr as _
 from slicer.util import VTKObservationMixin
 
 from . import Catalogue
-from .Logic import DistillSegLogic, JobResult, LogicError, Progress
+from .Logic import JobResult, LogicError, Progress
 from .Nodes import findVolume
-from .ProcessRunner import EXIT_CANCELLED, TERMINATE_GRACE_S, ProcessResult
-
-STAT_COLUMNS = ("class", "mtv_ml", "suv_max", "suv_mean", "suv_peak", "tlg")
-
-
-class QProcessRunner:
-    """:class:`~DistillSegModuleLib.ProcessRunner.ProcessRunner` on ``qt.QProcess``:
-    output and the end of the run arrive through the Qt event loop (main thread)."""
-
-    def __init__(self) -> None:
-        self._process = None
-        self._cancelled = False
-        self._stderr: deque[str] = deque(maxlen=40)
-        self._buffer = ""
-
-    def start(self, command, on_line, on_finished, env=None) -> None:
-        if self.is_running():
-            raise RuntimeError("a process is already running")
-        process = qt.QProcess()
-        if env is not None:
-            environment = qt.QProcessEnvironment()
-            for key, value in env.items():
-                environment.insert(key, value)
-            process.setProcessEnvironment(environment)
-        self._cancelled, self._buffer = False, ""
-        self._stderr.clear()
-
-        def readStdout():
-            self._buffer += bytes(process.readAllStandardOutput()).decode("utf-8", "replace")
-            *lines, self._buffer = self._buffer.split("\n")
-            for line in lines:
-                on_line(line.rstrip("\r"))
-
-        def readStderr():
-            text = bytes(process.readAllStandardError()).decode("utf-8", "replace")
-            self._stderr.extend(line for line in text.splitlines() if line.strip())
-
-        def finished(exitCode, exitStatus=None):
-            readStdout()
-            readStderr()
-            if self._buffer:
-                on_line(self._buffer)
-            self._process = None
-            cancelled = self._cancelled or exitCode == EXIT_CANCELLED
-            on_finished(ProcessResult(EXIT_CANCELLED if cancelled else int(exitCode), cancelled,
-                                      "\n".join(self._stderr)))
-
-        process.connect("readyReadStandardOutput()", readStdout)
-        process.connect("readyReadStandardError()", readStderr)
-        process.connect("finished(int,QProcess::ExitStatus)", finished)
-        self._process = process
-        process.start(command[0], list(command[1:]))
-
-    def is_running(self) -> bool:
-        return self._process is not None
-
-    def cancel(self) -> None:
-        if self._process is None:
-            return
-        self._cancelled = True
-        self._process.terminate()  # SIGTERM: the engine rolls back its atomic writes
-        if not self._process.waitForFinished(int(TERMINATE_GRACE_S * 1000)):
-            self._process.kill()
 
 
 class DistillSegGui(VTKObservationMixin):
-    """Builds the UI from ``Resources/UI/DistillSeg.ui`` into ``parent`` and wires it to the logic."""
+    """Builds the UI from ``Resources/UI/DistillSeg.ui`` into ``parent`` and wires it to the logic.
 
-    def __init__(self, parent, resourcePath, logic: DistillSegLogic) -> None:
-        """``logic`` is the module's logic (``DistillSeg.DistillSegLogic``, with a
-        ``getParameterNode()``) running its processes through a :class:`QProcessRunner`."""
+    Args:
+        parent: the module widget's ``parent`` (a ``qSlicerScriptedLoadableModuleWidget``).
+        resourcePath: ``ScriptedLoadableModuleWidget.resourcePath``.
+        logic: ``DistillSeg.DistillSegLogic`` (``getParameterNode()`` and ``sceneLogic``).
+    """
+
+    def __init__(self, parent, resourcePath, logic) -> None:
         VTKObservationMixin.__init__(self)
         from .Parameters import DistillSegParameterNode
 
         uiWidget = slicer.util.loadUI(resourcePath("UI/DistillSeg.ui"))
         parent.layout().addWidget(uiWidget)
+        self.parent = parent
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = logic
+        self.scene = logic.sceneLogic
         self.catalogue = Catalogue.bundledCatalogue()
         self._parameterNodeClass = DistillSegParameterNode
         self._parameterNode = None
-        self._dependenciesReady = False
         self._connections = None
+        self._dependenciesReady = False
 
-        self.ui.statusLabel.setText("Not for clinical use.")
-        if not self.ui.modelsFolderPathLineEdit.currentPath:  # else the path remembered in the settings
+        self.ui.statusLabel.setText(_("Not for clinical use."))
+        if not self.ui.modelsFolderPathLineEdit.currentPath:  # else the last path of its history
             self.ui.modelsFolderPathLineEdit.currentPath = str(Catalogue.defaultModelsFolder())
         for teacher in self.catalogue["teachers"]:
             self.ui.teacherComboBox.addItem(teacher["title"], teacher["name"])
-        self.ui.lesionTableWidget.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.loadFilesButton.connect("clicked(bool)", self.onLoadFiles)
         self.ui.loadDicomButton.connect("clicked(bool)", self.onLoadDicom)
+        self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
+        self.ui.placeRoiButton.connect("clicked(bool)", self.onPlaceRoi)
+        self.ui.roiSelector.connect("nodeAddedByUser(vtkMRMLNode*)", self.placeNewRoi)
         self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
         self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", lambda _: self.refreshModels())
         self.ui.teacherComboBox.connect("currentIndexChanged(int)", lambda _: self.updateTeacherAvailability())
@@ -125,15 +77,34 @@ class DistillSegGui(VTKObservationMixin):
         self.ui.editSegmentationButton.connect("clicked(bool)", self.onEditSegmentation)
         self.ui.addToTrainingSetButton.connect("clicked(bool)", self.onAddToTrainingSet)
         self.ui.distilButton.connect("clicked(bool)", self.onDistil)
-        self.ui.ctSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _: self.updateButtons())
-        self.ui.petSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _: self.updateButtons())
-        self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _: self.updateButtons())
+        for selector in (self.ui.ctSelector, self.ui.petSelector, self.ui.segmentationSelector):
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _: self.updateButtons())
+        self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.showLesionTable)
 
         self.refreshModels()
         self.updateTeacherAvailability()
         self.initializeParameterNode()
 
-    # ----------------------------------------------------------------- parameter node
+    # ----------------------------------------------------------------- life cycle
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def cleanup(self) -> None:
+        self.scene.cleanup()  # cancels a running job
+        self.setParameterNode(None)
+        self.removeObservers()
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)  # the scene logic itself cancels a running job
+        self.ui.lesionTableView.setMRMLTableNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
         """Bind the GUI to the scene's parameter node; pick CT/PET by modality if unset."""
@@ -142,24 +113,22 @@ class DistillSegGui(VTKObservationMixin):
             node.ctVolume = findVolume(slicer.mrmlScene, "CT")
         if node.petVolume is None:
             node.petVolume = findVolume(slicer.mrmlScene, "PT")
-        if self._parameterNode is not None and self._connections is not None:
-            self._parameterNode.disconnectGui(self._connections)
-        self._parameterNode = node
-        # Folders and checkpoint paths are remembered by the ctkPathLineEdits' settingKey
-        # (per user, across scenes); the scene's parameter node keeps the rest.
-        self._connections = node.connectParametersToGui({
-            "ctVolume": self.ui.ctSelector, "petVolume": self.ui.petSelector, "roi": self.ui.roiSelector,
-            "segmentation": self.ui.segmentationSelector, "device": self.ui.deviceComboBox,
-            "strategy": self.ui.strategyComboBox, "steps": self.ui.stepsSpinBox,
-        })
-        self.updateButtons()
+        self.setParameterNode(node)
 
-    def cleanup(self) -> None:
-        if self.logic.isRunning():
-            self.logic.cancel()
+    def setParameterNode(self, node) -> None:
+        # Folders and checkpoint paths are per-user history of their ctkPathLineEdits
+        # (settingKey + addCurrentPathToHistory); the scene's parameter node keeps the rest.
         if self._parameterNode is not None and self._connections is not None:
             self._parameterNode.disconnectGui(self._connections)
-        self.removeObservers()
+            self._connections = None
+        self._parameterNode = node
+        if node is not None:
+            self._connections = node.connectParametersToGui({
+                "ctVolume": self.ui.ctSelector, "petVolume": self.ui.petSelector, "roi": self.ui.roiSelector,
+                "segmentation": self.ui.segmentationSelector, "device": self.ui.deviceComboBox,
+                "strategy": self.ui.strategyComboBox, "steps": self.ui.stepsSpinBox,
+            })
+        self.updateButtons()
 
     # ----------------------------------------------------------------- helpers
 
@@ -176,7 +145,7 @@ class DistillSegGui(VTKObservationMixin):
         return self._dependenciesReady
 
     def updateButtons(self) -> None:
-        running = self.logic.isRunning()
+        running = self.scene.isRunning()  # until no process of the job is left
         haveStudy = self.ui.ctSelector.currentNode() is not None and self.ui.petSelector.currentNode() is not None
         haveSegmentation = self.ui.segmentationSelector.currentNode() is not None
         self.ui.runButton.enabled = haveStudy and self.ui.studentModelComboBox.count > 0 and not running
@@ -186,12 +155,14 @@ class DistillSegGui(VTKObservationMixin):
         self.ui.editSegmentationButton.enabled = haveSegmentation
         self.ui.addToTrainingSetButton.enabled = haveStudy and not running  # no segmentation: unlabelled
         self.ui.distilButton.enabled = not running
+        self.ui.placeRoiButton.enabled = self.ui.petSelector.currentNode() is not None
 
     def refreshModels(self) -> None:
         current = self.ui.studentModelComboBox.currentData
         self.ui.studentModelComboBox.clear()
         for entry in Catalogue.studentModels(self.ui.modelsFolderPathLineEdit.currentPath, self.catalogue):
-            self.ui.studentModelComboBox.addItem(f"{entry.title} ({entry.source})", str(entry.path))
+            source = _("bundled") if entry.source == "bundled" else _("your models")
+            self.ui.studentModelComboBox.addItem(f"{entry.title} ({source})", str(entry.path))
         index = self.ui.studentModelComboBox.findData(current) if current else -1
         self.ui.studentModelComboBox.currentIndex = max(index, 0)
         self.updateButtons()
@@ -219,108 +190,158 @@ class DistillSegGui(VTKObservationMixin):
         if progress.total:
             bar.maximum = progress.total
             bar.value = progress.step
-            loss = f", loss {progress.loss:.4f}" if progress.loss is not None else ""
-            eta = f", {progress.eta:.0f} s left" if progress.eta is not None else ""
+            loss = _(", loss {loss:.4f}").format(loss=progress.loss) if progress.loss is not None else ""
+            eta = _(", {seconds:.0f} s left").format(seconds=progress.eta) if progress.eta is not None else ""
             self.status(f"{progress.stage}: {progress.step}/{progress.total}{loss}{eta}")
+
+    def suvPet(self):
+        """The selected PET in SUV; a PET loaded by Slicer's DICOM module is converted once
+        (a new node, then selected). ``None`` (message shown) when it cannot be used."""
+        pet = self.ui.petSelector.currentNode()
+        try:
+            with slicer.util.WaitCursor():
+                converted = self.scene.suvPet(pet) if pet is not None else None
+        except LogicError as error:
+            self.status(str(error), error=True)
+            return None
+        if converted is not pet:
+            self.ui.petSelector.setCurrentNode(converted)
+            self.status(_("{name}: converted to SUVbw from its DICOM files").format(name=converted.GetName()))
+        return converted
 
     # ----------------------------------------------------------------- loading
 
     def onLoadFiles(self) -> None:
-        ctPath = qt.QFileDialog.getOpenFileName(None, "CT image (HU)", "", "Images (*.nii *.nii.gz *.nrrd *.mha)")
+        ctPath = qt.QFileDialog.getOpenFileName(None, _("CT image (HU)"), "", "Images (*.nii *.nii.gz *.nrrd *.mha)")
         if not ctPath:
             return
-        petPath = qt.QFileDialog.getOpenFileName(None, "PET image (SUVbw)", os.path.dirname(ctPath),
+        petPath = qt.QFileDialog.getOpenFileName(None, _("PET image (SUVbw)"), os.path.dirname(ctPath),
                                                  "Images (*.nii *.nii.gz *.nrrd *.mha)")
         if not petPath:
             return
         try:
-            ct, pet = self.logic.loadStudy(ctPath, petPath)
+            ct, pet = self.scene.loadStudy(ctPath, petPath)
         except LogicError as error:
             self.status(str(error), error=True)
             return
         self.showStudy(ct, pet)
 
     def onLoadDicom(self) -> None:
-        """Read a CT and a PET DICOM series folder with the engine (PET converted to SUVbw).
-
-        Series loaded through Slicer's DICOM module are picked up too (by their DICOM
-        modality), as long as the PET is in SUV units.
-        """
-        ctFolder = qt.QFileDialog.getExistingDirectory(None, "Folder of the CT DICOM series")
+        """Read a CT and a PET DICOM series folder with the engine (PET converted to SUVbw)."""
+        ctFolder = qt.QFileDialog.getExistingDirectory(None, _("Folder of the CT DICOM series"))
         if not ctFolder:
             return
-        petFolder = qt.QFileDialog.getExistingDirectory(None, "Folder of the PET DICOM series",
+        petFolder = qt.QFileDialog.getExistingDirectory(None, _("Folder of the PET DICOM series"),
                                                         os.path.dirname(ctFolder))
         if not petFolder or not self.dependenciesReady():
             return
         try:
             with slicer.util.WaitCursor():
-                ct, pet = self.logic.loadDicomStudy(ctFolder, petFolder)
+                ct, pet = self.scene.loadDicomStudy(ctFolder, petFolder)
         except LogicError as error:
             self.status(str(error), error=True)
             return
-        self.showStudy(ct, pet, " (PET in SUVbw)")
+        self.showStudy(ct, pet, _(" (PET in SUVbw)"))
+
+    def onLoadSample(self) -> None:
+        from .Samples import downloadSample
+
+        with slicer.util.tryWithErrorDisplay(_("Could not load the sample data"), waitCursor=True):
+            ct, pet, reference = downloadSample()
+            reference.SetDisplayVisibility(False)
+            self.showStudy(ct, pet, _(" (sample; its reference segmentation is hidden)"))
 
     def showStudy(self, ct, pet, note: str = "") -> None:
-        """Select the loaded CT/PET and show PET fused over CT in the slice views."""
+        """Select the loaded CT/PET and show the PET (PET colour map) fused over the CT."""
+        from .Pet import showAsPet
+
         self.ui.ctSelector.setCurrentNode(ct)
         self.ui.petSelector.setCurrentNode(pet)
+        showAsPet(pet)
         slicer.util.setSliceViewerLayers(background=ct, foreground=pet, foregroundOpacity=0.4, fit=True)
-        self.status(f"loaded {ct.GetName()} and {pet.GetName()}{note}")
+        self.status(_("loaded {ct} and {pet}{note}").format(ct=ct.GetName(), pet=pet.GetName(), note=note))
+
+    # ----------------------------------------------------------------- region of interest
+
+    def onPlaceRoi(self) -> None:
+        roi = self.ui.roiSelector.currentNode()
+        if roi is None:
+            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", _("DistillSeg ROI"))
+            self.ui.roiSelector.setCurrentNode(roi)
+        self.placeNewRoi(roi)
+
+    def placeNewRoi(self, roi) -> None:
+        """A new ROI (the selector's "Create new", or the button) goes around the PET hot spot
+        that the red slice view shows, instead of being an empty box."""
+        if not self.dependenciesReady():
+            return
+        pet = self.suvPet()
+        if pet is None:
+            self.status(_("Select a PET, then press 'Place at PET hot spot', or drag the ROI's handles around the "
+                          "lesion."), error=True)
+            return
+        try:
+            self.scene.placeRoiAtHotSpot(roi, pet, _viewBounds("Red"))
+        except LogicError as error:
+            self.status(str(error), error=True)
+            return
+        self.status(_("Region of interest placed around the PET hot spot: check it in the slice views."))
 
     # ----------------------------------------------------------------- segmentation
 
     def onRun(self) -> None:
         if not self.dependenciesReady():
             return
+        pet = self.suvPet()
+        if pet is None:
+            return
+        self.ui.modelsFolderPathLineEdit.addCurrentPathToHistory()
         self.ui.runProgressBar.value = 0
         try:
-            self.logic.startSegmentation(
-                self.ui.ctSelector.currentNode(), self.ui.petSelector.currentNode(),
-                self.ui.studentModelComboBox.currentData, self.ui.roiSelector.currentNode(),
-                self.ui.deviceComboBox.currentText, self.ui.segmentationSelector.currentNode(),
+            self.scene.startSegmentation(
+                self.ui.ctSelector.currentNode(), pet, self.ui.studentModelComboBox.currentData,
+                self.ui.roiSelector.currentNode(), self.ui.deviceComboBox.currentText,
                 onProgress=lambda p: self.showProgress(self.ui.runProgressBar, p),
                 onFinished=self.onSegmentationFinished)
         except LogicError as error:
             self.status(str(error), error=True)
             return
-        self.status("segmenting...")
+        self.status(_("segmenting..."))
         self.updateButtons()
 
     def onSegmentationFinished(self, job: JobResult) -> None:
         self.updateButtons()
         if not job.ok:
-            self.status("Cancelled: nothing was changed." if job.cancelled else f"Failed: {job.message}",
-                        error=not job.cancelled)
+            self.status(_("Cancelled: nothing was changed.") if job.cancelled else _("Failed: {message}").format(
+                message=job.message), error=not job.cancelled)
             return
         self.ui.segmentationSelector.setCurrentNode(job.segmentationNode)
         job.segmentationNode.CreateClosedSurfaceRepresentation()
         self.ui.runProgressBar.value = self.ui.runProgressBar.maximum
-        self.showStatistics(job.statistics or [])
-        self.status("Done. Correct the result in the Segment Editor, then update the table.")
+        self.showLesionTable(job.segmentationNode, job.statistics or [])
+        self.status(_("Done: a new segmentation. Correct it in the Segment Editor, then update the table."))
 
     def onCancel(self) -> None:
-        self.logic.cancel()
+        self.scene.cancel()
+        self.status(_("Cancelling: waiting for the engine to stop..."))
 
     def updateStatistics(self) -> None:
         if not self.dependenciesReady():
             return
+        segmentation = self.ui.segmentationSelector.currentNode()
         try:
-            rows = self.logic.lesionStatistics(self.ui.segmentationSelector.currentNode(),
-                                               self.ui.ctSelector.currentNode(), self.ui.petSelector.currentNode())
+            rows = self.scene.lesionStatistics(segmentation, self.ui.ctSelector.currentNode(), self.suvPet())
         except (LogicError, ImportError) as error:
             self.status(str(error), error=True)
             return
-        self.showStatistics(rows)
+        self.showLesionTable(segmentation, rows)
 
-    def showStatistics(self, rows: list[dict]) -> None:
-        table = self.ui.lesionTableWidget
-        table.setRowCount(len(rows))
-        for r, row in enumerate(rows):
-            for c, key in enumerate(STAT_COLUMNS):
-                value = row.get(key, "")
-                text = f"{row.get('lesion', r + 1)}: {value}" if key == "class" else f"{value:.2f}"
-                table.setItem(r, c, qt.QTableWidgetItem(text))
+    def showLesionTable(self, segmentation, rows: list[dict] | None = None) -> None:
+        """Show (and with ``rows``, refill) the segmentation's lesion table node."""
+        table = segmentation.GetNodeReference("DistillSeg.LesionTable") if segmentation is not None else None
+        if rows is not None and segmentation is not None:
+            table = self.scene.lesionTable(rows, segmentation, table)
+        self.ui.lesionTableView.setMRMLTableNode(table)
 
     def onEditSegmentation(self) -> None:
         segmentation = self.ui.segmentationSelector.currentNode()
@@ -334,18 +355,22 @@ class DistillSegGui(VTKObservationMixin):
     def onAddToTrainingSet(self) -> None:
         folder = self.ui.trainingSetPathLineEdit.currentPath
         if not folder:
-            self.status("choose a training-set folder first", error=True)
+            self.status(_("choose a training-set folder first"), error=True)
             return
         if not self.dependenciesReady():
             return
-        try:
-            with slicer.util.tryWithErrorDisplay("Could not add the case", waitCursor=True):
-                caseId = self.logic.addToTrainingSet(folder, self.ui.ctSelector.currentNode(),
-                                                     self.ui.petSelector.currentNode(),
-                                                     self.ui.segmentationSelector.currentNode())
-        except LogicError:
+        pet = self.suvPet()
+        if pet is None:
             return
-        self.status(f"added case {caseId} to {folder}")
+        try:
+            with slicer.util.WaitCursor():
+                caseId = self.scene.addToTrainingSet(folder, self.ui.ctSelector.currentNode(), pet,
+                                                     self.ui.segmentationSelector.currentNode())
+        except LogicError as error:
+            self.status(str(error), error=True)
+            return
+        self.ui.trainingSetPathLineEdit.addCurrentPathToHistory()
+        self.status(_("added case {case} to {folder}").format(case=caseId, folder=folder))
 
     def onDistil(self) -> None:
         if not self.dependenciesReady():
@@ -356,9 +381,9 @@ class DistillSegGui(VTKObservationMixin):
         outModel = Catalogue.newModelPath(folder, strategy)
         self.ui.distilProgressBar.value = 0
         try:
-            teacherOptions = self.logic.teacherArguments(strategy, self.ui.teacherComboBox.currentData,
+            teacherOptions = self.scene.teacherArguments(strategy, self.ui.teacherComboBox.currentData,
                                                          self.ui.teacherCheckpointPathLineEdit.currentPath)
-            self.logic.startDistillation(
+            self.scene.startDistillation(
                 self.ui.trainingSetPathLineEdit.currentPath, strategy, outModel,
                 initModel=self.ui.studentModelComboBox.currentData or None, steps=self.ui.stepsSpinBox.value,
                 extra=teacherOptions,
@@ -367,14 +392,36 @@ class DistillSegGui(VTKObservationMixin):
         except LogicError as error:
             self.status(str(error), error=True)
             return
-        self.status(f"distilling ({strategy})...")
+        for pathLineEdit in (self.ui.modelsFolderPathLineEdit, self.ui.trainingSetPathLineEdit,
+                             self.ui.teacherCheckpointPathLineEdit):
+            pathLineEdit.addCurrentPathToHistory()  # ctkPathLineEdit keeps no history otherwise
+        self.status(_("distilling ({strategy})...").format(strategy=strategy))
         self.updateButtons()
 
     def onDistillationFinished(self, job: JobResult) -> None:
         self.updateButtons()
         if not job.ok:
-            self.status("Cancelled: no model was written." if job.cancelled else f"Failed: {job.message}",
-                        error=not job.cancelled)
+            self.status(_("Cancelled: no model was written.") if job.cancelled else _("Failed: {message}").format(
+                message=job.message), error=not job.cancelled)
             return
         self.selectModel(job.modelPath)
-        self.status(f"New student {job.modelPath.name} selected.")
+        self.status(_("New student {name} selected.").format(name=job.modelPath.name))
+
+
+def _viewBounds(viewName: str) -> list[float] | None:
+    """RAS box ``(x0, y0, z0, x1, y1, z1)`` of what a slice view shows (unbounded along its
+    normal), or ``None`` when the view is not there."""
+    import numpy as np
+
+    layoutManager = slicer.app.layoutManager()
+    widget = layoutManager.sliceWidget(viewName) if layoutManager is not None else None
+    if widget is None:
+        return None
+    sliceNode = widget.mrmlSliceNode()
+    width, height = sliceNode.GetDimensions()[:2]
+    xyToRas = slicer.util.arrayFromVTKMatrix(sliceNode.GetXYToRAS())
+    corners = np.array([xyToRas @ [x, y, 0, 1] for x in (0, width) for y in (0, height)])[:, :3]
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    normal = np.abs(xyToRas[:3, 2]) / max(np.linalg.norm(xyToRas[:3, 2]), 1e-9)
+    low[normal > 0.5], high[normal > 0.5] = -1e6, 1e6
+    return [*low, *high]

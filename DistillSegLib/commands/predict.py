@@ -12,6 +12,9 @@ DESCRIPTION = """\
 Segment a PET/CT study with a student model: sliding-window inference at the model's
 spacing, result resampled onto the CT grid (same shape and affine as the CT).
 
+MODEL is a student file or the name of a student bundled with DistillSeg
+(Resources/ModelCatalogue.json; e.g. sts-petct-crop, trained on the sts-petct crops).
+
 A model trained on crops around the tumour (field of view 'crop', e.g. on sts-petct) runs
 only inside a region of interest: --roi x0,y0,z0,x1,y1,z1 (RAS mm), --roi-from MASK (its
 bounding box plus --roi-margin mm), or --roi all when the input is itself such a crop.
@@ -30,6 +33,8 @@ the ROI) or a label map; with --roi/--roi-from the teacher is prompted and answe
 inside that region. ROI coordinates may be negative: write --roi=-10,... .
 
 examples:
+  distillseg predict --model sts-petct-crop --ct STS_010/CT_image.nii.gz --pet STS_010/PET_image.nii.gz \\
+                     --roi all --out STS_010.nii.gz
   distillseg predict --model student.pt --ct STS_010/CT_image.nii.gz --pet STS_010/PET_image.nii.gz \\
                      --roi all --out STS_010.nii.gz --stats STS_010.csv
   distillseg predict --teacher litemedsam --prompt-from student.pt --roi all \
@@ -39,7 +44,8 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", metavar="MODEL", help="student model file (.pt)")
+    source.add_argument("--model", metavar="MODEL",
+                        help="student model file (.pt) or the name of a bundled student (e.g. sts-petct-crop)")
     source.add_argument("--teacher", metavar="NAME", help="run a teacher instead (litemedsam, sam, sam-med3d, seganypet)")
     parser.add_argument("--checkpoint", metavar="FILE", help="teacher weights (default: embedded or $DISTILLSEG_WEIGHTS)")
     parser.add_argument("--prompt-from", metavar="MODEL|LABEL",
@@ -149,10 +155,11 @@ def _load_case(args):
 
 def _predict_student(args, progress, cancel):
     """Student inference: ``(label, probability, case, classes, seconds)``."""
+    from ..student.catalogue import resolve_model
     from ..student.inference import predict_case, require_roi_for_crop_model
     from ..student.model_file import load_model
 
-    model = load_model(args.model)
+    model = load_model(resolve_model(args.model))
     if not (args.roi or args.roi_from):
         require_roi_for_crop_model(model, None)  # before the (slow) loading of the study
     case = _load_case(args)

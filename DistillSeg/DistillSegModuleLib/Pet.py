@@ -1,0 +1,92 @@
+"""PET in the scene: is it SUV, a region of interest around its hot spot, its display (slicer-core only).
+
+Slicer's DICOM plugins load a PET series with its stored units (usually Bq/ml) and set no
+voxel-value units for PT (``DICOMLib/DICOMPlugin.py``, ``mapSOPClassUIDToDICOMQuantityAndUnits``
+sets units for CT and MR only, Slicer v5.10.0 and main); they colour it with the PET-Heat
+map (``DICOMScalarVolumePlugin.py``). Such a volume must never be taken for SUV:
+:func:`suvState` tells the cases apart, and the Logic converts it from its DICOM files or
+refuses it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import slicer
+
+from .Nodes import DICOM_UIDS_ATTRIBUTE, MODALITY_ATTRIBUTE, volumeFromNode
+
+# What :func:`suvState` reports.
+SUV = "suv"  # units say SUV, or the module loaded it (file in SUV, or DICOM converted)
+NOT_SUV = "not-suv"  # units say Bq/ml (or another activity unit)
+DICOM_UNCONVERTED = "dicom-unconverted"  # loaded by Slicer's DICOM module: stored values, not SUV
+UNKNOWN = "unknown"  # a file without units: taken as SUV, as documented (PET files must be SUVbw)
+
+# Margin around the hot spot's 41%-of-SUVmax region (mm): the margin of ``predict --roi-from``.
+ROI_MARGIN_MM = 10.0
+
+
+def suvState(node) -> str:
+    """Whether the voxels of a PET node are SUV (one of :data:`SUV`, :data:`NOT_SUV`,
+    :data:`DICOM_UNCONVERTED`, :data:`UNKNOWN`)."""
+    units = node.GetVoxelValueUnits() if hasattr(node, "GetVoxelValueUnits") else None
+    text = f"{units.GetCodeValue()} {units.GetCodeMeaning()}".lower() if units is not None else ""
+    if "suv" in text:
+        return SUV
+    if "bq" in text or "cnts" in text or "counts" in text:
+        return NOT_SUV
+    if node.GetAttribute(DICOM_UIDS_ATTRIBUTE):
+        return DICOM_UNCONVERTED
+    if node.GetAttribute(MODALITY_ATTRIBUTE) == "PT":
+        return SUV  # loaded by this module, which sets SUV units; kept for nodes saved without units
+    return UNKNOWN
+
+
+def hotSpotBox(petNode, searchBounds: Sequence[float] | None = None,
+               margin_mm: float = ROI_MARGIN_MM) -> tuple[np.ndarray, np.ndarray]:
+    """RAS box ``(low, high)`` around the PET hot spot: the connected region at or above 41%
+    of SUVmax that holds the hottest voxel, grown by ``margin_mm``.
+
+    Args:
+        petNode: PET volume (SUV).
+        searchBounds: ``(x0, y0, z0, x1, y1, z1)`` RAS mm where the hot spot is looked for
+            (in Slicer: what the slice view shows), or ``None`` for the whole PET.
+    """
+    from scipy import ndimage
+
+    from DistillSegLib.errors import DistillSegError
+    from DistillSegLib.io.volume import Volume
+    from DistillSegLib.metrics.baselines import SUVMAX_FRACTION, roi_mask_on_grid
+    from DistillSegLib.student.inference import roi_from_mask
+
+    from .Nodes import LogicError
+
+    pet = volumeFromNode(petNode)
+    try:
+        search = roi_mask_on_grid(pet, None if searchBounds is None else (searchBounds[:3], searchBounds[3:]))
+    except DistillSegError as exc:
+        raise LogicError(f"no PET voxel in the region searched for a hot spot: {exc}") from exc
+    values = np.where(search, pet.array, -np.inf)
+    peak = np.unravel_index(int(np.argmax(values)), values.shape)
+    if not np.isfinite(values[peak]) or values[peak] <= 0:
+        raise LogicError(f"the PET {petNode.GetName()} has no uptake in the region searched: place the ROI by hand")
+    regions, _ = ndimage.label(values >= SUVMAX_FRACTION * values[peak])
+    hot = (regions == regions[peak]).astype(np.uint8)
+    return roi_from_mask(Volume(hot, pet.affine), margin_mm)
+
+
+def setRoiBox(roiNode, low: Sequence[float], high: Sequence[float]) -> None:
+    """Make a markups ROI the axis-aligned RAS box ``low``..``high`` (mm)."""
+    low, high = np.asarray(low, float), np.asarray(high, float)
+    roiNode.SetCenter(*((low + high) / 2.0))
+    roiNode.SetSize(*(high - low))
+
+
+def showAsPet(petNode) -> None:
+    """The PET-Heat colour map Slicer's DICOM plugin gives PT series (when the colour node exists)."""
+    display = petNode.GetDisplayNode()
+    scene = petNode.GetScene()
+    colorId = slicer.vtkMRMLColorLogic.GetPETColorNodeID(slicer.vtkMRMLPETProceduralColorNode.PETheat)
+    if display is not None and scene is not None and scene.GetNodeByID(colorId) is not None:
+        display.SetAndObserveColorNodeID(colorId)
