@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from DistillSegLib.io.volume import Volume, read_image, write_image  # noqa: E40
 from DistillSegModuleLib.Logic import LogicError, SceneLogic, formatRoi  # noqa: E402
 from DistillSegModuleLib.Nodes import findVolume, orientedImageFromArray, volumeFromNode, volumeModality  # noqa: E402
 from DistillSegModuleLib.ProcessRunner import SubprocessRunner  # noqa: E402
+from test_slicer_process import alive, write_launcher  # noqa: E402  (PythonSlicer's process structure)
 
 # A tiny student (4/8 channels, no residual units): enough to exercise the real model
 # file, inference and training code paths in seconds; accuracy is not the point here.
@@ -315,30 +317,234 @@ def _ijk_to_ras_and_image(node):
     return matrix, node.GetImageData()
 
 
-def test_cancelled_distillation_changes_neither_scene_nor_training_set(study, logic, scene, tiny_student, tmp_path):
+def test_cancel_leaves_no_engine_process_and_the_job_folder_goes_only_after_it_exits(
+        study, scene, tiny_student, tmp_path):
+    """Cancel a distillation run through a launcher (``PythonSlicer``'s process structure: the
+    real interpreter is its child and gets no signal from it). Nothing of the run may be alive
+    when the job folder is removed or when the job is reported finished (then Run is enabled
+    again), and neither the scene, the training set nor the models folder changes."""
+    import threading
+
     folder, ct, pet = study
+    logic = SceneLogic(scene, SubprocessRunner(), python=str(write_launcher(tmp_path)))
     segmentation = logic.importLabelmap(folder / "CT_mask.nii.gz", ct)
     dataset = tmp_path / "training-set"
     logic.addToTrainingSet(dataset, ct, pet, segmentation)
     scene_before, dataset_before = scene_snapshot(scene), folder_snapshot(dataset)
     models = tmp_path / "models"
     new_model = models / "student-cancelled.pt"
-    ended, stages = [], []
+    ended, tree, job_folder, seen = [], [], [], {}
 
     def on_progress(progress):
-        stages.append(progress.stage)
-        if len(stages) == 1:
-            logic.cancel()  # the engine is running: it has reported its first step
+        if not tree:  # the engine is running: it has reported its first step
+            tree.extend(logic.runner.process_ids())
+            job_folder.append(logic.jobFolder())
+            threading.Thread(target=watch_folder, daemon=True).start()
+            logic.cancel()
+
+    def watch_folder():
+        while job_folder[0].exists():
+            time.sleep(0.002)
+        seen["alive when the folder went"] = alive(tree)
+
+    def on_finished(job):
+        ended.append(job)
+        seen["alive when finished"] = alive(tree)
+        seen["running when finished"] = logic.isRunning()
 
     logic.startDistillation(dataset, "supervised", new_model, initModel=tiny_student, steps=100000,
-                            extra=["--device", "cpu"], onProgress=on_progress, onFinished=ended.append)
+                            extra=["--device", "cpu"], onProgress=on_progress, onFinished=on_finished)
     logic.runner.wait(PROCESS_TIMEOUT_S)
-    assert stages, "the process was cancelled before it reported anything"
+    time.sleep(0.05)  # let the watcher record
+    assert len(tree) >= 2, f"expected the launcher and the engine, saw {tree}"
     assert ended and ended[0].cancelled and not ended[0].ok
+    assert seen == {"alive when the folder went": [], "alive when finished": [], "running when finished": False}
+    assert not job_folder[0].exists() and logic.jobFolder() is None
     assert not new_model.exists()
     assert not models.exists() or not any(models.iterdir()), "no half-written model or checkpoint"
     assert scene_snapshot(scene) == scene_before
     assert folder_snapshot(dataset) == dataset_before
+
+
+def test_closing_the_scene_cancels_the_running_job(study, logic, scene, tiny_student, tmp_path):
+    folder, ct, pet = study
+    segmentation = logic.importLabelmap(folder / "CT_mask.nii.gz", ct)
+    dataset = tmp_path / "training-set"
+    logic.addToTrainingSet(dataset, ct, pet, segmentation)
+    ended = []
+
+    def on_progress(progress):
+        if scene.GetNumberOfNodes() and not ended:
+            scene.Clear(0)  # File > Close scene while the engine runs
+
+    logic.startDistillation(dataset, "supervised", tmp_path / "new.pt", initModel=tiny_student, steps=100000,
+                            extra=["--device", "cpu"], onProgress=on_progress, onFinished=ended.append)
+    logic.runner.wait(PROCESS_TIMEOUT_S)
+    assert ended and ended[0].cancelled and "scene was closed" in ended[0].message
+    assert not (tmp_path / "new.pt").exists()
+
+
+# ------------------------------------------------------------------------- PET loaded by Slicer's DICOM module
+
+
+def dicom_browser_pet(scene, folder: Path):
+    """A PET as Slicer's DICOM module loads it (DICOMScalarVolumePlugin, Slicer v5.10.0): the
+    series read by the archetype reader in its stored units (here Bq/ml), ``DICOM.instanceUIDs``
+    set, no voxel-value units (DICOMPlugin.mapSOPClassUIDToDICOMQuantityAndUnits sets none for
+    PT), the series in the subject hierarchy with its modality. Returns the node and the
+    instance UID -> file map a DICOM database holds."""
+    import pydicom
+
+    files = sorted(folder.glob("*.dcm"))
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName("7: PET WB")
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(files[0]))
+    assert storage.ReadData(node)
+    scene.AddNode(node)
+    node.CreateDefaultDisplayNodes()
+    database = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): str(f) for f in files}
+    node.SetAttribute("DICOM.instanceUIDs", " ".join(database))
+    sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "patient"), "study")
+    sh.SetItemAttribute(sh.CreateItem(study, node), "DICOM.Modality", "PT")
+    return node, database
+
+
+def test_pet_from_slicers_dicom_module_is_converted_to_suv_or_refused(scene, sts_case_dir, tmp_path):
+    from conftest import require_data
+    from DistillSegLib.io.case import load_volume
+
+    raw = require_data("raw-pet-dicom", "STS_001", "image")
+    ct = SceneLogic(scene).loadVolume(sts_case_dir("STS_001") / "CT_image.nii.gz", "CT")
+    pet, database = dicom_browser_pet(scene, raw)
+    stored = volumeFromNode(pet).array.copy()
+    assert stored.max() > 1e5  # Bq/ml, as stored
+
+    refusing = SceneLogic(scene, python=sys.executable)  # no DICOM database to read the files from
+    for attempt in (lambda: refusing.validateInputs(ct, pet), lambda: refusing.suvPet(pet),
+                    lambda: refusing.startSegmentation(ct, pet, tmp_path / "any.pt")):
+        with pytest.raises(LogicError, match="loaded by Slicer's DICOM module .* not SUV: load the PET series"):
+            attempt()
+    assert not refusing.isRunning()
+
+    incomplete = dict(list(database.items())[:-1])
+    with pytest.raises(LogicError, match="1 of 267 missing"):
+        SceneLogic(scene, dicomFiles=incomplete.get).suvPet(pet)
+
+    nodes_before = scene.GetNumberOfNodes()
+    converting = SceneLogic(scene, dicomFiles=database.get)
+    converted = converting.suvPet(pet)
+    assert converted is not pet and scene.GetNumberOfNodes() > nodes_before
+    assert "SUV" in converted.GetVoxelValueUnits().GetCodeValue() and volumeModality(converted) == "PT"
+    suv = volumeFromNode(converted).array
+    np.testing.assert_array_equal(suv, load_volume(raw, "PT").array)  # the engine's QIBA SUVbw
+    assert suv.max() == pytest.approx(66.5, abs=0.5)  # shared/data/README.md: about 66.5 (bladder)
+    np.testing.assert_array_equal(volumeFromNode(pet).array, stored)  # the loaded node is left as it was
+    converting.validateInputs(ct, converted)
+    assert converting.suvPet(converted) is converted
+
+
+# ------------------------------------------------------------------------- scene hygiene
+
+
+def test_node_lookups_leave_reference_counts_unchanged(study, scene):
+    import gc
+
+    _, ct, pet = study
+    before = (ct.GetReferenceCount(), pet.GetReferenceCount())
+    for _ in range(10):
+        assert findVolume(scene, "PT") is pet and findVolume(scene, "CT") is ct
+    gc.collect()
+    assert (ct.GetReferenceCount(), pet.GetReferenceCount()) == before
+
+
+def test_pet_gets_slicers_pet_colour_map(scene, sts_case_dir):
+    colors = slicer.vtkSlicerColorLogic()  # Slicer adds its colour nodes at startup
+    colors.SetMRMLScene(scene)
+    folder = sts_case_dir("STS_001")
+    ct, pet = SceneLogic(scene).loadStudy(folder / "CT_image.nii.gz", folder / "PET_image.nii.gz")
+    heat = slicer.vtkMRMLColorLogic.GetPETColorNodeID(slicer.vtkMRMLPETProceduralColorNode.PETheat)
+    assert pet.GetDisplayNode().GetColorNodeID() == heat
+    assert ct.GetDisplayNode().GetColorNodeID() != heat
+    colors.SetMRMLScene(None)
+
+
+def test_lesion_table_is_a_table_node_saved_with_the_scene(study, logic, scene, tmp_path):
+    folder, ct, pet = study
+    segmentation = logic.importLabelmap(folder / "CT_mask.nii.gz", ct)
+    rows = logic.lesionStatistics(segmentation, ct, pet)
+    table = logic.lesionTable(rows, segmentation)
+    assert table.GetScene() is scene and segmentation.GetNodeReference("DistillSeg.LesionTable") is table
+    assert table.GetNumberOfRows() == len(rows) >= 1
+    column = table.GetTable().GetColumnByName("suv_max")
+    assert column.GetValue(0) == pytest.approx(rows[0]["suv_max"])
+    assert table.GetColumnTitle("suv_max") == "SUVmax" and table.GetColumnUnitLabel("mtv_ml") == "mL"
+    logic.eraseSlices(segmentation, ct, slice(0, 30))
+    assert logic.lesionTable(logic.lesionStatistics(segmentation, ct, pet), segmentation, table) is table
+    assert table.GetTable().GetColumnByName("mtv_ml").GetValue(0) < rows[0]["mtv_ml"]
+    table.AddDefaultStorageNode()
+    storage = table.GetStorageNode()
+    storage.SetFileName(str(tmp_path / "lesions.tsv"))
+    assert storage.WriteData(table)
+    text = (tmp_path / "lesions.tsv").read_text()
+    assert "suv_max" in text and f"{rows[0]['lesion']}" in text
+
+
+# ------------------------------------------------------------------------- region of interest and Run
+
+
+def test_a_new_roi_is_placed_around_the_pet_hot_spot_and_an_empty_one_is_refused(study, logic, scene, tmp_path):
+    from DistillSegLib.io.volume import apply_affine
+    from DistillSegLib.student.inference import roi_from_mask
+
+    folder, ct, pet = study
+    roi = slicer.vtkMRMLMarkupsROINode()  # as the selector's "Create new" makes it: no extent
+    scene.AddNode(roi)
+    before = scene_snapshot(scene)
+    with pytest.raises(LogicError, match="region of interest .* is empty .* 'Place at PET hot spot'"):
+        logic.requireUsableRoi(roi, ct)
+    assert scene_snapshot(scene) == before and logic.jobFolder() is None
+
+    # The widget searches what the red slice view shows; here a view around the lesion. (On
+    # STS_001 the hottest PET voxel of the whole crop is not in the tumour: the user navigates
+    # to the lesion first, as the README says.)
+    mask = read_image(folder / "CT_mask.nii.gz")
+    view = np.concatenate(roi_from_mask(mask, 30.0))
+    logic.placeRoiAtHotSpot(roi, pet, view)
+    bounds = np.asarray(logic.requireUsableRoi(roi, ct))
+    tumour = apply_affine(mask.affine, np.argwhere(mask.array > 0))
+    inside = np.all((tumour >= bounds[:3]) & (tumour <= bounds[3:]), axis=1).mean()
+    ct_low, ct_high = volumeFromNode(ct, withArray=False).world_bounds()
+    assert inside > 0.95, f"only {inside:.0%} of the tumour lies in the hot-spot ROI"
+    assert np.prod(bounds[3:] - bounds[:3]) < 0.5 * np.prod(ct_high - ct_low), "the ROI is not the whole crop"
+
+    far = (*(ct_low - 500.0), *(ct_low - 400.0))  # a view showing nothing of the PET
+    with pytest.raises(LogicError, match="no PET voxel in the region searched"):
+        logic.placeRoiAtHotSpot(roi, pet, far)
+    roi.SetCenter(*(ct_low - 300.0))
+    with pytest.raises(LogicError, match="lies outside the CT"):
+        logic.requireUsableRoi(roi, ct)
+
+
+def test_run_writes_a_new_segmentation_and_keeps_an_edited_one(study, logic, scene, tiny_student):
+    import inspect
+
+    folder, ct, pet = study
+    assert "segmentationNode" not in inspect.signature(SceneLogic.startSegmentation).parameters, \
+        "Run must not be able to write into an existing segmentation"
+    roi = slicer.vtkMRMLMarkupsROINode()
+    scene.AddNode(roi)
+    logic.placeRoiAroundSegmentation(roi, logic.importLabelmap(folder / "CT_mask.nii.gz", ct, name="reference"), ct)
+    edited = logic.importLabelmap(folder / "CT_mask.nii.gz", ct, name="corrected by the radiologist")
+    kept = logic.eraseSlices(edited, ct)
+    ended = []
+    logic.startSegmentation(ct, pet, tiny_student, roi, "cpu", onFinished=ended.append)
+    logic.runner.wait(PROCESS_TIMEOUT_S)
+    assert ended and ended[0].ok, ended[0].message
+    assert ended[0].segmentationNode is not edited and ended[0].segmentationNode.GetScene() is scene
+    assert edited.GetSegmentation().GetNumberOfSegments() == 1
+    np.testing.assert_array_equal(logic.labelFromSegmentation(edited, ct)[0].array, kept)
 
 
 def test_teacher_selection_becomes_train_options():

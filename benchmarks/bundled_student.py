@@ -48,7 +48,8 @@ def train(data: Path, cases: list[str], out: Path, args: argparse.Namespace) -> 
     """Run ``distillseg train`` in a child process; ``(command, wall seconds)``."""
     command = [sys.executable, "-m", "DistillSegLib", "train", "--data", str(data), "--labelled", ",".join(cases),
                "--strategy", "supervised", "--steps", str(args.steps), "--seed", str(args.seed),
-               "--threads", str(args.threads), "--device", "cpu", "--out", str(out)]
+               "--threads", str(args.threads), "--device", "cpu", "--out", str(out),
+               "--checkpoint", str(Path(args.work) / f"{out.stem}.checkpoint.pt")]  # never beside the bundled file
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return command, time.perf_counter() - started

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -141,7 +142,10 @@ class SceneLogic:
         self._tempDir: Path | None = None
         self._sceneClosed = False
         # Closing the scene (File > Close scene) removes the nodes a running job would import into.
-        self._closeObserver = scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._onSceneStartClose)
+        # The observer holds only a weak reference: the scene must not keep this logic alive.
+        onClose = weakref.WeakMethod(self._onSceneStartClose)
+        self._closeObserver = scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent,
+                                                lambda caller, event: onClose() and onClose()())
 
     def cleanup(self) -> None:
         """Stop observing the scene and cancel a running job (the module is being unloaded)."""
@@ -150,7 +154,11 @@ class SceneLogic:
             self._closeObserver = None
         self.cancel()
 
-    def _onSceneStartClose(self, caller=None, event=None) -> None:
+    def __del__(self) -> None:
+        if getattr(self, "_closeObserver", None) is not None:
+            self.scene.RemoveObserver(self._closeObserver)
+
+    def _onSceneStartClose(self) -> None:
         if self.isRunning():
             self._sceneClosed = True
             self.cancel()
