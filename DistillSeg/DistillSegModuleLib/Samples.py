@@ -80,6 +80,8 @@ def downloadSample():
     """Download (or take from the cache) and load the sample: ``(ctNode, petNode, segmentationNode)``."""
     import SampleData
 
-    nodes = SampleData.SampleDataLogic().downloadSamples(SAMPLE_NAME)
-    byName = {node.GetName(): node for node in nodes}
-    return tuple(byName[f.nodeName] for f in FILES)
+    registerSampleData()  # idempotent; startupCompleted has not fired when the module was loaded later
+    nodes = SampleData.SampleDataLogic().downloadSamples(SAMPLE_NAME)  # in the order of FILES
+    if len(nodes) != len(FILES):
+        raise RuntimeError(f"{SAMPLE_NAME}: {len(nodes)} of {len(FILES)} files were loaded")
+    return tuple(nodes)
