@@ -24,6 +24,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-c
 
 from DistillSegLib.io.dataset import find_cases, read_dataset_json  # noqa: E402
 from DistillSegLib.io.volume import Volume, read_image, write_image  # noqa: E402
+from DistillSegModuleLib import Pet  # noqa: E402
 from DistillSegModuleLib.Logic import LogicError, SceneLogic, formatRoi  # noqa: E402
 from DistillSegModuleLib.Nodes import findVolume, orientedImageFromArray, volumeFromNode, volumeModality  # noqa: E402
 from DistillSegModuleLib.ProcessRunner import SubprocessRunner  # noqa: E402
@@ -511,13 +512,17 @@ def test_a_new_roi_is_placed_around_the_pet_hot_spot_and_an_empty_one_is_refused
     # to the lesion first, as the README says.)
     mask = read_image(folder / "CT_mask.nii.gz")
     view = np.concatenate(roi_from_mask(mask, 30.0))
+    hot_low, hot_high = Pet.hotSpotBox(pet, view, margin_mm=0.0)  # the 41%-of-SUVmax region itself
+    tumour_low, tumour_high = roi_from_mask(mask, 0.0)
+    overlap = np.prod(np.clip(np.minimum(hot_high, tumour_high) - np.maximum(hot_low, tumour_low), 0, None))
+    union = np.prod(hot_high - hot_low) + np.prod(tumour_high - tumour_low) - overlap
+    assert overlap / union > 0.6, f"the hot-spot region's box overlaps the tumour's box by {overlap / union:.0%}"
     logic.placeRoiAtHotSpot(roi, pet, view)
     bounds = np.asarray(logic.requireUsableRoi(roi, ct))
+    np.testing.assert_allclose(bounds, [*(hot_low - Pet.ROI_MARGIN_MM), *(hot_high + Pet.ROI_MARGIN_MM)], atol=1e-3)
     tumour = apply_affine(mask.affine, np.argwhere(mask.array > 0))
-    inside = np.all((tumour >= bounds[:3]) & (tumour <= bounds[3:]), axis=1).mean()
+    assert np.all((tumour >= bounds[:3]) & (tumour <= bounds[3:])), "the hot-spot ROI cuts the tumour"
     ct_low, ct_high = volumeFromNode(ct, withArray=False).world_bounds()
-    assert inside > 0.95, f"only {inside:.0%} of the tumour lies in the hot-spot ROI"
-    assert np.prod(bounds[3:] - bounds[:3]) < 0.5 * np.prod(ct_high - ct_low), "the ROI is not the whole crop"
 
     far = (*(ct_low - 500.0), *(ct_low - 400.0))  # a view showing nothing of the PET
     with pytest.raises(LogicError, match="no PET voxel in the region searched"):

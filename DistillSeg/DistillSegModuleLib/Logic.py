@@ -350,8 +350,8 @@ class SceneLogic:
 
     def placeRoiAroundSegmentation(self, roiNode, segmentationNode, ctNode,
                                    margin_mm: float = Pet.ROI_MARGIN_MM) -> None:
-        """Give a markups ROI the bounding box of a segmentation plus ``margin_mm`` (the
-        engine's ``predict --roi-from``)."""
+        """Give a markups ROI the bounding box of a segmentation plus ``margin_mm`` (as the
+        engine's ``predict --roi-from``, with the margin crop students need, ``Pet.ROI_MARGIN_MM``)."""
         from DistillSegLib.errors import DistillSegError
         from DistillSegLib.student.inference import roi_from_mask
 
