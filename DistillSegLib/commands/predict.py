@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .options import add_allow_implausible, add_min_lesion_ml, non_negative_float
+from .prompt_options import PROMPT_HELP, add_prompt_arguments
 
 HELP = "segment a PET/CT study with a student or a teacher (label map on the CT grid, lesion statistics)"
 DESCRIPTION = """\
@@ -27,10 +28,13 @@ table of `distillseg stats`: SUV figures from the PET's own voxels, lesions unde
 --min-lesion-ml left out. All outputs are checked before the work and written together:
 a failure leaves none of them.
 
-Teachers (--teacher NAME, see `distillseg teachers`) need no radiologist prompt: they are
-prompted automatically from --prompt-from, either a student model (its prediction inside
-the ROI) or a label map; with --roi/--roi-from the teacher is prompted and answers only
-inside that region. ROI coordinates may be negative: write --roi=-10,... .
+Teachers (--teacher NAME, see `distillseg teachers`) are prompted automatically from
+--prompt-from, either a student model (its prediction inside the ROI) or a label map (with
+--roi/--roi-from the teacher is prompted and answers only inside that region), or by the
+radiologist's box and clicks (below). ROI coordinates may be negative: write --roi=-10,... .
+
+Beside the label map, LABEL.provenance.json records where it came from (the student, or the
+teacher with its prompt), written together with the other outputs.
 
 examples:
   distillseg predict --model sts-petct-crop --ct STS_010/CT_image.nii.gz --pet STS_010/PET_image.nii.gz \\
@@ -39,7 +43,12 @@ examples:
                      --roi all --out STS_010.nii.gz --stats STS_010.csv
   distillseg predict --teacher litemedsam --prompt-from student.pt --roi all \
                      --ct STS_010/CT_image.nii.gz --pet STS_010/PET_image.nii.gz --out STS_010_teacher.nii.gz
-"""
+  distillseg predict --teacher litemedsam --prompt-box=-60,-20,-950,10,40,-880 \
+                     --ct STS_010/CT_image.nii.gz --pet STS_010/PET_image.nii.gz --out box.nii.gz
+  distillseg predict --teacher litemedsam --prompt-mask box.nii.gz --prompt-points="-30,10,-910,-" \
+                     --ct STS_010/CT_image.nii.gz --pet STS_010/PET_image.nii.gz --out corrected.nii.gz
+
+""" + PROMPT_HELP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, metavar="N",
                         help="CPU threads for torch (default: 0 = all cores; 1 is faster on a busy machine)")
     add_allow_implausible(parser)
+    add_prompt_arguments(parser)
 
 
 PROBABILITY_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -94,10 +104,10 @@ def check_arguments(args: argparse.Namespace) -> list:
     from ..errors import DistillSegError
     from ..io.segmentation_export import LABEL_SUFFIXES
     from ..student.inference import parse_roi, resolve_device
+    from .prompt_options import check_prompt_arguments
 
-    if args.teacher and not args.prompt_from:
-        raise DistillSegError("--teacher needs --prompt-from MODEL|LABEL: teachers are prompted automatically from it")
-    inputs = (args.ct, args.pet, args.model, args.prompt_from, args.roi_from, args.checkpoint)
+    check_prompt_arguments(args)
+    inputs = (args.ct, args.pet, args.model, args.prompt_from, args.roi_from, args.checkpoint, args.prompt_mask)
     outputs = [check_output_path(args.out, "--out", LABEL_SUFFIXES, inputs)]
     if args.prob:
         outputs.append(check_output_path(args.prob, "--prob", PROBABILITY_SUFFIXES, inputs))
@@ -155,6 +165,7 @@ def _load_case(args):
 
 def _predict_student(args, progress, cancel):
     """Student inference: ``(label, probability, case, classes, seconds)``."""
+    from ..provenance import student_record
     from ..student.catalogue import resolve_model
     from ..student.inference import predict_case, require_roi_for_crop_model
     from ..student.model_file import load_model
@@ -168,6 +179,7 @@ def _predict_student(args, progress, cancel):
     progress.start("predict", 3)  # only now: an input error stays the one line on stderr
     progress.update(1)
     prediction = predict_case(model, case, roi, args.device, cancel)
+    prediction.label.meta["provenance"] = {"source": "student", "student": student_record(model)}
     return prediction.label, prediction.probability, case, model.config.classes, prediction.seconds
 
 
@@ -179,9 +191,12 @@ def _predict_teacher(args, progress, cancel):
     from ..io.labels import SegmentClass
     from ..student.inference import roi_to_index_box
     from ..teachers.run import prompt_on_grid, segment_with_teacher
+    from .prompt_options import has_user_prompt
 
     case = _load_case(args)
     started = time.perf_counter()
+    if has_user_prompt(args):
+        return _predict_teacher_interactively(args, case, progress, cancel, started)
     roi = resolve_roi(args, case)
     box = None if roi is None or isinstance(roi, str) else roi_to_index_box(roi, case.ct)
     if args.prompt_from.lower().endswith(".pt"):
@@ -201,7 +216,29 @@ def _predict_teacher(args, progress, cancel):
     label, probability = segment_with_teacher(case, args.teacher, args.checkpoint, prompt, args.modality)
     if box is not None:
         label, probability = inside_box(label, box), inside_box(probability, box)
+    label.meta["provenance"] = {
+        "source": "teacher", "prompt": {"kind": "automatic", "prompt_from": args.prompt_from},
+        "teacher": {"name": label.meta.get("teacher"), "weights_sha256": label.meta.get("weights_sha256"),
+                    "modality": label.meta.get("modality")}}
     return label, probability, case, (SegmentClass("tumour"),), time.perf_counter() - started
+
+
+def _predict_teacher_interactively(args, case, progress, cancel, started):
+    """A teacher prompted by the radiologist's box/clicks (and the previous mask for a correction)."""
+    import time
+
+    from ..io.labels import SegmentClass
+    from ..teachers.interactive import prepare_interactive, segment_interactively
+    from .prompt_options import user_prompt_from_args
+
+    request = prepare_interactive(case, args.teacher, args.checkpoint, user_prompt_from_args(args, case), args.modality)
+    progress.start("predict", 3)
+    progress.update(1)
+    result, provenance = segment_interactively(request, cancel=cancel)
+    result.label.meta["provenance"] = {"source": "teacher", **provenance}
+    names = result.label.meta["label_names"]
+    classes = tuple(SegmentClass(names.get(v, f"label {v}")) for v in range(1, max(names) + 1))
+    return result.label, result.probability, case, classes, time.perf_counter() - started
 
 
 def inside_box(volume, box):
@@ -214,8 +251,11 @@ def inside_box(volume, box):
 
 
 def _write_outputs(args, outputs, label, probability, case, classes):
-    """Write the label map, probability map and lesion table all or none; return the table."""
+    """Write the label map, probability map, lesion table and provenance all or none; return the table."""
+    import json
+
     from ..atomic import atomic_outputs
+    from ..provenance import provenance_path, provenance_payload
     from ..io.segmentation_export import write_label_map
     from ..io.volume import write_image
     from ..metrics.lesions import lesion_table, write_lesion_table
@@ -224,10 +264,12 @@ def _write_outputs(args, outputs, label, probability, case, classes):
     if args.stats:  # computed before anything is written
         table = lesion_table(label, case.pet, {i + 1: c.name for i, c in enumerate(classes)},
                              args.min_lesion_ml, "CT")
-    with atomic_outputs(outputs) as temporary:
+    provenance = provenance_payload({**label.meta.get("provenance", {}), "inputs": {"ct": args.ct, "pet": args.pet}})
+    with atomic_outputs([*outputs, provenance_path(outputs[0])]) as temporary:
         write_label_map(label, temporary[0], classes, case.ct)
         if args.prob:
             write_image(probability, temporary[1])
         if table is not None:
-            write_lesion_table(table, temporary[-1])
+            write_lesion_table(table, temporary[len(outputs) - 1])
+        temporary[-1].write_text(json.dumps(provenance, indent=2))
     return table

@@ -151,13 +151,45 @@ class SamMed3DTeacher:
                         break
                     coords = torch.cat([coords, torch.tensor(click[0], dtype=torch.float32).view(1, 1, 3)], dim=1)
                     point_labels = torch.cat([point_labels, torch.tensor([[click[1]]])], dim=1)
-                sparse, dense = model.prompt_encoder(points=[coords, point_labels], boxes=None, masks=low_res)
-                low_res, _ = model.mask_decoder(
-                    image_embeddings=embedding, image_pe=model.prompt_encoder.get_dense_pe(),
-                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                )
+                low_res = self.decode(embedding, coords, point_labels, low_res)
             logits = F.interpolate(low_res, size=(size,) * 3, mode="trilinear", align_corners=False)
         return logits[0, 0].cpu().numpy().astype(np.float32)
+
+    def refine(self, image: np.ndarray, points: np.ndarray, labels: np.ndarray,
+               mask_probability: np.ndarray | None) -> np.ndarray:
+        """Logits ``(N, N, N)`` on the region from one decoder pass: the user's clicks and the
+        previous mask as the mask prompt (one step of the reference's interactive loop).
+
+        The region's image embedding is reused from the embedding store (keyed by the
+        weights and the normalised region), so a correction around the same centre costs
+        only the prompt encoder and decoder.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        from .embeddings import default_store, encode_with_store
+
+        size, mask_size = self.config.image_size, self.config.mask_size
+        with torch.inference_mode():
+            tensor = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
+            embedding = encode_with_store(self.model.image_encoder, tensor, self.weights_sha256, default_store(),
+                                          self.device)
+            low_res = (torch.zeros((1, 1) + (mask_size,) * 3) if mask_probability is None else
+                       torch.from_numpy(mask_prompt(mask_probability, (mask_size,) * 3))[None, None]).to(self.device)
+            coords = torch.from_numpy(np.asarray(points, np.float32).reshape(1, -1, 3)).to(self.device)
+            point_labels = torch.from_numpy(np.asarray(labels, np.int64).reshape(1, -1)).to(self.device)
+            low_res = self.decode(embedding, coords, point_labels, low_res)
+            logits = F.interpolate(low_res, size=(size,) * 3, mode="trilinear", align_corners=False)
+        return logits[0, 0].cpu().numpy().astype(np.float32)
+
+    def decode(self, embedding, coords, point_labels, low_res):
+        """One prompt-encoder + mask-decoder pass: low-resolution logits ``(1, 1, M, M, M)``."""
+        sparse, dense = self.model.prompt_encoder(points=[coords, point_labels], boxes=None, masks=low_res)
+        low_res, _ = self.model.mask_decoder(
+            image_embeddings=embedding, image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+        )
+        return low_res
 
     def _points(self, prompt: Prompt, affine: np.ndarray, roi: Volume, roi_prob: np.ndarray):
         if prompt.points is not None:
@@ -179,9 +211,13 @@ def roi_grid(mask: np.ndarray, affine: np.ndarray, size: int, spacing: float = S
     """
     index = np.argwhere(np.asarray(mask) >= 0.5)
     centre_index = (index.min(axis=0) + index.max(axis=0)) / 2.0
-    centre = apply_affine(affine, centre_index[None])[0]
+    return region_around(apply_affine(affine, centre_index[None])[0], size, spacing)
+
+
+def region_around(centre: np.ndarray, size: int, spacing: float = SPACING_MM) -> Volume:
+    """A ``size^3`` RAS grid at ``spacing`` mm whose centre is the RAS point ``centre`` (mm)."""
     roi_affine = np.diag([spacing, spacing, spacing, 1.0])
-    roi_affine[:3, 3] = centre - spacing * (size - 1) / 2.0
+    roi_affine[:3, 3] = np.asarray(centre, float) - spacing * (size - 1) / 2.0
     return Volume(np.zeros((size, size, size), np.uint8), roi_affine)
 
 

@@ -160,25 +160,27 @@ class SamSliceTeacher:
                         canonical_prob[:, :, k] = p.T  # slice (row=j, col=i) -> [i, j]
         return orientation.from_canonical(canonical_prob)
 
-    def embed_volume(self, volume: Volume, modality: str | None = None, on_batch=None) -> int:
+    def embed_volume(self, volume: Volume, modality: str | None = None, on_batch=None,
+                     batch_size: int | None = None) -> int:
         """Encode every axial slice of ``volume`` into the embedding store ahead of any prompt
         (a loaded study embedded in the background: later prompts cost only the decoder).
 
-        ``on_batch(done, total)`` is called after each encoder batch (progress, cancel by
-        raising). Returns the number of slices; slices already stored are not re-encoded.
+        ``on_batch(done, total)`` is called after each encoder batch of ``batch_size``
+        slices (default: the teacher's; progress, cancel by raising). Returns the number of
+        slices; slices already stored are not re-encoded.
         """
         import torch
 
         modality = normalise_modality(modality or self.modality)
         stack = self.canonical_stack(volume, modality)
         resized, _ = self.frame(stack.shape[1:])
-        total = len(stack)
+        total, batch = len(stack), int(batch_size or self.batch_size)
         with torch.inference_mode():
-            for start in range(0, total, self.batch_size):
-                images = self._preprocess_images(stack[start:start + self.batch_size], resized)
+            for start in range(0, total, batch):
+                images = self._preprocess_images(stack[start:start + batch], resized)
                 encode_with_store(self.model.image_encoder, images, self.weights_sha256, self.store(), self.device)
                 if on_batch is not None:
-                    on_batch(min(start + self.batch_size, total), total)
+                    on_batch(min(start + batch, total), total)
         return total
 
     def canonical_stack(self, volume: Volume, modality: str) -> np.ndarray:
@@ -250,6 +252,10 @@ class SamSliceTeacher:
         up = up[..., : resized[0], : resized[1]]
         up = F.interpolate(up, size=tuple(original), mode="bilinear", align_corners=False)
         return torch.sigmoid(up)[:, 0].cpu().numpy().astype(np.float32)
+
+    def preprocess_slices(self, stack: np.ndarray, resized: tuple[int, int]):
+        """``(S, 3, N, N)`` model-ready images of canonical slices ``stack`` ``(S, H, W)`` in [0, 1]."""
+        return self._preprocess_images(stack, resized)
 
     # ------------------------------------------------------------------ helpers
     def _preprocess_images(self, stack: np.ndarray, resized: tuple[int, int]):

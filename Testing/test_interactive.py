@@ -1,0 +1,173 @@
+"""Interactive segmentation on a real case: LiteMedSAM from a box, a correction by a click, the
+CLI options with their provenance and bad input, and the 3D teachers' box/click prompts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from DistillSegLib.errors import DistillSegError
+from DistillSegLib.io.volume import apply_affine, read_image, write_image
+from DistillSegLib.provenance import provenance_path, read_provenance
+from DistillSegLib.teachers.interactive import predict_interactive, prepare_interactive, segment_interactively
+from DistillSegLib.teachers.user_prompts import UserPrompt
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def ras_box(volume, low_index, high_index, grow: float = 0.1):
+    """RAS corners of an index box (voxel edges), each side grown by ``grow`` of its extent / 2."""
+    low, high = np.asarray(low_index, float) - 0.5, np.asarray(high_index, float) + 0.5
+    corners = np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])])
+    world = apply_affine(volume.affine, corners)
+    a, b = world.min(axis=0), world.max(axis=0)
+    centre, half = (a + b) / 2, (b - a) / 2 * (1 + grow)
+    return centre - half, centre + half
+
+
+@pytest.fixture(scope="module")
+def three_slices(sts_001):
+    """A box 10% larger than the tumour on the 3 CT slices where it is largest."""
+    truth = sts_001.label_on_ct.array > 0
+    middle = int(np.argmax(truth.sum(axis=(0, 1))))
+    index = np.argwhere(truth[:, :, middle - 1:middle + 2])
+    low, high = index.min(axis=0), index.max(axis=0)
+    low[2], high[2] = middle - 1, middle + 1
+    return ras_box(sts_001.ct, low, high), middle, truth
+
+
+@pytest.fixture(scope="module")
+def box_result(sts_001, three_slices):
+    box, _, _ = three_slices
+    request = prepare_interactive(sts_001, "litemedsam", None, UserPrompt(box=box), "CT")
+    return segment_interactively(request)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+def test_litemedsam_segments_inside_a_loose_box(sts_001, three_slices, box_result):
+    box, middle, truth = three_slices
+    result, provenance = box_result
+    predicted = result.label.array == 1
+    assert result.label.shape == sts_001.ct.shape and result.slices == 3
+    inside = slice(middle - 1, middle + 2)
+    assert dice(predicted[..., inside], truth[..., inside]) > 0.75
+    assert not predicted[..., :middle - 1].any() and not predicted[..., middle + 2:].any()
+    on_ct = UserPrompt(box=box).on_grid(sts_001.ct, "CT")
+    assert not (predicted & ~on_ct.box_mask()).any()  # never outside the drawn box
+    assert provenance["teacher"]["name"] == "litemedsam" and provenance["prompt"]["kind"] == "user"
+    assert len(provenance["prompt"]["box_ras_mm"]) == 6
+
+
+def test_a_negative_click_corrects_only_that_segment(sts_001, three_slices, box_result):
+    box, middle, truth = three_slices
+    result, _ = box_result
+    previous = result.label.array.copy()
+    previous[:5, :5, :5] = 2  # another segment the correction must keep
+    wrong = np.argwhere((previous[..., middle] == 1))
+    click_index = [*wrong[np.argmax(wrong[:, 0])], middle]  # the lesion's edge on the middle slice
+    click = apply_affine(sts_001.ct.affine, np.array([click_index], float))[0]
+    prompt = UserPrompt(box=box, points=[click], labels=[0], previous=sts_001.ct.with_array(previous))
+    corrected, provenance = segment_interactively(prepare_interactive(sts_001, "litemedsam", None, prompt, "CT"))
+    after = corrected.label.array
+    assert (after == 2).sum() == 125 and ((after == 2) == (previous == 2)).all()
+    assert (after[..., middle] == 1).sum() < (previous[..., middle] == 1).sum()
+    assert after[tuple(click_index)] == 0
+    np.testing.assert_array_equal(after[..., :middle - 1], previous[..., :middle - 1])
+    assert provenance["prompt"]["kind"] == "correction" and provenance["prompt"]["point_labels"] == [0]
+
+
+def cli(capsys, *args):
+    from DistillSegLib.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def box_text(box) -> str:
+    return "=" + ",".join(f"{v:.2f}" for v in np.concatenate(box))
+
+
+def test_cli_box_prompt_writes_the_label_and_its_provenance(capsys, sts_case_dir, three_slices, tmp_path):
+    folder = sts_case_dir("STS_001")
+    box, middle, _ = three_slices
+    out = tmp_path / "box.nii.gz"
+    result = cli(capsys, "predict", "--teacher", "litemedsam", "--prompt-box" + box_text(box),
+                 "--ct", str(folder / "CT_image.nii.gz"), "--pet", str(folder / "PET_image.nii.gz"),
+                 "--out", str(out), "--json-progress")
+    assert result.returncode == 0, result.stderr
+    label = read_image(out).array
+    assert label[..., middle].any() and not label[..., middle + 2:].any()
+    record = read_provenance(out)
+    assert provenance_path(out).name == "box.provenance.json"
+    assert record["source"] == "teacher" and record["teacher"]["name"] == "litemedsam"
+    np.testing.assert_allclose(record["prompt"]["box_ras_mm"], np.round(np.concatenate(box), 2), atol=0.01)
+    assert record["inputs"]["ct"].endswith("CT_image.nii.gz")
+    assert json.loads(result.stdout.strip().splitlines()[-1])["stage"] == "done"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--teacher", "litemedsam", "--prompt-box=1000,1000,1000,1100,1100,1100"], "lies outside the CT image"),
+    (["--teacher", "litemedsam", "--prompt-box=0,0,0,1,1,1", "--prompt-points=50,50,50,+"], "outside the prompt box"),
+    (["--model", "student.pt", "--prompt-box=0,0,0,1,1,1"], "add --teacher"),
+    (["--teacher", "litemedsam", "--prompt-from", "x.nii.gz", "--prompt-box=0,0,0,1,1,1"], "not both"),
+    (["--teacher", "litemedsam"], "--teacher needs a prompt"),
+    (["--teacher", "litemedsam", "--prompt-points=1,2,3,*"], "R,A,S,+ or R,A,S,-"),
+])
+def test_cli_bad_prompts_are_one_error_line(capsys, sts_case_dir, tmp_path, extra, message):
+    folder = sts_case_dir("STS_001")
+    out = tmp_path / "x.nii.gz"
+    result = cli(capsys, "predict", *extra, "--ct", str(folder / "CT_image.nii.gz"),
+                 "--pet", str(folder / "PET_image.nii.gz"), "--out", str(out))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+    assert not out.exists() and not provenance_path(out).exists()
+
+
+def test_cli_teacher_without_its_weights_is_one_error_line(capsys, sts_case_dir, tmp_path, monkeypatch, sts_001):
+    monkeypatch.setenv("DISTILLSEG_WEIGHTS", str(tmp_path))
+    folder = sts_case_dir("STS_001")
+    centre = apply_affine(sts_001.ct.affine, np.array([np.array(sts_001.ct.shape) / 2.0]))[0]
+    result = cli(capsys, "predict", "--teacher", "seganypet", "--prompt-points=" + ",".join(f"{v:.1f}" for v in centre) + ",+",
+                 "--ct", str(folder / "CT_image.nii.gz"), "--pet", str(folder / "PET_image.nii.gz"),
+                 "--out", str(tmp_path / "x.nii.gz"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs a checkpoint" in lines[0]
+
+
+def test_a_box_only_teacher_refuses_clicks_alone(sts_001):
+    click = apply_affine(sts_001.ct.affine, np.array([np.array(sts_001.ct.shape) / 2.0]))[0]
+    with pytest.raises(DistillSegError, match="takes boxes only"):
+        prepare_interactive(sts_001, "litemedsam", None, UserPrompt(points=[click], labels=[1]), "CT")
+
+
+def test_3d_teacher_takes_the_box_centre_as_a_click_and_stays_in_the_box(sts_001, three_slices):
+    from test_teachers_sam_med3d import tiny_teacher
+
+    box, middle, truth = three_slices
+    teacher = tiny_teacher()
+    image = sts_001.pet
+    on_grid = UserPrompt(box=box).on_grid(image, "PET")
+    probability, slices = predict_interactive(teacher, image, on_grid, "PET")
+    assert probability.shape == image.shape and slices == 0 and probability.dtype == np.float32
+    assert probability.max() > 0 and not (probability[~on_grid.box_mask()] > 0).any()
+    # a correction around the same centre reuses the region's embedding
+    from DistillSegLib.teachers.embeddings import default_store
+
+    store = default_store()
+    hits = store.hits
+    click = apply_affine(image.affine, on_grid.centre()[None])[0]
+    correction = UserPrompt(box=box, points=[click], labels=[0], previous=image.with_array((probability >= 0.5).astype(np.uint8)))
+    second, _ = predict_interactive(teacher, image, correction.on_grid(image, "PET"), "PET")
+    assert store.hits == hits + 1
+    assert not np.array_equal(second, probability)
