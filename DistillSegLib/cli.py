@@ -30,7 +30,7 @@ from . import __version__
 from .errors import CancelledError, DistillSegError
 from .progress import ProgressAwareHandler, close_all, write_line
 
-COMMANDS = ["info", "convert", "stats", "train", "predict", "evaluate", "demo", "teachers"]
+COMMANDS = ["info", "convert", "stats", "train", "predict", "evaluate", "demo", "teachers", "embed", "serve"]
 
 EPILOG = """\
 Inputs: NIfTI/NRRD/MHA files or DICOM series folders (CT in HU; PET in BQML is converted
@@ -48,8 +48,9 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
+def build_parser(parser_class: type[argparse.ArgumentParser] = Parser) -> argparse.ArgumentParser:
+    """The ``distillseg`` parser (the warm engine builds one whose errors raise instead of exiting)."""
+    parser = parser_class(
         prog="distillseg",
         description="PET/CT segmentation with a small 3D student distilled from segmentation "
         "foundation models (LiteMedSAM, SAM, SAM-Med3D, SegAnyPET).",
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"distillseg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks, debug logging and library warnings")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=parser_class)
     for name in COMMANDS:
         module = importlib.import_module(f"{__package__}.commands.{name}")
         command = sub.add_parser(
@@ -110,6 +111,9 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .allocator import tune_allocator
+
+    tune_allocator()  # before any large array exists (see allocator.py)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a wrong option (its one error line is written)

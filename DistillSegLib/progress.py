@@ -19,6 +19,7 @@ text starts on a line of its own; :func:`close_all` ends every bar before such a
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import signal
@@ -38,12 +39,23 @@ LINE_SECONDS = 30.0
 _ACTIVE: "weakref.WeakSet[Progress]" = weakref.WeakSet()
 
 
+# The warm engine's (``distillseg serve``) token of the job being run: every CancelToken
+# created while that job runs follows it, so the engine cancels a command's long loops
+# without the command knowing it runs inside the engine.
+_JOB_TOKEN: contextvars.ContextVar["CancelToken | None"] = contextvars.ContextVar("distillseg_job_token", default=None)
+
+
 class CancelToken:
-    """Set by SIGINT/SIGTERM (or by the caller); long loops call :meth:`check` between steps."""
+    """Set by SIGINT/SIGTERM (or by the caller); long loops call :meth:`check` between steps.
+
+    A token created inside :func:`job_scope` (a warm-engine job) is also cancelled when that
+    job's token is, and leaves the signals to the engine.
+    """
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self.reason = ""
+        self._job = _JOB_TOKEN.get()
 
     def cancel(self, reason: str = "cancelled by the user") -> None:
         self.reason = reason
@@ -51,17 +63,18 @@ class CancelToken:
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._event.is_set() or (self._job is not None and self._job.cancelled)
 
     def check(self) -> None:
         if self.cancelled:
-            raise CancelledError(self.reason)
+            raise CancelledError(self.reason if self._event.is_set() else self._job.reason)
 
     @contextmanager
     def on_signals(self) -> Iterator["CancelToken"]:
         """Turn SIGINT/SIGTERM (and SIGBREAK on Windows, which is what a GUI can send a console
-        process there) into a cancel request for the duration of the block."""
-        if threading.current_thread() is not threading.main_thread():
+        process there) into a cancel request for the duration of the block (in the main thread
+        and outside a warm-engine job, whose signals the engine handles)."""
+        if threading.current_thread() is not threading.main_thread() or self._job is not None:
             yield self
             return
         handler = lambda signum, frame: self.cancel(f"stopped by {signal.Signals(signum).name}")  # noqa: E731
@@ -72,6 +85,16 @@ class CancelToken:
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+
+@contextmanager
+def job_scope(token: CancelToken) -> Iterator[CancelToken]:
+    """Run a block as one warm-engine job: CancelTokens created inside follow ``token``."""
+    reset = _JOB_TOKEN.set(token)
+    try:
+        yield token
+    finally:
+        _JOB_TOKEN.reset(reset)
 
 
 def stderr_is_terminal() -> bool:
