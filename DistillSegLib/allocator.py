@@ -14,8 +14,9 @@ environment variables, which glibc reads only when a process starts).
 :func:`tune_allocator` applies them to the running process with ``mallopt`` (the command
 line, the demo, training and the warm engine call it first) and puts them into the
 environment so that child processes (data loaders, ``torchrun`` workers, the module's
-engine) start with them. A variable already set by the user wins. Elsewhere (macOS,
-Windows, musl) it does nothing. Measured in ``benchmarks/allocator.py`` (README, "Speed").
+engine) start with them. A variable already set by the user wins;
+``DISTILLSEG_MALLOC_TUNING=0`` leaves glibc's defaults. Elsewhere (macOS, Windows, musl) it
+does nothing. Measured in ``benchmarks/allocator.py`` (README, "Speed").
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
+SWITCH_ENV = "DISTILLSEG_MALLOC_TUNING"
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 TRIM_ENV = "MALLOC_TRIM_THRESHOLD_"
 # glibc malloc.h
@@ -46,7 +48,7 @@ def tune_allocator() -> dict[str, int]:
         return _applied
     _applied = {}
     libc = _glibc()
-    if libc is None:
+    if libc is None or os.environ.get(SWITCH_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return _applied
     for env, option, default in ((MMAP_ENV, M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD),
                                  (TRIM_ENV, M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)):

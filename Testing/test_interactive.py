@@ -171,3 +171,26 @@ def test_3d_teacher_takes_the_box_centre_as_a_click_and_stays_in_the_box(sts_001
     second, _ = predict_interactive(teacher, image, correction.on_grid(image, "PET"), "PET")
     assert store.hits == hits + 1
     assert not np.array_equal(second, probability)
+
+
+def test_clicks_end_a_lesion_or_bring_back_a_missed_slice(sts_001, three_slices, box_result):
+    box, middle, truth = three_slices
+    result, _ = box_result
+    previous = result.label.array.copy()
+    # a negative click on the lesion's last slice removes that slice (LiteMedSAM takes no clicks)
+    last = middle + 1
+    on_last = np.argwhere(previous[..., last] == 1)[0]
+    click = apply_affine(sts_001.ct.affine, np.array([[*on_last, last]], float))[0]
+    prompt = UserPrompt(box=box, points=[click], labels=[0], previous=sts_001.ct.with_array(previous))
+    ended, _ = segment_interactively(prepare_interactive(sts_001, "litemedsam", None, prompt, "CT"))
+    assert not ended.label.array[..., last].any() and ended.slices == 0
+    np.testing.assert_array_equal(ended.label.array[..., :last], previous[..., :last])
+    # a positive click on a slice the result missed brings it back
+    missed = previous.copy()
+    missed[..., last] = 0
+    on_truth = np.argwhere(truth[..., last])
+    centre = on_truth[np.argmin(np.linalg.norm(on_truth - on_truth.mean(axis=0), axis=1))]
+    click = apply_affine(sts_001.ct.affine, np.array([[*centre, last]], float))[0]
+    prompt = UserPrompt(box=box, points=[click], labels=[1], previous=sts_001.ct.with_array(missed))
+    back, _ = segment_interactively(prepare_interactive(sts_001, "litemedsam", None, prompt, "CT"))
+    assert dice(back.label.array[..., last] == 1, truth[..., last]) > 0.6

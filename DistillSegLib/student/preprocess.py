@@ -139,15 +139,22 @@ def probabilities_to_ct_grid(
     """
     num_classes = probabilities.shape[0]
     # Linear interpolation of each class's probability, then argmax on the fine grid:
-    # smoother borders than nearest-neighbour upsampling of the coarse label map.
-    channels = [
-        resample_to(prepared.grid(probabilities[c].astype(np.float32)), ct, "linear",
-                    fill=1.0 if c == 0 else 0.0).array
-        for c in range(num_classes)
-    ]
-    stacked = np.stack(channels)
-    label = np.argmax(stacked, axis=0).astype(np.uint8)
-    foreground = (1.0 - stacked[0]).clip(0.0, 1.0).astype(np.float32)
+    # smoother borders than nearest-neighbour upsampling of the coarse label map. With one
+    # foreground class, interpolation keeps P(bg) + P(fg) = 1, so argmax is P(fg) > 0.5 and
+    # one channel is enough (half the resampling of a whole-body study).
+    if num_classes == 2:
+        foreground = resample_to(prepared.grid(probabilities[1].astype(np.float32)), ct, "linear", fill=0.0).array
+        foreground = foreground.clip(0.0, 1.0).astype(np.float32)
+        label = (foreground > 0.5).astype(np.uint8)
+    else:
+        channels = [
+            resample_to(prepared.grid(probabilities[c].astype(np.float32)), ct, "linear",
+                        fill=1.0 if c == 0 else 0.0).array
+            for c in range(num_classes)
+        ]
+        stacked = np.stack(channels)
+        label = np.argmax(stacked, axis=0).astype(np.uint8)
+        foreground = (1.0 - stacked[0]).clip(0.0, 1.0).astype(np.float32)
     if box is not None:
         inside = np.zeros(ct.shape, bool)
         inside[box] = True

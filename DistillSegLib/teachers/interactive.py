@@ -14,15 +14,19 @@ drawn box need not be tight on every slice. Unlike that script, a walk stops whe
 mask vanishes (instead of falling back to the whole box on every later slice) and every
 slice box stays inside the drawn box.
 
-Clicks: SAM takes them as point prompts on their slices. LiteMedSAM was trained with boxes
-only and its point prompts do not work (a negative click on a CT slice of STS_003 dropped
-the slice Dice from 0.91 to 0.33-0.43; a click alone segments nothing), so for box-only
-teachers a click edits the box of its slice: a positive click outside it grows the box to
-include it, a negative click inside it moves the nearest-fitting side past it (keeping
-most of the current mask). Corrections (a previous mask plus new clicks) re-run the
-clicked slices and walk outwards until the new mask agrees with the previous one (Dice
->= 0.9) or vanishes; the other slices keep the previous mask, and SAM also gets the
-previous mask as its mask prompt (SAM's iterative refinement).
+Clicks: SAM takes them as point prompts on their slices, and the previous mask as its mask
+prompt (SAM's iterative refinement). LiteMedSAM was trained with boxes only and its point
+prompts do not work (a negative click on a CT slice of STS_003 dropped the slice Dice from
+0.91 to 0.33-0.43; a click alone segments nothing), so for box-only teachers a click edits
+its slice's box: a positive click outside it grows the box to include it; one inside it
+that the mask missed gets a second box of the same size centred on it, and the part of that
+mask holding the click is added; a negative click inside the box moves the side that keeps
+most of the mask past it (nothing beyond the cut is kept), and one on the lesion's first or
+last slice removes that slice. A correction (previous mask + clicks) re-runs only the
+clicked slices; a positive click's growth walks on to the neighbouring slices, each boxed
+by its previous mask and its neighbour's new one, until the new mask agrees with the
+previous one (Dice >= 0.9). (Carrying a negative click's cut to the neighbours was tried and
+dropped: on STS_003 the cut of a leak on the lesion's edge cut through its bulk higher up.)
 
 3D teachers (SAM-Med3D, SegAnyPET) see a 128^3 region at 1.5 mm centred on the prompt.
 They take clicks as 3D points and the previous mask as the mask prompt (the reference's
@@ -236,17 +240,20 @@ class SlicePropagation:
         self.embeddings: dict[int, object] = {}
         self.decoded = 0
 
-    # ------------------------------------------------------------------ the walk
+    # ------------------------------------------------------------------ the walks
     def run(self) -> tuple[np.ndarray, int]:
         """Probabilities on the image grid and the number of slices decoded."""
         probability = (np.zeros(self.stack.shape, np.float32) if self.previous is None
                        else self.previous.astype(np.float32))
-        starts = self.start_boxes()
-        for k, box in starts.items():
-            probability[k] = self.decode(k, box)
-        for k in sorted(starts):
-            for step in (1, -1):
-                self.walk(probability, k, step, set(starts))
+        if self.previous is not None and self.clicks:
+            self.correct(probability)
+        else:
+            starts = self.start_boxes()
+            for k, box in starts.items():
+                probability[k] = self.decode(k, self.edit_box(box, self.clicks.get(k, []), None)[0])
+            for k in sorted(starts):
+                for step in (1, -1):
+                    self.walk(probability, k, step, set(starts))
         canonical = probability.transpose(2, 1, 0)
         return self.orientation.from_canonical(np.ascontiguousarray(canonical)), self.decoded
 
@@ -258,22 +265,56 @@ class SlicePropagation:
             if not foreground.any():
                 return
             k += step
-            new = self.decode(k, self.clip(self.grow(bounding_box(foreground), self.margin)), step)
-            if self.previous is not None and agree(new >= 0.5, self.previous[k]):
+            box, _ = self.edit_box(self.grow(bounding_box(foreground), self.margin), self.clicks.get(k, []), None)
+            probability[k] = self.decode(k, box, step)
+
+    def correct(self, probability: np.ndarray) -> None:
+        """Re-run the clicked slices with their edited boxes and carry a positive click's growth
+        to the neighbouring slices while it changes them (see the module docstring)."""
+        clicked = sorted(self.clicks)
+        rows = np.flatnonzero(self.previous.any(axis=(1, 2)))
+        ends = {int(rows[0]), int(rows[-1])} if len(rows) else set()
+        for k in clicked:
+            clicks = self.clicks[k]
+            if not self.takes_points and k in ends and any(c.label == 0 and on(self.previous[k], c) for c in clicks):
+                probability[k] = 0.0  # a negative click on the lesion's end slice: it does not reach this slice
+                continue
+            box, _ = self.edit_box(self.correction_box(k), clicks, self.previous[k])
+            new = self.decode(k, box)
+            if not self.takes_points and box is not None:
+                new = new * self.plane(box)  # nothing beyond a cut
+            probability[k] = self.add_positives(k, new, box)
+        for k in clicked:
+            if any(c.label == 1 for c in self.clicks[k]):
+                for step in (1, -1):
+                    self.grow_walk(probability, k, step, set(clicked))
+
+    def grow_walk(self, probability: np.ndarray, start: int, step: int, clicked: set[int]) -> None:
+        """After a positive click: each next slice boxed by its previous mask and its
+        neighbour's new one; stops where the new mask agrees with the previous one."""
+        k = start
+        while self.k_range[0] <= k + step <= self.k_range[1] and k + step not in clicked:
+            s = k + step
+            boxes = [bounding_box(m) for m in (self.previous[s], probability[k] >= 0.5) if m.any()]
+            if not (probability[k] >= 0.5).any():
                 return
-            probability[k] = new
+            box = self.clip(self.grow(np.concatenate([np.min([b[:2] for b in boxes], axis=0),
+                                                      np.max([b[2:] for b in boxes], axis=0)]), self.margin))
+            new = self.decode(s, box, step)
+            if agree(new >= 0.5, self.previous[s]):
+                return
+            probability[s] = new
+            k = s
 
     def start_boxes(self) -> dict[int, np.ndarray | None]:
         """The first slices to decode and their boxes (None: points only)."""
-        if self.previous is None or not self.clicks:
-            if self.box is not None:
-                return {(self.box_slices[0] + self.box_slices[1]) // 2: self.box.copy()}
-            if self.previous is not None:  # re-run the previous mask's middle slice
-                slices = np.flatnonzero(self.previous.any(axis=(1, 2)))
-                middle = int(slices[len(slices) // 2])
-                return {middle: self.grow(bounding_box(self.previous[middle]), self.margin)}
-            return {k: None for k, clicks in self.clicks.items() if any(c.label == 1 for c in clicks)}
-        return {k: self.correction_box(k) for k in sorted(self.clicks)}
+        if self.box is not None:
+            return {(self.box_slices[0] + self.box_slices[1]) // 2: self.box.copy()}
+        if self.previous is not None:  # re-run the previous mask's middle slice
+            slices = np.flatnonzero(self.previous.any(axis=(1, 2)))
+            middle = int(slices[len(slices) // 2])
+            return {middle: self.grow(bounding_box(self.previous[middle]), self.margin)}
+        return {k: None for k, clicks in self.clicks.items() if any(c.label == 1 for c in clicks)}
 
     def correction_box(self, k: int) -> np.ndarray | None:
         """Box of a clicked slice in a correction: the previous mask's there (or on the nearest
@@ -286,14 +327,13 @@ class SlicePropagation:
 
     # ------------------------------------------------------------------ one slice
     def decode(self, k: int, box: np.ndarray | None, step: int = 1) -> np.ndarray:
-        """Probabilities ``(H, W)`` of slice ``k`` prompted by ``box``, its clicks and (SAM,
-        corrections) the previous mask."""
+        """Probabilities ``(H, W)`` of slice ``k`` prompted by ``box`` and, for teachers that
+        take them, its clicks and (corrections) the previous mask."""
         import torch
 
         if self.cancel is not None:
             self.cancel.check()
         clicks = self.clicks.get(k, [])
-        box = self.edit_box(box, clicks, k)
         boxes = points = labels = masks = None
         if box is not None:
             boxes = torch.from_numpy(np.asarray(box, np.float32) * self.scale)[None, None]
@@ -309,23 +349,43 @@ class SlicePropagation:
         self.decoded += 1
         return probability * self.box_plane() if self.box is not None else probability
 
-    def edit_box(self, box: np.ndarray | None, clicks: list[SliceClick], k: int) -> np.ndarray | None:
-        """Grow ``box`` to include positive clicks; for box-only teachers also cut it past
-        negative clicks inside it, keeping most of the current mask."""
+    def edit_box(self, box: np.ndarray | None, clicks: list[SliceClick],
+                 current: np.ndarray | None) -> tuple[np.ndarray | None, list[tuple[int, float]]]:
+        """``box`` grown to include positive clicks and, for box-only teachers, cut past negative
+        clicks inside it (keeping most of ``current``); the cuts made (coordinate, value)."""
+        cuts: list[tuple[int, float]] = []
         for click in clicks:
             if box is None and self.takes_points:
                 break  # points alone prompt a teacher that takes them
             if click.label == 1 and (box is None or not inside(box, click)):
-                around = np.array([click.col, click.row, click.col, click.row], np.float32)
-                around = self.grow(around, self.margin)
+                around = self.grow(np.array([click.col, click.row, click.col, click.row], np.float32), self.margin)
                 box = around if box is None else np.concatenate([np.minimum(box[:2], around[:2]),
                                                                  np.maximum(box[2:], around[2:])])
         if not self.takes_points and box is not None:
-            current = self.previous[k] if self.previous is not None else None
             for click in clicks:
                 if click.label == 0 and inside(box, click):
-                    box = cut_box(box, click, current)
-        return None if box is None else self.clip(box)
+                    box, cut = cut_box(box, click, current)
+                    cuts += [cut] if cut is not None else []
+        return (None if box is None else self.clip(box)), cuts
+
+    def add_positives(self, k: int, probability: np.ndarray, box: np.ndarray | None) -> np.ndarray:
+        """Box-only teachers: a positive click the slice's box already held but its mask missed
+        gets a box of the same size centred on it; the part of that mask holding the click is added."""
+        from scipy import ndimage
+
+        if self.takes_points or box is None:
+            return probability
+        for click in (c for c in self.clicks[k] if c.label == 1):
+            row, col = int(round(click.row)), int(round(click.col))
+            if probability[row, col] >= 0.5:
+                continue
+            half = (box[2:] - box[:2]) / 2.0
+            centred = self.clip(np.array([col - half[0], row - half[1], col + half[0], row + half[1]], np.float32))
+            extra = self.decode(k, centred)
+            components, _ = ndimage.label(extra >= 0.5)
+            if components[row, col]:
+                probability = np.maximum(probability, np.where(components == components[row, col], extra, 0.0))
+        return probability.astype(np.float32)
 
     def embedding(self, k: int, step: int = 1):
         """Image embedding of slice k; when missing, encoded in one batch with the next slices
@@ -369,33 +429,51 @@ class SlicePropagation:
 
     def box_plane(self) -> np.ndarray:
         """``(H, W)`` 1 inside the drawn box's in-plane extent, 0 outside."""
+        return self.plane(self.box)
+
+    def plane(self, box: np.ndarray) -> np.ndarray:
+        """``(H, W)`` 1 inside ``box``, 0 outside."""
         plane = np.zeros(self.stack.shape[1:], np.float32)
-        x0, y0, x1, y1 = np.round(self.box).astype(int)
+        x0, y0, x1, y1 = np.round(box).astype(int)
         plane[y0:y1 + 1, x0:x1 + 1] = 1.0
         return plane
+
+
+def on(mask: np.ndarray, click: SliceClick) -> bool:
+    """True when the click's pixel is in ``mask``."""
+    return bool(mask[int(round(click.row)), int(round(click.col))])
 
 
 def inside(box: np.ndarray, click: SliceClick) -> bool:
     return bool(box[0] <= click.col <= box[2] and box[1] <= click.row <= box[3])
 
 
-def cut_box(box: np.ndarray, click: SliceClick, mask: np.ndarray | None) -> np.ndarray:
+def cut_box(box: np.ndarray, click: SliceClick, mask: np.ndarray | None) -> tuple[np.ndarray, tuple[int, float] | None]:
     """``box`` with one side moved just past a negative click: the side whose cut keeps the
-    most of ``mask`` (the largest box when there is none)."""
-    x0, y0, x1, y1 = box
-    candidates = [np.array(b, np.float32) for b in (
-        (np.floor(click.col) + 1, y0, x1, y1), (x0, y0, np.ceil(click.col) - 1, y1),
-        (x0, np.floor(click.row) + 1, x1, y1), (x0, y0, x1, np.ceil(click.row) - 1))]
-    candidates = [b for b in candidates if b[0] <= b[2] and b[1] <= b[3]]
-    if not candidates:
-        return box
+    most of ``mask`` (the largest box when there is none); and the cut ``(coordinate, value)``
+    (coordinate 0-3 of ``[x0, y0, x1, y1]``), None when no side can move."""
+    candidates = [(0, np.floor(click.col) + 1), (2, np.ceil(click.col) - 1),
+                  (1, np.floor(click.row) + 1), (3, np.ceil(click.row) - 1)]
+    boxes = [(apply_cuts(box, [cut]), cut) for cut in candidates]
+    boxes = [(b, cut) for b, cut in boxes if b[0] <= b[2] and b[1] <= b[3]]
+    if not boxes:
+        return box, None
 
-    def kept(b: np.ndarray) -> tuple[float, float]:
+    def kept(item) -> tuple[float, float]:
+        b = item[0]
         c0, r0, c1, r1 = np.round(b).astype(int)
         inside_mask = float(mask[r0:r1 + 1, c0:c1 + 1].sum()) if mask is not None else 0.0
         return inside_mask, float((b[2] - b[0] + 1) * (b[3] - b[1] + 1))
 
-    return max(candidates, key=kept)
+    return max(boxes, key=kept)
+
+
+def apply_cuts(box: np.ndarray, cuts: list[tuple[int, float]]) -> np.ndarray:
+    """``box`` with its sides moved inwards to the cuts ``(coordinate, value)``."""
+    box = np.array(box, np.float32)
+    for coordinate, value in cuts:
+        box[coordinate] = max(box[coordinate], value) if coordinate < 2 else min(box[coordinate], value)
+    return box
 
 
 def agree(new: np.ndarray, previous: np.ndarray) -> bool:
