@@ -33,18 +33,22 @@ def client():
     engine.shutdown()
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    """An (untrained) tiny student: the engine's job and the command line must agree on it."""
+def tiny_model(path, seed: int = 0):
+    """An (untrained) tiny student model file: jobs and the command line must agree on it."""
     import torch
 
     from DistillSegLib.student.config import StudentConfig
     from DistillSegLib.student.model_file import save_model
     from DistillSegLib.student.network import build_student
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = StudentConfig(**TINY)
-    return save_model(tmp_path_factory.mktemp("model") / "tiny.pt", build_student(config), config)
+    return save_model(path, build_student(config), config)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
 def case_args(sts_case_dir, case: str = "STS_001") -> list[str]:

@@ -17,7 +17,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-c
 
 from DistillSegModuleLib.EngineRunner import EngineRunner, engine_arguments  # noqa: E402
 from DistillSegModuleLib.Logic import DistillSegLogic  # noqa: E402
-from test_engine import TINY  # noqa: E402
+from test_engine import tiny_model  # noqa: E402
 from test_slicer_logic import scene_snapshot  # noqa: E402
 
 TIMEOUT_S = 300
@@ -32,15 +32,7 @@ def runner():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    import torch
-
-    from DistillSegLib.student.config import StudentConfig
-    from DistillSegLib.student.model_file import save_model
-    from DistillSegLib.student.network import build_student
-
-    torch.manual_seed(1)
-    config = StudentConfig(**TINY)
-    return save_model(tmp_path_factory.mktemp("model") / "tiny.pt", build_student(config), config)
+    return tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt", seed=1)
 
 
 @pytest.fixture

@@ -227,7 +227,7 @@ class Engine:
             code, message = protocol.EXIT_BUG, f"unexpected {type(exc).__name__}: {exc}"
         finally:
             sys.stdout.flush()
-            if self.threads > 0:
+            if torch.get_num_threads() != self.threads:
                 torch.set_num_threads(self.threads)  # a job's --threads lasts for that job only
         self.finish(job, code, time.perf_counter() - started, message)
 
@@ -281,6 +281,7 @@ def serve(threads: int = 0, stdin: TextIO | None = None) -> int:
 
         if threads > 0:
             torch.set_num_threads(threads)
+        engine.threads = torch.get_num_threads()
         warm_up()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: engine.stop(f"stopped by {signal.Signals(signum).name}"))

@@ -1,7 +1,7 @@
 """Automatic prompts for the teachers, derived from a probability map or a mask.
 
-DistillSeg never asks the user for prompts: they come from the student's prediction (or
-from a label while fine-tuning). A :class:`Prompt` holds that source map on the case grid
+These prompts come from the student's prediction (or from a label while fine-tuning); the
+radiologist's own box and clicks are in :mod:`.user_prompts` and :mod:`.interactive`. A :class:`Prompt` holds that source map on the case grid
 plus the settings that turn it into the prompt kinds a teacher understands:
 
 * ``"box"``: one box per axial slice around the foreground of the slice, with a margin

@@ -27,6 +27,7 @@ import contextlib
 import io
 import logging
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -270,7 +271,16 @@ def load_sam_med3d(checkpoint: str | Path | None, name: str = "sam-med3d", modal
         raise DistillSegError(f"{name} checkpoint not found: {path}")
     sha256 = file_sha256(path)
     check_hash_prefix(path, sha256)
-    model = build_sam_med3d_model(config)
-    load_state_dict_strict(model, read_state_dict(path), str(path))
+    model = _load_model(str(path.resolve()), sha256, config)
     default = "PET" if name == "seganypet" else "CT"
     return SamMed3DTeacher(name, model, config, sha256, modality or default, iterations, device)
+
+
+@lru_cache(maxsize=2)
+def _load_model(path: str, sha256: str, config: SamMed3DConfig):
+    """The model of a checkpoint, built once per process (the warm engine keeps it between
+    prompts; the SHA-256 in the key reloads a changed file). Teachers loaded from the same
+    file share it: deep-copy ``teacher.model`` before fine-tuning."""
+    model = build_sam_med3d_model(config)
+    load_state_dict_strict(model, read_state_dict(path), path)
+    return model
