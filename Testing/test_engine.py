@@ -15,7 +15,7 @@ import pytest
 from DistillSegLib.engine import protocol
 from DistillSegLib.engine.client import EngineClient
 from DistillSegLib.io.volume import read_image
-from DistillSegLib.provenance import provenance_path
+from DistillSegLib.provenance import read_provenance
 from conftest import ROOT
 
 TINY = dict(spacing=(4.0, 4.0, 4.0), patch_size=(32, 32, 16), channels=(8, 16, 32), strides=(2, 2), num_res_units=1)
@@ -76,7 +76,9 @@ def test_a_student_job_gives_the_command_lines_result(client, model_path, sts_ca
     stages = [m.get("stage") for m in seen]
     assert "predict" in stages and "done" in stages  # the --json-progress lines, tagged with the job
     assert all(m["job"] == job for m in seen)
-    assert provenance_path(out).exists()
+    record = read_provenance(out)
+    assert record["source"] == "student" and record["student"]["model"] == str(model_path)
+    assert len(record["student"]["weights_sha256"]) == 64
     reference = tmp_path / "cli.nii.gz"
     assert main(["predict", "--model", str(model_path), *case_args(sts_case_dir), "--roi", "all",
                  "--out", str(reference), "--threads", "1"]) == 0

@@ -8,10 +8,9 @@ import subprocess
 
 import numpy as np
 import pytest
-import torch
 
 from DistillSegLib.errors import DistillSegError
-from DistillSegLib.io.volume import apply_affine, read_image, write_image
+from DistillSegLib.io.volume import apply_affine, read_image
 from DistillSegLib.provenance import provenance_path, read_provenance
 from DistillSegLib.teachers.interactive import predict_interactive, prepare_interactive, segment_interactively
 from DistillSegLib.teachers.user_prompts import UserPrompt
@@ -38,6 +37,15 @@ def three_slices(sts_001):
     low, high = index.min(axis=0), index.max(axis=0)
     low[2], high[2] = middle - 1, middle + 1
     return ras_box(sts_001.ct, low, high), middle, truth
+
+
+@pytest.fixture(scope="module")
+def small_case(sts_001):
+    from test_teachers_sam import crop
+
+    truth = sts_001.label_on_ct.array > 0
+    k = int(np.flatnonzero(truth.any(axis=(0, 1))).mean())
+    return crop(sts_001.ct, k - 1, k + 2), None, truth[:, :, k - 1:k + 2]
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +202,26 @@ def test_clicks_end_a_lesion_or_bring_back_a_missed_slice(sts_001, three_slices,
     prompt = UserPrompt(box=box, points=[click], labels=[1], previous=sts_001.ct.with_array(missed))
     back, _ = segment_interactively(prepare_interactive(sts_001, "litemedsam", None, prompt, "CT"))
     assert dice(back.label.array[..., last] == 1, truth[..., last]) > 0.6
+
+
+def test_sam_takes_clicks_as_points_and_the_previous_mask_as_mask_prompt(small_case):
+    """SAM's path (points, mask prompt) on a tiny random SAM: it runs, the clicks and the
+    previous mask reach the decoder, and the result stays in the box."""
+    from test_teachers_sam import tiny_teacher as tiny_sam
+
+    ct, _, truth = small_case
+    teacher = tiny_sam()
+    teacher.embedding_store = None
+    index = np.argwhere(truth)
+    low, high = index.min(axis=0), index.max(axis=0)
+    box = ras_box(ct, low, high)
+    click = apply_affine(ct.affine, index[len(index) // 2][None].astype(float))[0]
+    plain, _ = predict_interactive(teacher, ct, UserPrompt(box=box).on_grid(ct, "CT"), "CT")
+    clicked, _ = predict_interactive(teacher, ct, UserPrompt(box=box, points=[click], labels=[1]).on_grid(ct, "CT"), "CT")
+    previous = ct.with_array(truth.astype(np.uint8))
+    corrected, decoded = predict_interactive(
+        teacher, ct, UserPrompt(box=box, points=[click], labels=[0], previous=previous).on_grid(ct, "CT"), "CT")
+    on_grid = UserPrompt(box=box).on_grid(ct, "CT")
+    for probability in (plain, clicked, corrected):
+        assert probability.shape == ct.shape and not (probability[~on_grid.box_mask()] > 0).any()
+    assert not np.allclose(plain, clicked) and decoded >= 1

@@ -46,7 +46,6 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "engine_box_prompt.json"))
     args = parser.parse_args()
 
-    import numpy as np
 
     from DistillSegLib.engine.client import EngineClient
     from DistillSegLib.io.volume import read_image

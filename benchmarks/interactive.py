@@ -28,7 +28,6 @@ from the PET's own grid). Slice embeddings come from ``$DISTILLSEG_CACHE`` when 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

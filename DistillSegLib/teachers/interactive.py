@@ -23,10 +23,12 @@ that the mask missed gets a second box of the same size centred on it, and the p
 mask holding the click is added; a negative click inside the box moves the side that keeps
 most of the mask past it (nothing beyond the cut is kept), and one on the lesion's first or
 last slice removes that slice. A correction (previous mask + clicks) re-runs only the
-clicked slices; a positive click's growth walks on to the neighbouring slices, each boxed
-by its previous mask and its neighbour's new one, until the new mask agrees with the
-previous one (Dice >= 0.9). (Carrying a negative click's cut to the neighbours was tried and
-dropped: on STS_003 the cut of a leak on the lesion's edge cut through its bulk higher up.)
+clicked slices, except that a positive click beyond the previous mask's first or last
+slice walks on outwards as the box did, over slices the previous mask did not reach.
+(Carrying a click's edit to the neighbouring slices was tried and dropped: on STS_003 a
+negative click's cut of a leak on the lesion's edge cut through its bulk higher up; on
+STS_028 a positive click's growth, boxing each neighbour by its previous mask and the added
+region, grew 19 slices and lowered the Dice from 0.807 to 0.771.)
 
 3D teachers (SAM-Med3D, SegAnyPET) see a 128^3 region at 1.5 mm centred on the prompt.
 They take clicks as 3D points and the previous mask as the mask prompt (the reference's
@@ -57,7 +59,7 @@ CANONICAL = "LPS"  # the slice-wise teachers' display orientation (slicewise.CAN
 MODEL_FRAME_MARGIN = 3
 # ... and at least this many pixels of the slice itself: on a PET slice of 30 pixels, 3 pixels
 # of the 256-pixel frame are 0.35 PET pixels, and the masks shrank slice after slice.
-MIN_MARGIN_PIXELS = 1.5
+MIN_MARGIN_PIXELS = 2.0
 # A correction's walk stops on a slice where the new mask and the previous one agree this well.
 AGREEMENT_DICE = 0.9
 
@@ -284,27 +286,20 @@ class SlicePropagation:
             if not self.takes_points and box is not None:
                 new = new * self.plane(box)  # nothing beyond a cut
             probability[k] = self.add_positives(k, new, box)
+        centre = (rows[0] + rows[-1]) / 2.0 if len(rows) else None
         for k in clicked:
-            if any(c.label == 1 for c in self.clicks[k]):
-                for step in (1, -1):
-                    self.grow_walk(probability, k, step, set(clicked))
+            if centre is not None and not self.previous[k].any() and (probability[k] >= 0.5).any():
+                self.extend(probability, k, 1 if k > centre else -1, set(clicked))
 
-    def grow_walk(self, probability: np.ndarray, start: int, step: int, clicked: set[int]) -> None:
-        """After a positive click: each next slice boxed by its previous mask and its
-        neighbour's new one; stops where the new mask agrees with the previous one."""
+    def extend(self, probability: np.ndarray, start: int, step: int, clicked: set[int]) -> None:
+        """A positive click beyond the previous mask's end: walk on outwards (each slice boxed by
+        its neighbour's mask) over slices the previous mask did not reach, until the mask vanishes."""
         k = start
-        while self.k_range[0] <= k + step <= self.k_range[1] and k + step not in clicked:
-            s = k + step
-            boxes = [bounding_box(m) for m in (self.previous[s], probability[k] >= 0.5) if m.any()]
-            if not (probability[k] >= 0.5).any():
-                return
-            box = self.clip(self.grow(np.concatenate([np.min([b[:2] for b in boxes], axis=0),
-                                                      np.max([b[2:] for b in boxes], axis=0)]), self.margin))
-            new = self.decode(s, box, step)
-            if agree(new >= 0.5, self.previous[s]):
-                return
-            probability[s] = new
-            k = s
+        while (self.k_range[0] <= k + step <= self.k_range[1] and k + step not in clicked
+               and not self.previous[k + step].any() and (probability[k] >= 0.5).any()):
+            k += step
+            probability[k] = self.decode(k, self.clip(self.grow(bounding_box(probability[k - step] >= 0.5),
+                                                                self.margin)), step)
 
     def start_boxes(self) -> dict[int, np.ndarray | None]:
         """The first slices to decode and their boxes (None: points only)."""
