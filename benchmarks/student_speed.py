@@ -114,7 +114,7 @@ def main() -> int:
         args.threads = int(args.threads)
         print(json.dumps(time_whole_body(args)))
         return 0
-    from DistillSegLib.student.inference import cpu_computes_bf16
+    from DistillSegLib.precision import cpu_computes_bf16
 
     report: dict = {"model": args.model, "cpu_count": os.cpu_count(), "cpu_bf16": cpu_computes_bf16(),
                     "settings": {k: v or "defaults" for k, v in SETTINGS.items()}, "whole_body": []}

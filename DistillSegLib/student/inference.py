@@ -7,7 +7,7 @@ whole-body study fits a GPU with a few GB.
 Speed: mixed precision (fp16 autocast) on CUDA; on a CPU that computes bfloat16 natively
 (Intel AMX or AVX-512 BF16, where oneDNN runs bf16 convolutions about twice as fast as
 float32) the windows run under bf16 autocast, elsewhere in float32
-(``$DISTILLSEG_CPU_PRECISION``: ``auto``, ``bf16`` or ``fp32``). Windows go through the
+(:mod:`DistillSegLib.precision`; ``$DISTILLSEG_CPU_PRECISION``: ``auto``, ``bf16`` or ``fp32``). Windows go through the
 network four at a time under ``torch.inference_mode``. ``benchmarks/student_speed.py``
 measures the time on a whole-body input and checks that validation Dice stays within 0.005
 of float32.
@@ -15,8 +15,6 @@ of float32.
 
 from __future__ import annotations
 
-import os
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +22,7 @@ import torch
 
 from ..io.case import Case
 from ..errors import DistillSegError
+from ..precision import inference_autocast
 from .config import StudentConfig
 from .model_file import StudentModel
 from .preprocess import prepare_case, probabilities_to_ct_grid
@@ -43,32 +42,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-PRECISION_ENV = "DISTILLSEG_CPU_PRECISION"
-
-
-def cpu_computes_bf16() -> bool:
-    """True when oneDNN runs bfloat16 natively on this CPU (AMX / AVX-512 BF16)."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_for(device: torch.device, precision: str = "auto"):
-    """The autocast context of the sliding window: fp16 on CUDA; bf16 on a CPU that computes
-    it natively (``precision`` ``"auto"``, or ``"bf16"`` to force it); else none (float32)."""
-    precision = (os.environ.get(PRECISION_ENV) or precision).lower()
-    if precision not in ("auto", "bf16", "fp32"):
-        raise DistillSegError(f"${PRECISION_ENV} must be auto, bf16 or fp32, got {precision!r}")
-    if precision == "fp32":
-        return nullcontext()
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    if precision == "bf16" or cpu_computes_bf16():
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def sliding_window_probabilities(
     network: torch.nn.Module,
     image: np.ndarray | torch.Tensor,
@@ -84,7 +57,7 @@ def sliding_window_probabilities(
     Args:
         image: ``(2, I, J, K)`` prepared input (at least one patch per axis).
         cancel: a :class:`~DistillSegLib.progress.CancelToken` checked before every batch of windows.
-        precision: ``"auto"``, ``"bf16"`` or ``"fp32"`` (see :func:`autocast_for`).
+        precision: ``"auto"``, ``"bf16"`` or ``"fp32"`` (see :func:`~DistillSegLib.precision.inference_autocast`).
     Returns:
         ``(C, I, J, K)`` float32 CPU tensor, summing to 1 over classes.
     """
@@ -101,7 +74,7 @@ def sliding_window_probabilities(
         return network(windows)
 
     try:
-        with torch.inference_mode(), autocast_for(device, precision):
+        with torch.inference_mode(), inference_autocast(device, precision):
             logits = sliding_window_inference(
                 tensor, roi_size=tuple(config.patch_size), sw_batch_size=batch_size, predictor=predictor,
                 overlap=overlap, mode="gaussian", sw_device=device, device=torch.device("cpu"),

@@ -48,6 +48,7 @@ import numpy as np
 from ..errors import DistillSegError
 from ..io.case import Case
 from ..io.volume import Volume
+from ..precision import inference_autocast
 from .base import Reorientation, normalise_modality
 from .embeddings import encode_with_store
 from .prompts import bounding_box, mask_prompt
@@ -338,8 +339,9 @@ class SlicePropagation:
             labels = torch.tensor([[c.label for c in clicks]], dtype=torch.int64)
         if self.takes_masks and self.previous is not None and self.previous[k].any():
             masks = self.mask_logits(self.previous[k])
-        with torch.inference_mode():
-            logits = self.teacher.decode(self.embedding(k, step), boxes, points, labels, masks)
+        embedding = self.embedding(k, step)
+        with torch.inference_mode(), inference_autocast(self.teacher.device):
+            logits = self.teacher.decode(embedding, boxes, points, labels, masks)
             probability = self.teacher.logits_to_slices(logits, self.resized, self.stack.shape[1:])[0]
         self.decoded += 1
         return probability * self.box_plane() if self.box is not None else probability
