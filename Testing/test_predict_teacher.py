@@ -9,6 +9,7 @@ import numpy as np
 
 from DistillSegLib.io.case import load_case_folder
 from DistillSegLib.io.volume import read_image, write_image
+from DistillSegLib.provenance import read_provenance
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -36,6 +37,9 @@ def test_teacher_prompted_from_a_label_segments_the_prompted_slices(sts_case_dir
     on_slices = slice(middle, middle + 2)
     dice = 2 * (predicted[..., on_slices] & gt[..., on_slices]).sum() / (predicted[..., on_slices].sum() + gt[..., on_slices].sum())
     assert dice > 0.8
+    record = read_provenance(out)  # where the result came from, for "Add to training set"
+    assert record["source"] == "teacher" and record["teacher"]["name"] == "litemedsam"
+    assert record["prompt"] == {"kind": "automatic", "prompt_from": str(prompt_path)}
 
 
 def test_teacher_without_prompt_is_a_clear_error(sts_case_dir, tmp_path):
