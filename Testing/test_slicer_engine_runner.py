@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "DistillSeg"))
 slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-core) provides the MRML scene")
 
 from DistillSegModuleLib.EngineRunner import EngineRunner, engine_arguments  # noqa: E402
-from DistillSegModuleLib.Logic import DistillSegLogic  # noqa: E402
+from DistillSegModuleLib.Logic import SceneLogic  # noqa: E402
 from test_engine import tiny_model  # noqa: E402
 from test_slicer_logic import scene_snapshot  # noqa: E402
 
@@ -38,7 +38,7 @@ def model(tmp_path_factory):
 @pytest.fixture
 def setup(runner, sts_case_dir):
     scene = slicer.vtkMRMLScene()
-    logic = DistillSegLogic(scene, runner, python=sys.executable)
+    logic = SceneLogic(scene, runner, python=sys.executable)
     folder = sts_case_dir("STS_002")
     ct, pet = logic.loadStudy(folder / "CT_image.nii.gz", folder / "PET_image.nii.gz")
     roi = slicer.vtkMRMLMarkupsROINode()

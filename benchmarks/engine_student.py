@@ -77,12 +77,12 @@ def time_logic(model: str, cases: list[str], runner, label: str) -> list[dict]:
     import numpy as np
     import slicer
 
-    from DistillSegModuleLib.Logic import DistillSegLogic
+    from DistillSegModuleLib.Logic import SceneLogic
 
     runs = []
     for n, case_id in enumerate(cases):
         scene = slicer.vtkMRMLScene()
-        logic = DistillSegLogic(scene, runner, python=sys.executable)
+        logic = SceneLogic(scene, runner, python=sys.executable)
         folder = DATA / "sts-petct" / case_id
         ct, pet = logic.loadStudy(folder / "CT_image.nii.gz", folder / "PET_image.nii.gz")
         low_high = np.array([float(v) for v in roi_text(case_id).split(",")])

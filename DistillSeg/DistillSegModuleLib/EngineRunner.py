@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 from typing import Mapping, Sequence
 
-from .ProcessRunner import EXIT_CANCELLED, FinishedCallback, LineCallback, ProcessResult, SubprocessRunner
+from .ProcessRunner import (EXIT_CANCELLED, POLL_INTERVAL_S, FinishedCallback, LineCallback, ProcessResult,
+                            Scheduler, SubprocessRunner)
 
 
 def engine_arguments(command: Sequence[str]) -> list[str]:
@@ -38,14 +39,18 @@ class EngineRunner:
         python: the interpreter for the engine (default: the first command's, i.e. ``PythonSlicer``).
         engine_args: extra arguments of ``serve`` (e.g. ``["--threads", "1"]``).
         cancel_grace: seconds a cancelled job may take before the engine is killed and restarted.
+        schedule: as :class:`SubprocessRunner`'s (Slicer: ``qt.QTimer.singleShot``): the runner
+            then polls itself while a job runs; otherwise call :meth:`poll` or :meth:`wait`.
     """
 
-    def __init__(self, python: str | None = None, engine_args: Sequence[str] = (), cancel_grace: float | None = None) -> None:
+    def __init__(self, python: str | None = None, engine_args: Sequence[str] = (), cancel_grace: float | None = None,
+                 schedule: Scheduler | None = None) -> None:
         self.python = python
         self.engine_args = list(engine_args)
         self.cancel_grace = cancel_grace
         self.client = None
-        self.fallback = SubprocessRunner()
+        self.fallback = SubprocessRunner(schedule=schedule)
+        self._schedule = schedule
         self._job: str | None = None
         self._background: str | None = None
 
@@ -67,6 +72,8 @@ class EngineRunner:
             on_finished(as_process_result(result))
 
         self._job = client.submit(args, on_message=lambda message: on_line(json.dumps(message)), on_finished=finished)
+        if self._schedule is not None:
+            self._schedule(POLL_INTERVAL_S, self._tick)
 
     def cancel(self) -> None:
         """Ask the engine to stop the job (returns at once: ``on_finished`` follows from :meth:`poll`)."""
@@ -85,6 +92,10 @@ class EngineRunner:
             self.client.poll()
         self.fallback.poll()
         return self.is_running()
+
+    def _tick(self) -> None:
+        if self.poll() and self._schedule is not None:
+            self._schedule(POLL_INTERVAL_S, self._tick)
 
     def wait(self, timeout: float | None = None, interval: float = 0.05) -> None:
         """Poll until the running job ends (``TimeoutError`` after ``timeout`` seconds)."""
