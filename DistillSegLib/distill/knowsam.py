@@ -162,7 +162,8 @@ class LearnablePrompt(nn.Module):
 
 
 def decode_with_prompts(sam: nn.Module, image_embedding: torch.Tensor, mask_logits: torch.Tensor | None = None,
-                        boxes: torch.Tensor | None = None, prompt: LearnablePrompt | None = None) -> torch.Tensor:
+                        boxes: torch.Tensor | None = None, prompt: LearnablePrompt | None = None,
+                        with_iou: bool = False):
     """Run a SAM-style prompt encoder + mask decoder on precomputed image embeddings.
 
     Works with any model exposing ``prompt_encoder`` and ``mask_decoder`` with the
@@ -180,14 +181,15 @@ def decode_with_prompts(sam: nn.Module, image_embedding: torch.Tensor, mask_logi
         prompt: optional learnable prompt adding sparse tokens and a dense residual.
 
     Returns:
-        ``(B, 1, 4h, 4w)`` low-resolution mask logits (256 x 256 for SAM and LiteMedSAM).
+        ``(B, 1, 4h, 4w)`` low-resolution mask logits (256 x 256 for SAM and LiteMedSAM);
+        with ``with_iou`` also the predicted IoU ``(B,)``.
     """
     if boxes is not None and boxes.ndim == 2:
         boxes = boxes[:, None, :]
     from ..teachers.slicewise import decode_slices
 
     learned = prompt(image_embedding) if prompt is not None else None
-    return decode_slices(sam, image_embedding, boxes=boxes, masks=mask_logits, learned=learned)
+    return decode_slices(sam, image_embedding, boxes=boxes, masks=mask_logits, learned=learned, with_iou=with_iou)
 
 
 @dataclass
@@ -269,7 +271,8 @@ class KnowSAMStrategy(Strategy):
         self.second_model, self.fusion_model = trainer.wrap(self.second), trainer.wrap(self.fusion)
         base = load_teacher(self.teacher_name, self.modality, self.checkpoint, str(trainer.device))
         self.prompt = LearnablePrompt()
-        self.sam = tuned_teacher(base, prompt_module=self.prompt, suffix="knowsam", prompt_kinds=("box", "mask"))
+        self.sam = tuned_teacher(base, prompt_module=self.prompt, suffix="knowsam", prompt_kinds=("box", "mask"),
+                                 encoder=True)
         add_lora(self.sam, self.lora_rank, 2 * self.lora_rank)
         if self._restored is not None:
             self._load_teacher_state(self._restored)
@@ -308,8 +311,8 @@ class KnowSAMStrategy(Strategy):
         fused = {case.case_id: student_foreground(trainer, case, network)
                  for case in list(trainer.all_labelled) + list(trainer.unlabelled)}
         self.teacher_losses = self.tune_teacher(trainer, fused)
-        self.outputs, _ = teacher_round(trainer, {"p_sam": (self.sam, self.modality)}, self.cache,
-                                        foregrounds={c.case_id: fused[c.case_id] for c in trainer.unlabelled})
+        self.outputs = teacher_round(trainer, {"p_sam": (self.sam, self.modality)}, self.cache,
+                                     foregrounds={c.case_id: fused[c.case_id] for c in trainer.unlabelled}).probability
 
     def teacher_probabilities(self) -> dict[str, dict[str, Any]]:
         return self.outputs
