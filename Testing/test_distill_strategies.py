@@ -101,14 +101,16 @@ def test_tskd_stage1_changes_only_lora_then_distils(tiny_cases, warm_weights, tm
 
 
 def test_knowsam_co_trains_two_students_with_a_prompted_teacher(tiny_cases, warm_weights, tmp_path):
-    from DistillSegLib.distill.knowsam import KnowSAMStrategy
+    from DistillSegLib.distill.knowsam import KnowSAMConfig, KnowSAMStrategy
 
-    strategy = KnowSAMStrategy(teacher_steps=1, teacher_batch=1, cache_dir=tmp_path)
+    config = KnowSAMConfig(teacher_steps=1, teacher_batch=1, co_student_warmup=2, mixed_after=0.0)
+    strategy = KnowSAMStrategy(config, cache_dir=tmp_path)
     trainer = run_strategy(strategy, tiny_cases, warm_weights)
     assert len(strategy.teacher_losses) == 1  # the teacher was tuned on the labelled slices
     second_before = strategy.second.state_dict()
     assert any(v.abs().sum() > 0 for v in second_before.values())
-    assert strategy.outputs["p_sam"][tiny_cases[1].case_id].shape == tiny_cases[1].shape
+    assert strategy.outputs.probability["p_sam"][tiny_cases[1].case_id].shape == tiny_cases[1].shape
+    assert strategy.labelled_outputs[tiny_cases[0].case_id].shape == tiny_cases[0].shape  # KD on labelled patches too
     parameters = {id(p) for p in trainer.optimizer.param_groups[0]["params"]}
     assert all(id(p) in parameters for p in strategy.second.parameters())  # the co-student is optimised too
 

@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="time (and score) the LiteMedSAM teacher on this many validation cases (0: skip)")
     parser.add_argument("--strategy-options", default="", metavar="OPTIONS",
                         help="extra `distillseg train` options of every distilled strategy, e.g. \"--consistency 1.0\"")
+    parser.add_argument("--ema-decay", type=float, default=0.0,
+                        help="distilled students keep an EMA copy that prompts the teachers (0: off)")
     parser.add_argument("--cut-reason", default=DEFAULT_CUT_REASON, help="why runs are cut (recorded in the JSON)")
     return parser.parse_args(argv)
 
@@ -112,27 +114,36 @@ def main(argv=None) -> int:
     suv = run_suv_baseline(validation, out / "predictions" / SUV_METHOD, progress, cancel)
     suv_eval = evaluate_folders(out / "predictions" / SUV_METHOD, out / "labels")
     config = StudentConfig()
-    prepared = {i: prepare_case(cases[i], config, with_label=i not in split.unlabelled) for i in ids}
+    prepared = {i: prepare_case(cases[i], config, with_label=i not in split.unlabelled, audit=i in split.unlabelled)
+                for i in ids}
 
     runs: list[dict] = []
     teacher_timing: dict = {}
     for seed in seeds:
         settings = DemoSettings(steps=args.steps, warmup_steps=args.warmup_steps, strategies=tuple(strategies),
                                 seed=seed, refresh_every=args.refresh_every, val_every=args.steps + 1,
-                                strategy_options=tuple(shlex.split(args.strategy_options)))
+                                strategy_options=tuple(shlex.split(args.strategy_options)), ema_decay=args.ema_decay)
         seed_dir = out / f"seed{seed}"
         errors: dict[str, str] = {}
         trained = train_students(split, prepared, config, settings, seed_dir / "models", progress, cancel, errors)
         runs += [{"method": name, "seed": seed, "error": message} for name, message in errors.items()]
         for name, result in trained.items():
             labels, seconds = predict_student(result["model"], validation, seed_dir / "predictions" / name,
-                                              progress, cancel, f"predict {name} seed {seed}")
+                                              progress, cancel, f"predict {name} seed {seed}",
+                                              postprocessed=seed_dir / "predictions" / f"{name}+pp")
             evaluation = evaluate_folders(seed_dir / "predictions" / name, out / "labels")
+            postprocessed = evaluate_folders(seed_dir / "predictions" / f"{name}+pp", out / "labels")
             runs.append({"method": name, "seed": seed, "dice": evaluation["mean"]["dice"],
                          "hd95_mm": evaluation["mean"]["hd95_mm"], "train_seconds": result["train_seconds"],
+                         "load_average": os.getloadavg()[0],
                          "inference_seconds_per_case": float(np.mean(list(seconds.values()))),
                          "per_case_dice": {c["case_id"]: c["dice"] for c in evaluation["cases"]},
-                         "inference_seconds": seconds})
+                         "inference_seconds": seconds,
+                         "pseudo_label_rounds": result["strategy_settings"].get("pseudo_label_rounds", [])})
+            runs.append({"method": f"{name}+pp", "seed": seed, "dice": postprocessed["mean"]["dice"],
+                         "hd95_mm": postprocessed["mean"]["hd95_mm"], "train_seconds": result["train_seconds"],
+                         "postprocessing": "components with mean probability >= 0.8 kept (largest always)",
+                         "per_case_dice": {c["case_id"]: c["dice"] for c in postprocessed["cases"]}})
             if seed == seeds[0] and name == (strategies[0] if strategies else "supervised") and args.teacher_cases:
                 from DistillSegLib.demo.run import timing_teacher
 
@@ -170,18 +181,21 @@ def summarise(args, data, split, strategies, seeds, runs, suv, suv_eval, teacher
                             "hd95_mean": suv_eval["mean"]["hd95_mm"], "hd95_sd": 0.0, "train_seconds_mean": None,
                             "inference_seconds_per_case": suv["inference_seconds_per_case"],
                             "note": "deterministic: one run stands for every seed"}}
-    for name in ["supervised", *strategies]:
+    for name in ["supervised", *strategies, "supervised+pp", *[f"{s}+pp" for s in strategies]]:
         ok = [r for r in runs if r["method"] == name and "dice" in r]
         dice_mean, dice_sd = mean_sd([r["dice"] for r in ok])
         hd_mean, hd_sd = mean_sd([r["hd95_mm"] for r in ok])
         summary[name] = {"runs": len(ok), "dice_mean": dice_mean, "dice_sd": dice_sd, "hd95_mean": hd_mean,
                          "hd95_sd": hd_sd, "train_seconds_mean": mean_sd([r["train_seconds"] for r in ok])[0],
-                         "inference_seconds_per_case": mean_sd([r["inference_seconds_per_case"] for r in ok])[0],
+                         "inference_seconds_per_case": mean_sd([r.get("inference_seconds_per_case") for r in ok])[0],
                          "failed": [r["error"] for r in runs if r["method"] == name and "error" in r]}
     base = summary["supervised"]["dice_mean"]
     for name in strategies:
         if summary[name]["dice_mean"] is not None and base is not None:
             summary[name]["gain_over_supervised_points"] = 100 * (summary[name]["dice_mean"] - base)
+        summary[name]["paired"] = paired_differences(runs, name)
+        if f"{name}+pp" in summary:
+            summary[f"{name}+pp"]["paired"] = paired_differences(runs, f"{name}+pp", "supervised+pp")
 
     result = {
         "benchmark": "distillation", "command": " ".join([sys.executable, *sys.argv]),
@@ -202,6 +216,30 @@ def summarise(args, data, split, strategies, seeds, runs, suv, suv_eval, teacher
     return result
 
 
+def paired_differences(runs: list[dict], name: str, baseline: str = "supervised") -> dict:
+    """Distilled minus supervised (``baseline``), seed by seed (same warm start, split and steps): Dice points
+    and HD95 mm per seed, their means and two-sided 95 % t intervals (n - 1 degrees of freedom)."""
+    from scipy import stats
+
+    by_seed = {(r["method"], r["seed"]): r for r in runs if "dice" in r}
+    seeds = sorted(s for (m, s) in by_seed if m == name and (baseline, s) in by_seed)
+
+    def interval(values: list[float]) -> dict:
+        if not values:
+            return {"mean": None, "ci95": None}
+        mean = float(np.mean(values))
+        if len(values) < 2:
+            return {"mean": mean, "ci95": None}
+        half = float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
+        return {"mean": mean, "ci95": [mean - half, mean + half]}
+
+    dice = [100 * (by_seed[(name, s)]["dice"] - by_seed[(baseline, s)]["dice"]) for s in seeds]
+    hd95 = [by_seed[(name, s)]["hd95_mm"] - by_seed[(baseline, s)]["hd95_mm"] for s in seeds
+            if by_seed[(name, s)]["hd95_mm"] is not None and by_seed[(baseline, s)]["hd95_mm"] is not None]
+    return {"seeds": seeds, "dice_points": dice, "dice": interval(dice), "hd95_mm": hd95, "hd95": interval(hd95),
+            "every_seed_positive": bool(dice) and all(d > 0 for d in dice)}
+
+
 def format_table(result: dict) -> str:
     def f(value, digits=3):
         return "n/a" if value is None else f"{value:.{digits}f}"
@@ -214,6 +252,14 @@ def format_table(result: dict) -> str:
                      f"{f(s['inference_seconds_per_case'], 2):>9}{f(s.get('gain_over_supervised_points'), 1):>10}")
         for error in s.get("failed") or []:
             lines.append(f"  failed: {error[:100]}")
+        paired = s.get("paired")
+        if paired and paired["seeds"]:
+            ci = paired["dice"]["ci95"]
+            lines.append(f"  paired vs supervised, seeds {paired['seeds']}: Dice points "
+                         + ", ".join(f"{d:+.1f}" for d in paired["dice_points"])
+                         + f"; mean {paired['dice']['mean']:+.1f}"
+                         + (f" (95% CI {ci[0]:+.1f} .. {ci[1]:+.1f})" if ci else "")
+                         + (f"; HD95 mm mean {paired['hd95']['mean']:+.1f}" if paired["hd95"]["mean"] is not None else ""))
     speed = result.get("teacher_speed")
     if speed:
         lines.append(f"teacher LiteMedSAM CT+PET {speed['teacher_seconds_per_case_ct_plus_pet']:.1f} s/case vs student "

@@ -186,7 +186,7 @@ def muduo_pseudo_labels(p_ct: torch.Tensor, p_pet: torch.Tensor, config: MuDuoCo
     if config.selection == "batch":
         kept = select_agreeing(iou, config.keep_fraction, valid)
     else:
-        kept = torch.arange(p_ct.shape[0]) if valid is None or not valid.any() else torch.flatnonzero(valid)
+        kept = torch.arange(p_ct.shape[0]) if valid is None or not valid.any() else torch.nonzero(valid).flatten()
     fused, alpha = random_fusion(p_ct, p_pet, generator)
     return iou, kept, alpha, (fused > config.threshold).to(p_ct.dtype)
 

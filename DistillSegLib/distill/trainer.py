@@ -161,6 +161,7 @@ class Trainer:
     Attributes other code (strategies, the CLI) may use:
         config, options, strategy, progress, cancel.
         network: the bare student (``nn.Module``) -- for inference and saving.
+        warm_started: whether it started from given weights (``--init``, a warm-up).
         model: what the loss is computed with (``network`` wrapped in DDP when distributed).
         device, rank, world_size.
         labelled, unlabelled, validation: :class:`PreparedCase` lists (this rank's shard
@@ -209,6 +210,7 @@ class Trainer:
 
         torch.manual_seed(_seed_from(options.seed, 0))  # identical initial weights on every rank
         self.network = build_student(config).to(self.device)
+        self.warm_started = init_weights is not None
         if init_weights is not None:
             try:
                 self.network.load_state_dict(dict(init_weights))
