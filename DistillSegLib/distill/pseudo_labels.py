@@ -170,7 +170,7 @@ def voxel_ml(case: PreparedCase) -> float:
 
 
 def component_round(case: PreparedCase, foreground: np.ndarray, teachers: Mapping[str, tuple[Any, str]],
-                    config, settings: RoundSettings) -> tuple[dict, dict, list[dict], np.ndarray]:
+                    config, settings: RoundSettings, on_slices=None) -> tuple[dict, dict, list[dict], np.ndarray]:
     """Component prompts for one case: ``({key: probability}, {key: confidence}, summaries,
     component map)``."""
     from ..teachers.slicewise import SliceSession
@@ -184,7 +184,8 @@ def component_round(case: PreparedCase, foreground: np.ndarray, teachers: Mappin
     for key, (teacher, modality) in teachers.items():
         image = teacher_image(case, config, modality, settings.grid)
         sessions[key] = SliceSession(teacher, image, modality)
-        answers[key] = prompt_components(sessions[key], to_image_grid(components, case, image, nearest=True), settings.auto)
+        answers[key] = prompt_components(sessions[key], to_image_grid(components, case, image, nearest=True),
+                                         settings.auto, on_slices)
         for answer in answers[key]:
             summaries[answer.label - 1]["teachers"][key] = answer.summary()
     keep = confirmed_components(summaries, settings.confirm)
@@ -217,7 +218,7 @@ def confirmed_components(summaries: list[dict], confirm: float) -> set[int]:
 
 
 def slice_round(case: PreparedCase, foreground: np.ndarray, teachers: Mapping[str, tuple[Any, str]], config,
-                settings: RoundSettings, cache, prompt_factory: Callable) -> tuple[dict, dict]:
+                settings: RoundSettings, cache, prompt_factory: Callable, on_slices=None) -> tuple[dict, dict]:
     """Plain prompts (one box per slice around all foreground, or a 3D teacher's own kinds)."""
     from .teaching import cached_teacher_output
 
@@ -228,7 +229,14 @@ def slice_round(case: PreparedCase, foreground: np.ndarray, teachers: Mapping[st
         output = cached_teacher_output(cache, teacher, case.case_id, image, prompt, modality)
         probability[key] = to_student_grid(output, image, case)
         confidence[key] = np.ones(case.shape, np.float32)
+        if on_slices is not None:
+            on_slices(prompted_slices(foreground, settings.threshold))
     return probability, confidence
+
+
+def prompted_slices(foreground: np.ndarray, threshold: float = 0.5) -> int:
+    """Axial slices (last axis) of the student grid with foreground: the slices a round asks about."""
+    return int((np.asarray(foreground) >= threshold).any(axis=(0, 1)).sum())
 
 
 def is_slicewise(teacher) -> bool:
@@ -264,10 +272,21 @@ def run_round(trainer, teachers: Mapping[str, tuple[Any, str]], cache, settings:
     trainer.progress.message(
         f"round at step {trainer.step + 1}: {len(teachers)} teacher(s) on {len(cases)} case(s), "
         f"{settings.grid} grid, {'component' if components_ok else 'slice'} prompts")
+    for case in cases:  # the prompting student first: the round's size in slices is then known
+        trainer.cancel.check()
+        outputs.student[case.case_id] = (foregrounds[case.case_id] if foregrounds is not None
+                                         else student_foreground(trainer, case, network))
+    total = len(teachers) * sum(prompted_slices(f, settings.threshold) for f in outputs.student.values())
+    done = [0]
+
+    def on_slices(n: int) -> None:
+        done[0] += n
+        trainer.progress.update(min(done[0], total))
+
+    trainer.progress.start(f"teacher round at step {trainer.step + 1} (slices)", total)
     for index, case in enumerate(cases):
         trainer.cancel.check()
-        foreground = foregrounds[case.case_id] if foregrounds is not None else student_foreground(trainer, case, network)
-        outputs.student[case.case_id] = foreground
+        foreground = outputs.student[case.case_id]
         prompted = bool((foreground >= settings.threshold).any())
         outputs.has_prompt[case.case_id] = prompted
         if not prompted:
@@ -276,13 +295,13 @@ def run_round(trainer, teachers: Mapping[str, tuple[Any, str]], cache, settings:
                 outputs.confidence[key][case.case_id] = np.ones(case.shape, np.float32)
         elif components_ok:
             probability, confidence, outputs.components[case.case_id], outputs.component_maps[case.case_id] = \
-                component_round(case, foreground, teachers, trainer.config, settings)
+                component_round(case, foreground, teachers, trainer.config, settings, on_slices)
             for key in teachers:
                 outputs.probability[key][case.case_id] = probability[key]
                 outputs.confidence[key][case.case_id] = confidence[key]
         else:
             probability, confidence = slice_round(case, foreground, teachers, trainer.config, settings, cache,
-                                                  prompt_factory)
+                                                  prompt_factory, on_slices)
             for key in teachers:
                 outputs.probability[key][case.case_id] = probability[key]
                 outputs.confidence[key][case.case_id] = confidence[key]
@@ -291,7 +310,7 @@ def run_round(trainer, teachers: Mapping[str, tuple[Any, str]], cache, settings:
             for key in teachers:
                 union |= outputs.probability[key][case.case_id] >= 0.5
             trainer.unlabelled_sampler.set_foreground(index, union if union.any() and not union.all() else None)
-        trainer.progress.message(f"round: {index + 1}/{len(cases)} case(s) done ({case.case_id})")
+    trainer.progress.close()
     outputs.seconds = time.perf_counter() - start
     return outputs
 

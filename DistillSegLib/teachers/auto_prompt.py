@@ -116,9 +116,11 @@ def margin_pixels(session: SliceSession, margin_mm: float) -> int:
 
 
 def prompt_components(session: SliceSession, components: np.ndarray,
-                      settings: AutoPromptSettings = AutoPromptSettings()) -> list[ComponentAnswer]:
+                      settings: AutoPromptSettings = AutoPromptSettings(),
+                      on_slices=None) -> list[ComponentAnswer]:
     """Ask the teacher about every component of ``components`` (``(I, J, K)`` ints on the
-    session's image grid, 0 = background), one box per component and slice."""
+    session's image grid, 0 = background), one box per component and slice.
+    ``on_slices(n)`` is called after each component's ``n`` slices are answered (progress)."""
     canonical = session.to_canonical(np.asarray(components))
     margin = margin_pixels(session, settings.margin_mm)
     answers = []
@@ -136,6 +138,8 @@ def prompt_components(session: SliceSession, components: np.ndarray,
             for direction in (-1, 1):
                 _extend(session, answer, direction, margin, settings)
         answers.append(answer)
+        if on_slices is not None:
+            on_slices(len(slices))
     return answers
 
 

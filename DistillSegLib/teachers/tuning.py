@@ -216,12 +216,15 @@ def tuning_loss(logits, iou_prediction, targets, positive, iou_weight: float = 1
     """``(loss, measured IoU)`` for decoder logits and predicted IoU against 0/1 targets.
 
     Args:
-        logits: ``(B, 1, S, S)`` in the padded input frame; targets the same shape.
+        logits: ``(B, 1, s, s)`` low-resolution decoder logits, upsampled (bilinear) to the
+            targets' ``(B, 1, S, S)`` padded input frame when smaller (SAM: 256 -> 1024).
         iou_prediction: ``(B,)``; positive: ``(B,)`` bool, samples whose target has tumour.
     """
     import torch
     import torch.nn.functional as F
 
+    if logits.shape[-2:] != targets.shape[-2:]:
+        logits = F.interpolate(logits, size=tuple(targets.shape[-2:]), mode="bilinear", align_corners=False)
     bce = F.binary_cross_entropy_with_logits(logits, targets)
     probability = torch.sigmoid(logits)
     dims = (1, 2, 3)
@@ -256,7 +259,6 @@ def tune_decoder(teacher: SamSliceTeacher, images: Sequence[LabelledImage],
         the loss of every step.
     """
     import torch
-    import torch.nn.functional as F
 
     images = [image for image in images if len(image.tumour_slices)]
     if not images or config.steps <= 0:
@@ -265,7 +267,6 @@ def tune_decoder(teacher: SamSliceTeacher, images: Sequence[LabelledImage],
     optimizer = optimizer or torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     decode = decode or (lambda embeddings, boxes: teacher.decode(embeddings, boxes=boxes, with_iou=True))
     rng = np.random.default_rng(seed)
-    size = teacher.image_size
     losses = []
     was_training = teacher.model.training
     teacher.model.eval()  # no dropout/batch statistics to move: only the weights learn
@@ -277,8 +278,6 @@ def tune_decoder(teacher: SamSliceTeacher, images: Sequence[LabelledImage],
             boxes = torch.cat([image.session.model_boxes(box[None]) for image, _, box, _ in samples]).to(teacher.device)
             targets = torch.cat([image.session.padded(target[None]) for image, _, _, target in samples]).to(teacher.device)
             logits, iou = decode(embeddings, boxes)
-            if logits.shape[-1] != size:
-                logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
             positive = torch.tensor([bool(target.any()) for _, _, _, target in samples], device=teacher.device)
             loss, _ = tuning_loss(logits, iou, targets, positive, config.iou_weight)
             optimizer.zero_grad(set_to_none=True)
