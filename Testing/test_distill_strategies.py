@@ -127,3 +127,25 @@ def test_skd_switch_adds_kd_to_supervised(tiny_cases, warm_weights, tmp_path):
     trainer = run_strategy(strategy, tiny_cases, warm_weights, steps=1)
     assert strategy.targets[tiny_cases[1].case_id].max() > 0.5  # its own teacher answered
     assert "skd" in trainer.model_metadata()["strategy_settings"]
+
+
+def test_both_arms_restart_from_one_warm_up(tiny_cases, tmp_path, monkeypatch):
+    """Issue 13, item 7: the supervised arm gets the distilled arm's warm start, restart and steps."""
+    from DistillSegLib.demo.run import DemoSettings, train_students
+    from DistillSegLib.demo.split import DemoSplit
+    from DistillSegLib.progress import CancelToken, Progress
+
+    monkeypatch.setenv("DISTILLSEG_CACHE", str(tmp_path / "cache"))
+    labelled, unlabelled = tiny_cases
+    split = DemoSplit((labelled.case_id,), (), (unlabelled.case_id,), 0)
+    settings = DemoSettings(steps=4, warmup_steps=2, strategies=("muduo",), refresh_every=10, val_every=100,
+                            batch_size=1)
+    trained = train_students(split, {c.case_id: c for c in tiny_cases}, CONFIG, settings, tmp_path / "models",
+                             Progress(enabled=False), CancelToken())
+    assert set(trained) == {"supervised", "muduo"}
+    for name in ("supervised", "muduo"):
+        assert [h["step"] for h in trained[name]["history"]] == [1, 2, 3, 4]  # warm-up 1-2, own restart 3-4
+        assert trained[name]["warmup_seconds"] > 0
+    # same warm-up losses: the same run, shared
+    assert [h["loss"] for h in trained["supervised"]["history"][:2]] == [h["loss"] for h in trained["muduo"]["history"][:2]]
+    assert (tmp_path / "models" / "warmup.pt").exists()

@@ -19,7 +19,8 @@ Configurations (``--configs``, comma-separated; ``tuned-`` prefix = the decoder-
     native-components    native grids, one box per 3D component and slice
     native-refine        + one box-refinement pass
     native-extend        + refinement + 3 slices offered past each component's ends
-    native-confirm       + refinement + extension + components kept only when confirmed
+    native-best          component prompts, only the component the teachers rate best kept
+    native-confirm       component prompts, components rated >= 0.9 x the best kept
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def configurations():
         "native-components": components,
         "native-refine": replace(components, auto=AutoPromptSettings(refine=1)),
         "native-extend": replace(components, auto=AutoPromptSettings(refine=1, extend_slices=3)),
-        "native-confirm": replace(components, auto=AutoPromptSettings(refine=1, extend_slices=3), confirm=0.5),
+        "native-best": replace(components, confirm=1.0),
+        "native-confirm": replace(components, confirm=0.9),
     }
 
 

@@ -410,7 +410,7 @@ def run_demo(
     from ..student.config import StudentConfig
     from ..student.preprocess import prepare_case
     from ..distill import strategy_names
-    from .figures import plot_dice, plot_overlays, plot_training_curves
+    from .figures import plot_dice, plot_overlays, plot_pseudo_label_curve, plot_training_curves
     from .report import write_report
 
     progress = progress or Progress(enabled=False)
@@ -547,6 +547,11 @@ def run_demo(
     plot_training_curves(histories, figures_dir / "training_curves.png")
     figures = {"overlays": "figures/overlays.png", "dice": "figures/dice.png",
                "training_curves": "figures/training_curves.png"}
+    pseudo_label_rounds = {name: trained[name]["strategy_settings"].get("pseudo_label_rounds", [])
+                           for name in settings.strategies}
+    if any("mean" in a for rounds in pseudo_label_rounds.values() for a in rounds):
+        plot_pseudo_label_curve(pseudo_label_rounds, figures_dir / "pseudo_labels.png")
+        figures["pseudo_labels"] = "figures/pseudo_labels.png"
 
     for name in settings.strategies:
         gain = methods[name]["dice"] - methods["supervised"]["dice"]
@@ -572,6 +577,7 @@ def run_demo(
         "evaluation": evaluation,
         "speed": speed,
         "training_history": histories,
+        "pseudo_label_rounds": pseudo_label_rounds,
         "figures": figures,
         "notes": notes,
         "total_seconds": time.perf_counter() - started,

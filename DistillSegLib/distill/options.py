@@ -65,7 +65,8 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
     rounds.add_argument("--extend-slices", type=int, metavar="N",
                         help="slices offered past each end of a component while the teacher confirms (default 0)")
     rounds.add_argument("--confirm-components", type=float, metavar="S",
-                        help="keep a component when the teachers' mean predicted IoU x agreement reaches S (default 0)")
+                        help="keep a component when its rating by the teachers (mean predicted IoU x agreement) "
+                             "reaches S x the best component's (0: keep all, 1: only the best; default 0)")
     rounds.add_argument("--tune-teachers", type=int, metavar="STEPS",
                         help="tune each teacher's prompt encoder + mask decoder + IoU head on the labelled cases "
                              "first (jittered and negative boxes; embeddings reused), STEPS steps (default 0: off)")

@@ -7,10 +7,11 @@ Two ways of prompting (``RoundSettings.prompts``):
   connected components (:func:`~DistillSegLib.teachers.auto_prompt.component_map`, on
   the student grid, so that every teacher gets the same components); each slice-wise
   teacher answers one box per component and slice, with box refinement and slices past
-  the component's ends (:mod:`DistillSegLib.teachers.auto_prompt`); components the
-  teachers do not confirm (their mean predicted IoU x agreement with the component
-  below ``confirm``, all teachers together) are dropped, so their voxels become
-  background in the pseudo-label. The best-rated component is always kept.
+  the component's ends (:mod:`DistillSegLib.teachers.auto_prompt`). Each component is
+  rated by the teachers (their predicted IoU x agreement with the component, averaged
+  over the teachers); those rated below ``confirm`` x the best rating are dropped, so
+  their voxels become background in the pseudo-label. The best-rated component is
+  always kept.
 * ``"slice"``: one box per axial slice around all foreground (the first version's prompt;
   3D teachers always take their own prompt kinds this way).
 
@@ -50,8 +51,9 @@ class RoundSettings:
         prompts: ``"components"`` or ``"slice"``.
         auto: box settings of the component prompts.
         min_component_ml: student components smaller than this are not offered (mL).
-        confirm: a component is kept when the mean over teachers of (predicted IoU x
-            agreement with the component) reaches this; 0 keeps every component.
+        confirm: a component is kept when its rating (the mean over teachers of predicted
+            IoU x agreement with the component) reaches ``confirm`` x the best component's
+            rating; 0 keeps every component, 1 only the best-rated one.
         threshold: the student's foreground threshold.
     """
 
@@ -207,12 +209,14 @@ def component_score(summary: Mapping[str, Any]) -> float:
 
 
 def confirmed_components(summaries: list[dict], confirm: float) -> set[int]:
-    """Labels of the components the teachers confirm; the best-rated one always."""
+    """Labels of the components rated at least ``confirm`` x the best rating (the best-rated
+    one always); each summary gets its ``score``."""
     if not summaries:
         return set()
     for summary in summaries:
         summary["score"] = round(component_score(summary), 4)
-    keep = {s["label"] for s in summaries if s["score"] >= confirm}
+    best = max(s["score"] for s in summaries)
+    keep = {s["label"] for s in summaries if s["score"] >= confirm * best}
     keep.add(max(summaries, key=lambda s: s["score"])["label"])
     return keep
 
