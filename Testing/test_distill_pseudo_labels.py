@@ -105,8 +105,8 @@ def test_components_are_kept_when_the_teachers_confirm_them():
         {"label": 1, "teachers": {"p_ct": {"mean_iou": 0.9, "agreement": 0.9}, "p_pet": {"mean_iou": 0.9, "agreement": 0.8}}},
         {"label": 2, "teachers": {"p_ct": {"mean_iou": 0.5, "agreement": 0.2}, "p_pet": {"mean_iou": 0.9, "agreement": 0.1}}},
     ]
-    assert confirmed_components(summaries, 0.5) == {1}  # 0.235 < 0.5 x 0.765
-    assert confirmed_components(summaries, 0.3) == {1, 2}
+    assert confirmed_components(summaries, 0.5) == {1}  # 0.095 < 0.5 x 0.765
+    assert confirmed_components(summaries, 0.1) == {1, 2}  # 0.095 >= 0.1 x 0.765
     assert confirmed_components(summaries, 0.0) == {1, 2}
     assert confirmed_components(summaries, 1.0) == {1}  # the best-rated one always stays
     assert summaries[0]["score"] == pytest.approx((0.81 + 0.72) / 2, abs=1e-4)
