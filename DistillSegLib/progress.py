@@ -66,6 +66,11 @@ class Progress:
         self._total = 0
         self._start = 0.0
 
+    @property
+    def stage(self) -> str:
+        """The current stage's name ("" before the first)."""
+        return self._stage
+
     def start(self, stage: str, total: int) -> None:
         self.close()
         self._stage, self._total, self._start = stage, int(total), time.monotonic()

@@ -68,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="score on the validation cases (--no-validation for runs that choose settings)")
     parser.add_argument("--ema-decay", type=float, default=0.0,
                         help="distilled students keep an EMA copy that prompts the teachers (0: off)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: every core; 1 is faster "
+                        "on a machine busy with other work)")
     parser.add_argument("--cut-reason", default=DEFAULT_CUT_REASON, help="why runs are cut (recorded in the JSON)")
     return parser.parse_args(argv)
 
@@ -101,7 +103,7 @@ def main(argv=None) -> int:
     from DistillSegLib.student.preprocess import prepare_case
     from DistillSegLib.distill import strategy_names
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies is not None else \
         [s for s in strategy_names() if s != "supervised"]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -374,8 +374,9 @@ class Trainer:
             torch.manual_seed(_seed_from(options.seed, self.rank, step, 1))
             if step == first or (step - 1) % options.refresh_every == 0:
                 self.strategy.on_round_start(self, step)
-                self.progress.start("train", options.steps)  # a round may have shown its own progress
-                self.progress.update(step - 1)
+                if self.progress.stage != "train":  # a round showed its own progress: back to training
+                    self.progress.start("train", options.steps)
+                    self.progress.update(step - 1)
             self.model.train()
             loss, logs = self.strategy.loss(self, step)
             self.optimizer.zero_grad(set_to_none=True)
