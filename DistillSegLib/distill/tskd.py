@@ -48,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..teachers.lora import add_lora, lora_parameters
+from ..teachers.tuning import optimiser_step
 from .losses import foreground_probability, kd_kl_loss, probability_to_logits, weighted_soft_dice_loss
 from .teaching import (DEFAULT_TEACHER, DistillationStrategy, TeachingSettings, concatenate_slices,
                        foreground_logits, labelled_slices, load_teacher, mixed_batch, tuned_teacher)
@@ -155,11 +156,7 @@ def finetune_teacher(sam: nn.Module, parameters: Sequence[nn.Parameter], images:
                 None if mask_logits is None else mask_logits[index],
                 prompt,
             )
-            loss = segmentation_loss(logits, targets[index].float())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(optimiser_step(optimizer, segmentation_loss(logits, targets[index].float())))
             if on_step is not None:
                 on_step(step + 1, losses[-1])
     finally:

@@ -239,6 +239,14 @@ def tuning_loss(logits, iou_prediction, targets, positive, iou_weight: float = 1
     return bce + dice + iou_weight * iou_loss, measured
 
 
+def optimiser_step(optimizer, loss) -> float:
+    """One step of ``optimizer`` on ``loss``; returns the loss as a float."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def tune_decoder(teacher: SamSliceTeacher, images: Sequence[LabelledImage],
                  config: DecoderTuningConfig = DecoderTuningConfig(), seed: int = 0,
                  parameters: Sequence | None = None, decode: Callable | None = None,
@@ -280,10 +288,7 @@ def tune_decoder(teacher: SamSliceTeacher, images: Sequence[LabelledImage],
             logits, iou = decode(embeddings, boxes)
             positive = torch.tensor([bool(target.any()) for _, _, _, target in samples], device=teacher.device)
             loss, _ = tuning_loss(logits, iou, targets, positive, config.iou_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(optimiser_step(optimizer, loss))
             if on_step is not None:
                 on_step(step + 1, losses[-1])
     finally:
