@@ -134,6 +134,11 @@ class Progress:
             return "off"
         return "bar" if self.use_bar else "lines"
 
+    @property
+    def stage(self) -> str:
+        """The current stage's name ("" before the first)."""
+        return self._stage
+
     def start(self, stage: str, total: int) -> None:
         self.close()
         self._stage, self._total, self._start = stage, int(total), time.monotonic()

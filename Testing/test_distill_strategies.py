@@ -70,12 +70,12 @@ def test_muduo_runs_with_two_litemedsam_views(tiny_cases, warm_weights, tmp_path
     strategy = MuDuoStrategy(cache_dir=tmp_path)
     trainer = run_strategy(strategy, tiny_cases, warm_weights)
     case_id = tiny_cases[1].case_id
-    p_ct, p_pet = strategy.outputs["p_ct"][case_id], strategy.outputs["p_pet"][case_id]
-    assert strategy.has_prompt[case_id], "the warmed-up student gave the teachers no prompt"
+    p_ct, p_pet = strategy.outputs.probability["p_ct"][case_id], strategy.outputs.probability["p_pet"][case_id]
+    assert strategy.outputs.has_prompt[case_id], "the warmed-up student gave the teachers no prompt"
     assert p_ct.shape == p_pet.shape == tiny_cases[1].shape
     assert p_ct.max() > 0.5 and p_pet.max() > 0.5  # both views really segmented something
     assert not np.allclose(p_ct, p_pet)  # two different views, two different answers
-    assert strategy.cache.misses == 2
+    assert strategy.outputs.components[case_id]  # prompted per component of the student's mask
     assert trainer.model_metadata()["strategy"] == "muduo"
 
 
@@ -85,9 +85,10 @@ def test_tskd_stage1_changes_only_lora_then_distils(tiny_cases, warm_weights, tm
     from DistillSegLib.distill.tskd import TSKDStrategy
 
     base = {k: v.clone() for k, v in load_litemedsam().model.state_dict().items()}
-    strategy = TSKDStrategy(TSKDConfig(finetune_steps=1, finetune_batch=1), cache_dir=tmp_path)
+    strategy = TSKDStrategy(TSKDConfig(tuning="lora", finetune_steps=1, finetune_batch=1), cache_dir=tmp_path)
     run_strategy(strategy, tiny_cases, warm_weights)
     assert strategy.tuned and len(strategy.finetune_losses) == 1
+    strategy.tuned_teacher = strategy.teachers["p_ct"][0]
     tuned = strategy.tuned_teacher.model.state_dict()
     lora = {k: v for k, v in tuned.items() if "lora_" in k}
     assert lora and any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)  # B starts at 0
@@ -95,20 +96,21 @@ def test_tskd_stage1_changes_only_lora_then_distils(tiny_cases, warm_weights, tm
     assert frozen.keys() == base.keys()
     assert all(torch.equal(frozen[k], base[k]) for k in base), "stage 1 changed non-LoRA weights"
     assert "+" in strategy.tuned_teacher.weights_sha256  # tuned outputs never hit the untuned cache
-    assert strategy.outputs["p_teacher"][tiny_cases[1].case_id].max() > 0.5
-    assert set(strategy.state_dict()["lora"]) == set(lora)
+    assert strategy.target[tiny_cases[1].case_id].max() > 0.5
+    assert set(strategy.state_dict()["lora"]["CT"]) == set(lora)
 
 
 def test_knowsam_co_trains_two_students_with_a_prompted_teacher(tiny_cases, warm_weights, tmp_path):
-    from DistillSegLib.distill.knowsam import KnowSAMStrategy
+    from DistillSegLib.distill.knowsam import KnowSAMConfig, KnowSAMStrategy
 
-    strategy = KnowSAMStrategy(teacher_steps=1, teacher_batch=1, cache_dir=tmp_path)
+    config = KnowSAMConfig(teacher_steps=1, teacher_batch=1, co_student_warmup=2, mixed_after=0.0)
+    strategy = KnowSAMStrategy(config, cache_dir=tmp_path)
     trainer = run_strategy(strategy, tiny_cases, warm_weights)
     assert len(strategy.teacher_losses) == 1  # the teacher was tuned on the labelled slices
     second_before = strategy.second.state_dict()
     assert any(v.abs().sum() > 0 for v in second_before.values())
-    assert strategy.outputs["p_sam"][tiny_cases[1].case_id].shape == tiny_cases[1].shape
-    assert strategy.cache.misses == 1
+    assert strategy.outputs.probability["p_sam"][tiny_cases[1].case_id].shape == tiny_cases[1].shape
+    assert strategy.labelled_outputs[tiny_cases[0].case_id].shape == tiny_cases[0].shape  # KD on labelled patches too
     parameters = {id(p) for p in trainer.optimizer.param_groups[0]["params"]}
     assert all(id(p) in parameters for p in strategy.second.parameters())  # the co-student is optimised too
 
@@ -123,5 +125,27 @@ def test_skd_switch_adds_kd_to_supervised(tiny_cases, warm_weights, tmp_path):
     assert with_skd(knowsam) is knowsam  # SAM-induced KD is part of KnowSAM already
     strategy = SKDStrategy(SupervisedStrategy(), cache_dir=tmp_path)
     trainer = run_strategy(strategy, tiny_cases, warm_weights, steps=1)
-    assert strategy.cache.misses == 1
+    assert strategy.targets[tiny_cases[1].case_id].max() > 0.5  # its own teacher answered
     assert "skd" in trainer.model_metadata()["strategy_settings"]
+
+
+def test_both_arms_restart_from_one_warm_up(tiny_cases, tmp_path, monkeypatch):
+    """Issue 13, item 7: the supervised arm gets the distilled arm's warm start, restart and steps."""
+    from DistillSegLib.demo.run import DemoSettings, train_students
+    from DistillSegLib.demo.split import DemoSplit
+    from DistillSegLib.progress import CancelToken, Progress
+
+    monkeypatch.setenv("DISTILLSEG_CACHE", str(tmp_path / "cache"))
+    labelled, unlabelled = tiny_cases
+    split = DemoSplit((labelled.case_id,), (), (unlabelled.case_id,), 0)
+    settings = DemoSettings(steps=4, warmup_steps=2, strategies=("muduo",), refresh_every=10, val_every=100,
+                            batch_size=1)
+    trained = train_students(split, {c.case_id: c for c in tiny_cases}, CONFIG, settings, tmp_path / "models",
+                             Progress(enabled=False), CancelToken())
+    assert set(trained) == {"supervised", "muduo"}
+    for name in ("supervised", "muduo"):
+        assert [h["step"] for h in trained[name]["history"]] == [1, 2, 3, 4]  # warm-up 1-2, own restart 3-4
+        assert trained[name]["warmup_seconds"] > 0
+    # same warm-up losses: the same run, shared
+    assert [h["loss"] for h in trained["supervised"]["history"][:2]] == [h["loss"] for h in trained["muduo"]["history"][:2]]
+    assert (tmp_path / "models" / "warmup.pt").exists()

@@ -61,6 +61,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="time (and score) the LiteMedSAM teacher on this many validation cases (0: skip)")
     parser.add_argument("--strategy-options", default="", metavar="OPTIONS",
                         help="extra `distillseg train` options of every distilled strategy, e.g. \"--consistency 1.0\"")
+    parser.add_argument("--dev", action=argparse.BooleanOptionalAction, default=True,
+                        help="also score every student on the unlabelled cases against their labels (transductive "
+                             "'dev' Dice: what settings are chosen on, never the validation cases; default on)")
+    parser.add_argument("--validation", action=argparse.BooleanOptionalAction, default=True,
+                        help="score on the validation cases (--no-validation for runs that choose settings)")
+    parser.add_argument("--ema-decay", type=float, default=0.0,
+                        help="distilled students keep an EMA copy that prompts the teachers (0: off)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: every core; 1 is faster "
+                        "on a machine busy with other work)")
     parser.add_argument("--cut-reason", default=DEFAULT_CUT_REASON, help="why runs are cut (recorded in the JSON)")
     return parser.parse_args(argv)
 
@@ -94,7 +103,7 @@ def main(argv=None) -> int:
     from DistillSegLib.student.preprocess import prepare_case
     from DistillSegLib.distill import strategy_names
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies is not None else \
         [s for s in strategy_names() if s != "supervised"]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -107,32 +116,57 @@ def main(argv=None) -> int:
 
     ids = list(split.labelled + split.validation + split.unlabelled)
     cases = {i: sources[i].load() for i in ids}
-    validation = [cases[i] for i in split.validation]
+    validation = [cases[i] for i in split.validation] if args.validation else []
     write_labels(validation, out / "labels")
-    suv = run_suv_baseline(validation, out / "predictions" / SUV_METHOD, progress, cancel)
-    suv_eval = evaluate_folders(out / "predictions" / SUV_METHOD, out / "labels")
+    dev = [cases[i] for i in split.unlabelled] if args.dev else []
+    write_labels(dev, out / "dev_labels")
+    suv = run_suv_baseline(validation, out / "predictions" / SUV_METHOD, progress, cancel) if validation else None
+    suv_eval = evaluate_folders(out / "predictions" / SUV_METHOD, out / "labels") if validation else None
     config = StudentConfig()
-    prepared = {i: prepare_case(cases[i], config, with_label=i not in split.unlabelled) for i in ids}
+    prepared = {i: prepare_case(cases[i], config, with_label=i not in split.unlabelled, audit=i in split.unlabelled)
+                for i in ids}
 
     runs: list[dict] = []
     teacher_timing: dict = {}
     for seed in seeds:
         settings = DemoSettings(steps=args.steps, warmup_steps=args.warmup_steps, strategies=tuple(strategies),
                                 seed=seed, refresh_every=args.refresh_every, val_every=args.steps + 1,
-                                strategy_options=tuple(shlex.split(args.strategy_options)))
+                                strategy_options=tuple(shlex.split(args.strategy_options)), ema_decay=args.ema_decay)
         seed_dir = out / f"seed{seed}"
         errors: dict[str, str] = {}
         trained = train_students(split, prepared, config, settings, seed_dir / "models", progress, cancel, errors)
         runs += [{"method": name, "seed": seed, "error": message} for name, message in errors.items()]
         for name, result in trained.items():
+            scores = {}
+            if dev:
+                predict_student(result["model"], dev, seed_dir / "dev" / name, progress, cancel,
+                                f"predict {name} seed {seed} (unlabelled cases)", postprocessed=seed_dir / "dev" / f"{name}+pp")
+                for key in (name, f"{name}+pp"):
+                    mean = evaluate_folders(seed_dir / "dev" / key, out / "dev_labels")["mean"]
+                    scores[key] = {"dev_dice": mean["dice"], "dev_hd95_mm": mean["hd95_mm"]}
+            if not validation:
+                runs += [{"method": key, "seed": seed, "train_seconds": result["train_seconds"],
+                          "load_average": os.getloadavg()[0], **value,
+                          "pseudo_label_rounds": result["strategy_settings"].get("pseudo_label_rounds", [])}
+                         for key, value in scores.items()]
+                continue
             labels, seconds = predict_student(result["model"], validation, seed_dir / "predictions" / name,
-                                              progress, cancel, f"predict {name} seed {seed}")
+                                              progress, cancel, f"predict {name} seed {seed}",
+                                              postprocessed=seed_dir / "predictions" / f"{name}+pp")
             evaluation = evaluate_folders(seed_dir / "predictions" / name, out / "labels")
-            runs.append({"method": name, "seed": seed, "dice": evaluation["mean"]["dice"],
+            postprocessed = evaluate_folders(seed_dir / "predictions" / f"{name}+pp", out / "labels")
+            runs.append({"method": name, "seed": seed, **scores.get(name, {}), "dice": evaluation["mean"]["dice"],
                          "hd95_mm": evaluation["mean"]["hd95_mm"], "train_seconds": result["train_seconds"],
+                         "load_average": os.getloadavg()[0],
                          "inference_seconds_per_case": float(np.mean(list(seconds.values()))),
                          "per_case_dice": {c["case_id"]: c["dice"] for c in evaluation["cases"]},
-                         "inference_seconds": seconds})
+                         "inference_seconds": seconds,
+                         "pseudo_label_rounds": result["strategy_settings"].get("pseudo_label_rounds", [])})
+            runs.append({"method": f"{name}+pp", "seed": seed, **scores.get(f"{name}+pp", {}),
+                         "dice": postprocessed["mean"]["dice"],
+                         "hd95_mm": postprocessed["mean"]["hd95_mm"], "train_seconds": result["train_seconds"],
+                         "postprocessing": "components with mean probability >= 0.8 kept (largest always)",
+                         "per_case_dice": {c["case_id"]: c["dice"] for c in postprocessed["cases"]}})
             if seed == seeds[0] and name == (strategies[0] if strategies else "supervised") and args.teacher_cases:
                 from DistillSegLib.demo.run import timing_teacher
 
@@ -166,23 +200,31 @@ def summarise(args, data, split, strategies, seeds, runs, suv, suv_eval, teacher
     from DistillSegLib.atomic import write_json_atomic
     from DistillSegLib.demo.run import SUV_METHOD
 
-    done = sorted({r["seed"] for r in runs if "dice" in r})
-    summary = {SUV_METHOD: {"runs": 1, "dice_mean": suv_eval["mean"]["dice"], "dice_sd": 0.0,
-                            "hd95_mean": suv_eval["mean"]["hd95_mm"], "hd95_sd": 0.0, "train_seconds_mean": None,
-                            "inference_seconds_per_case": suv["inference_seconds_per_case"],
-                            "note": "deterministic: one run stands for every seed"}}
-    for name in ["supervised", *strategies]:
-        ok = [r for r in runs if r["method"] == name and "dice" in r]
-        dice_mean, dice_sd = mean_sd([r["dice"] for r in ok])
-        hd_mean, hd_sd = mean_sd([r["hd95_mm"] for r in ok])
+    done = sorted({r["seed"] for r in runs if "dice" in r or "dev_dice" in r})
+    summary = {}
+    if suv_eval is not None:
+        summary[SUV_METHOD] = {"runs": 1, "dice_mean": suv_eval["mean"]["dice"], "dice_sd": 0.0,
+                               "hd95_mean": suv_eval["mean"]["hd95_mm"], "hd95_sd": 0.0, "train_seconds_mean": None,
+                               "inference_seconds_per_case": suv["inference_seconds_per_case"],
+                               "note": "deterministic: one run stands for every seed"}
+    for name in ["supervised", *strategies, "supervised+pp", *[f"{s}+pp" for s in strategies]]:
+        ok = [r for r in runs if r["method"] == name and ("dice" in r or "dev_dice" in r)]
+        dice_mean, dice_sd = mean_sd([r.get("dice") for r in ok])
+        hd_mean, hd_sd = mean_sd([r.get("hd95_mm") for r in ok])
+        dev_mean, dev_sd = mean_sd([r.get("dev_dice") for r in ok])
         summary[name] = {"runs": len(ok), "dice_mean": dice_mean, "dice_sd": dice_sd, "hd95_mean": hd_mean,
-                         "hd95_sd": hd_sd, "train_seconds_mean": mean_sd([r["train_seconds"] for r in ok])[0],
-                         "inference_seconds_per_case": mean_sd([r["inference_seconds_per_case"] for r in ok])[0],
+                         "hd95_sd": hd_sd, "dev_dice_mean": dev_mean, "dev_dice_sd": dev_sd,
+                         "dev_hd95_mean": mean_sd([r.get("dev_hd95_mm") for r in ok])[0],
+                         "train_seconds_mean": mean_sd([r["train_seconds"] for r in ok])[0],
+                         "inference_seconds_per_case": mean_sd([r.get("inference_seconds_per_case") for r in ok])[0],
                          "failed": [r["error"] for r in runs if r["method"] == name and "error" in r]}
     base = summary["supervised"]["dice_mean"]
     for name in strategies:
         if summary[name]["dice_mean"] is not None and base is not None:
             summary[name]["gain_over_supervised_points"] = 100 * (summary[name]["dice_mean"] - base)
+        for suffix, baseline in (("", "supervised"), ("+pp", "supervised+pp")):
+            summary[name + suffix]["paired"] = paired_differences(runs, name + suffix, baseline)
+            summary[name + suffix]["paired_dev"] = paired_differences(runs, name + suffix, baseline, "dev_")
 
     result = {
         "benchmark": "distillation", "command": " ".join([sys.executable, *sys.argv]),
@@ -203,18 +245,53 @@ def summarise(args, data, split, strategies, seeds, runs, suv, suv_eval, teacher
     return result
 
 
+def paired_differences(runs: list[dict], name: str, baseline: str = "supervised", prefix: str = "") -> dict:
+    """Distilled minus supervised (``baseline``), seed by seed (same warm start, split and steps): Dice points
+    and HD95 mm per seed, their means and two-sided 95 % t intervals (n - 1 degrees of freedom).
+    ``prefix="dev_"``: the same on the unlabelled cases' scores."""
+    from scipy import stats
+
+    dice_key, hd95_key = f"{prefix}dice", f"{prefix}hd95_mm"
+    by_seed = {(r["method"], r["seed"]): r for r in runs if r.get(dice_key) is not None}
+    seeds = sorted(s for (m, s) in by_seed if m == name and (baseline, s) in by_seed)
+
+    def interval(values: list[float]) -> dict:
+        if not values:
+            return {"mean": None, "ci95": None}
+        mean = float(np.mean(values))
+        if len(values) < 2:
+            return {"mean": mean, "ci95": None}
+        half = float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
+        return {"mean": mean, "ci95": [mean - half, mean + half]}
+
+    dice = [100 * (by_seed[(name, s)][dice_key] - by_seed[(baseline, s)][dice_key]) for s in seeds]
+    hd95 = [by_seed[(name, s)][hd95_key] - by_seed[(baseline, s)][hd95_key] for s in seeds
+            if by_seed[(name, s)].get(hd95_key) is not None and by_seed[(baseline, s)].get(hd95_key) is not None]
+    return {"seeds": seeds, "dice_points": dice, "dice": interval(dice), "hd95_mm": hd95, "hd95": interval(hd95),
+            "every_seed_positive": bool(dice) and all(d > 0 for d in dice)}
+
+
 def format_table(result: dict) -> str:
     def f(value, digits=3):
         return "n/a" if value is None else f"{value:.{digits}f}"
 
-    lines = [f"{'method':<12}{'runs':>5}{'Dice mean':>11}{'sd':>7}{'HD95 mm':>10}{'sd':>7}{'train s':>9}"
+    lines = [f"{'method':<16}{'runs':>5}{'Dice mean':>11}{'sd':>7}{'HD95 mm':>10}{'sd':>7}{'dev Dice':>10}{'train s':>9}"
              f"{'infer s':>9}{'gain pts':>10}"]
     for name, s in result["summary"].items():
-        lines.append(f"{name:<12}{s['runs']:>5}{f(s['dice_mean']):>11}{f(s['dice_sd']):>7}{f(s['hd95_mean'], 1):>10}"
-                     f"{f(s['hd95_sd'], 1):>7}{f(s['train_seconds_mean'], 0):>9}"
+        lines.append(f"{name:<16}{s['runs']:>5}{f(s['dice_mean']):>11}{f(s['dice_sd']):>7}{f(s['hd95_mean'], 1):>10}"
+                     f"{f(s['hd95_sd'], 1):>7}{f(s.get('dev_dice_mean')):>10}{f(s['train_seconds_mean'], 0):>9}"
                      f"{f(s['inference_seconds_per_case'], 2):>9}{f(s.get('gain_over_supervised_points'), 1):>10}")
         for error in s.get("failed") or []:
             lines.append(f"  failed: {error[:100]}")
+        for key, where in (("paired", "validation"), ("paired_dev", "unlabelled (dev)")):
+            paired = s.get(key)
+            if paired and paired["seeds"]:
+                ci = paired["dice"]["ci95"]
+                lines.append(f"  paired vs supervised on {where}, seeds {paired['seeds']}: Dice points "
+                             + ", ".join(f"{d:+.1f}" for d in paired["dice_points"])
+                             + f"; mean {paired['dice']['mean']:+.1f}"
+                             + (f" (95% CI {ci[0]:+.1f} .. {ci[1]:+.1f})" if ci else "")
+                             + (f"; HD95 mm mean {paired['hd95']['mean']:+.1f}" if paired["hd95"]["mean"] is not None else ""))
     speed = result.get("teacher_speed")
     if speed:
         lines.append(f"teacher LiteMedSAM CT+PET {speed['teacher_seconds_per_case_ct_plus_pet']:.1f} s/case vs student "

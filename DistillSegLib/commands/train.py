@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoint every N steps (default: 100)")
     parser.add_argument("--refresh-every", type=positive_int, default=100, metavar="N",
                         help="round length: distillation strategies refresh teacher pseudo-labels every N steps (default: 100)")
+    parser.add_argument("--ema-decay", type=float, default=0.0, metavar="D",
+                        help="keep an EMA of the student (decay D) that prompts the teachers at each round (default: 0, off)")
+    parser.add_argument("--audit-pseudo-labels", action="store_true",
+                        help="unlabelled cases that have labels keep them aside to measure each round's pseudo-labels "
+                             "(logged and stored in the model file; training never reads them)")
     parser.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: MODEL with .checkpoint.pt)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint (with the arguments it was started with)")
@@ -274,7 +279,7 @@ def _train(args, out, checkpoint, labelled_src, unlabelled_src, val_src, device,
     options = TrainingOptions(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
         val_every=args.val_every, checkpoint_every=args.checkpoint_every, refresh_every=args.refresh_every,
-        device=device,
+        ema_decay=args.ema_decay, device=device,
     )
     cancel = CancelToken()
     with cancel.on_signals():
@@ -283,7 +288,8 @@ def _train(args, out, checkpoint, labelled_src, unlabelled_src, val_src, device,
         prepared = []
         for n, (source, with_label) in enumerate(sources, 1):
             cancel.check()
-            prepared.append(prepare_case(source.load(check=not args.allow_implausible), config, with_label=with_label))
+            prepared.append(prepare_case(source.load(check=not args.allow_implausible), config, with_label=with_label,
+                                         audit=args.audit_pseudo_labels and not with_label))
             progress.update(n)
         labelled = prepared[: len(labelled_src)]
         unlabelled = prepared[len(labelled_src): len(labelled_src) + len(unlabelled_src)]

@@ -183,6 +183,36 @@ def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], path: str |
     return _save(fig, path)
 
 
+def plot_pseudo_label_curve(rounds: Mapping[str, Sequence[Mapping]], path: str | os.PathLike) -> Path:
+    """Pseudo-label quality against the round's step, one panel per distilled student.
+
+    Args:
+        rounds: method -> its rounds' audits (``step`` and ``mean``: Dice on the unlabelled
+            cases of ``student`` -- the prompting student --, of each teacher and of
+            ``pseudo_label``), as :func:`DistillSegLib.distill.pseudo_labels.audit_round`.
+    """
+    plt = _pyplot()
+    methods = [m for m, r in rounds.items() if any("mean" in a for a in r)]
+    fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(5.5 * max(1, len(methods)), 4.0), squeeze=False)
+    styles = {"student": ("black", "--"), "pseudo_label": ("tab:red", "-")}
+    for ax, method in zip(axes[0], methods):
+        audits = [a for a in rounds[method] if "mean" in a]
+        keys = sorted({k for a in audits for k in a["mean"]}, key=lambda k: (k != "pseudo_label", k != "student", k))
+        for n, key in enumerate(keys):
+            colour, line = styles.get(key, (f"C{n}", ":"))
+            ax.plot([a["step"] for a in audits], [a["mean"].get(key) for a in audits], color=colour, ls=line,
+                    marker="o", markersize=4, lw=1.5 if key in styles else 1.0,
+                    label={"student": "prompting student", "pseudo_label": "pseudo-label"}.get(key, f"teacher {key}"))
+        ax.set_title(f"{method}: quality of each round ({len(audits[0]['cases'])} unlabelled cases)", fontsize=10)
+        ax.set_xlabel("step of the round")
+        ax.set_ylabel("mean Dice vs held-out labels")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path: str | os.PathLike) -> Path:
     plt = _pyplot()
     with atomic_path(path) as tmp:

@@ -95,6 +95,21 @@ def format_markdown(report: dict[str, Any]) -> str:
             f"the student is **{_fmt(speed['ratio'], 1)}x** faster "
             f"(the teacher also needs the student's prompts on top of that).",
         ]
+    rounds = {m: [a for a in r if "mean" in a] for m, r in (report.get("pseudo_label_rounds") or {}).items()}
+    if any(rounds.values()):
+        lines += ["", "## Pseudo-label quality, round by round", "",
+                  "At each round the student prompts the teachers on the unlabelled cases; their answers and the "
+                  "strategy's pseudo-label are scored against the unlabelled cases' labels, which training never "
+                  "reads (mean Dice):", "",
+                  "| method | step | prompting student | " + "teachers | pseudo-label | kept/offered components |",
+                  "|---|---|---|---|---|---|"]
+        for name, audits in rounds.items():
+            for a in audits:
+                teachers = ", ".join(f"{k} {_fmt(v)}" for k, v in a["mean"].items() if k not in ("student", "pseudo_label"))
+                components = a.get("components") or {}
+                lines.append(f"| `{name}` | {a['step']} | {_fmt(a['mean'].get('student'))} | {teachers} | "
+                             f"{_fmt(a['mean'].get('pseudo_label'))} | "
+                             f"{components.get('kept', 'n/a')}/{components.get('offered', 'n/a')} |")
     per_case = report.get("per_case_dice") or {}
     if per_case:
         cases = split["validation_used"]
@@ -113,6 +128,8 @@ def format_markdown(report: dict[str, Any]) -> str:
             "students branch off the supervised run at the warm-up step; their loss adds the distillation terms, "
             "so the loss curves are not on one scale). Validation Dice here is on the student's grid and only "
             "drawn, never used to choose a model.",
+            "pseudo_labels": "Pseudo-label quality at each teacher round: Dice against the unlabelled cases' "
+            "held-out labels of the prompting student (dashed), each teacher and the strategy's pseudo-label (red).",
         }
         for key, path in figures.items():
             lines += [f"![{key}]({path})", "", f"*{captions.get(key, key)}*", ""]

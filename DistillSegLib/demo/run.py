@@ -73,6 +73,7 @@ class DemoSettings:
         overlay_cases: validation cases shown in the overlay figure.
         strategy_options: extra ``distillseg train`` options of every distilled strategy
             (e.g. ``("--consistency", "1.0")``).
+        ema_decay: the distilled students keep an EMA copy that prompts the teachers (0: off).
         validation_cases, unlabelled_cases: use these cases of the split's roles (``None``:
             the split's lists; then ``max_*`` cut them).
     """
@@ -91,6 +92,7 @@ class DemoSettings:
     overlay_cases: int = 3
     batch_size: int = 2
     strategy_options: tuple[str, ...] = ()
+    ema_decay: float = 0.0
     validation_cases: tuple[str, ...] | None = None
     unlabelled_cases: tuple[str, ...] | None = None
 
@@ -225,7 +227,8 @@ def train_student(
     steps = steps or settings.steps
     options = TrainingOptions(steps=steps, batch_size=settings.batch_size, seed=settings.seed,
                               val_every=settings.val_every, checkpoint_every=steps,
-                              refresh_every=settings.refresh_every, device="cpu")
+                              refresh_every=settings.refresh_every,
+                              ema_decay=settings.ema_decay if name != "supervised" else 0.0, device="cpu")
     strategy = strategy_instance(name, settings.strategy_options if name != "supervised" else ())
     progress.message(f"training {name} ({steps} steps)")
     start = time.perf_counter()
@@ -266,41 +269,53 @@ def train_students(
     cancel: CancelToken,
     errors: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The supervised student, then each distilled one warm-started from it (same total steps).
+    """The supervised student and each distilled one, under one protocol (issue 13, item 7).
 
-    The distilled students start from the supervised student's weights after
-    ``settings.warmup_steps`` steps and train ``steps - warmup_steps`` more with their
-    strategy, so every student sees the same labelled cases for the same number of steps;
-    the warm-up spares the teachers a first round of prompts from an untrained student
-    (boxes around noise on every slice, minutes of LiteMedSAM for nothing).
-    Returns ``{name: train_student(...) result + "model" path}``; the distilled
-    students' ``train_seconds`` include their share of the warm-up. With ``errors`` given,
-    a distilled strategy that fails is recorded there (``{name: message}``) and skipped
-    instead of stopping the run (benchmarks); cancelling always stops.
+    With distillation strategies: a supervised warm-up of ``settings.warmup_steps`` steps
+    (its own learning-rate schedule) gives the common starting weights; then *every* arm
+    -- ``supervised`` included -- restarts from them with a fresh AdamW and schedule and
+    trains ``steps - warmup_steps`` more steps with its strategy. Both arms thus share the
+    warm start, the restart, the optimiser and the number of steps, and differ only in the
+    strategy. (The warm-up spares the teachers a first round of prompts from an untrained
+    student.) Without strategies: one supervised run of ``steps`` steps.
+
+    Returns ``{name: train_student(...) result + "model" path}``; every arm's
+    ``train_seconds`` includes the warm-up's. With ``errors`` given, a distilled strategy
+    that fails is recorded there (``{name: message}``) and skipped instead of stopping the
+    run (benchmarks); cancelling always stops.
     """
     labelled = [prepared[i] for i in split.labelled]
     unlabelled = [prepared[i] for i in split.unlabelled]
     validation = [prepared[i] for i in split.validation]
-    warmup = settings.warmup_steps if settings.strategies else 0
-    results = {}
-    supervised = train_student("supervised", labelled, (), validation, config, settings,
-                               models_dir / "supervised.pt", progress, cancel, snapshot_step=warmup or None)
-    results["supervised"] = {**supervised, "model": models_dir / "supervised.pt"}
-    for name in settings.strategies:
+    if not settings.strategies or settings.warmup_steps <= 0:
+        supervised = train_student("supervised", labelled, (), validation, config, settings,
+                                   models_dir / "supervised.pt", progress, cancel)
+        results = {"supervised": {**supervised, "model": models_dir / "supervised.pt"}}
+        arms, warmup = list(settings.strategies), None
+    else:
+        warmup = train_student("supervised", labelled, (), validation, config, settings,
+                               models_dir / "warmup.pt", progress, cancel, steps=settings.warmup_steps,
+                               snapshot_step=settings.warmup_steps)
+        results, arms = {}, ["supervised", *settings.strategies]
+    for name in arms:
         try:
             trained = train_student(name, labelled, unlabelled, validation, config, settings,
-                                    models_dir / f"{name}.pt", progress, cancel, steps=settings.steps - warmup,
-                                    init_weights=supervised["snapshot"], first_step=warmup + 1)
+                                    models_dir / f"{name}.pt", progress, cancel,
+                                    steps=settings.steps - (settings.warmup_steps if warmup else 0),
+                                    init_weights=warmup["snapshot"] if warmup else None,
+                                    first_step=(settings.warmup_steps if warmup else 0) + 1)
         except CancelledError:
             raise
         except Exception as exc:
-            if errors is None:
+            if errors is None or name == "supervised":
                 raise
             progress.close()
             errors[name] = f"{type(exc).__name__}: {exc}"
             continue
-        trained["train_seconds"] += supervised["snapshot_seconds"] or 0.0
-        trained["warmup_seconds"] = supervised["snapshot_seconds"]
+        if warmup:
+            trained["train_seconds"] += warmup["train_seconds"]
+            trained["warmup_seconds"] = warmup["train_seconds"]
+            trained["history"] = warmup["history"] + trained["history"]
         results[name] = {**trained, "model": models_dir / f"{name}.pt"}
     for result in results.values():
         result.pop("snapshot", None)
@@ -308,13 +323,17 @@ def train_students(
 
 
 def predict_student(model_path: Path, cases: Sequence[Case], folder: Path, progress: Progress,
-                    cancel: CancelToken, stage: str) -> tuple[dict[str, Volume], dict[str, float]]:
+                    cancel: CancelToken, stage: str,
+                    postprocessed: Path | None = None) -> tuple[dict[str, Volume], dict[str, float]]:
     """Run a saved student (as ``distillseg predict --roi all``) on each case; writes label maps.
 
-    Returns the label maps and the inference seconds, by case.
+    With ``postprocessed``, the masks kept to the components the student is confident of
+    (:mod:`DistillSegLib.student.postprocess`) are written there too, beside the raw ones.
+    Returns the (raw) label maps and the inference seconds, by case.
     """
     from ..student.inference import predict_case
     from ..student.model_file import load_model
+    from ..student.postprocess import keep_confident_components
 
     model = load_model(model_path)
     progress.start(stage, len(cases))
@@ -325,6 +344,10 @@ def predict_student(model_path: Path, cases: Sequence[Case], folder: Path, progr
         seconds[case.case_id] = prediction.seconds
         labels[case.case_id] = prediction.label
         write_image(prediction.label, folder / f"{case.case_id}.nii.gz")
+        if postprocessed is not None:
+            kept = keep_confident_components(prediction.label.array > 0, prediction.probability.array)
+            write_image(prediction.label.with_array(np.where(kept, prediction.label.array, 0).astype(np.uint8)),
+                        postprocessed / f"{case.case_id}.nii.gz")
         progress.update(n)
     progress.close()
     return labels, seconds
@@ -387,7 +410,7 @@ def run_demo(
     from ..student.config import StudentConfig
     from ..student.preprocess import prepare_case
     from ..distill import strategy_names
-    from .figures import plot_dice, plot_overlays, plot_training_curves
+    from .figures import plot_dice, plot_overlays, plot_pseudo_label_curve, plot_training_curves
     from .report import write_report
 
     progress = progress or Progress(enabled=False)
@@ -433,7 +456,8 @@ def run_demo(
     prepared = {}
     for n, case_id in enumerate((i for _, ids in roles for i in ids), 1):
         cancel.check()
-        prepared[case_id] = prepare_case(cases[case_id], config, with_label=case_id not in split.unlabelled)
+        unlabelled = case_id in split.unlabelled  # their labels only measure the pseudo-labels (audit)
+        prepared[case_id] = prepare_case(cases[case_id], config, with_label=not unlabelled, audit=unlabelled)
         progress.update(n)
     progress.close()
     students = ["supervised", *settings.strategies]
@@ -444,9 +468,10 @@ def run_demo(
     for name in students:
         student_labels[name], student_seconds[name] = predict_student(
             trained[name]["model"], validation, predictions_dir / name, progress, cancel, f"predict {name}")
-        description = f"student, {len(split.labelled)} labelled cases only" if name == "supervised" else (
-            f"student distilled with {name} from LiteMedSAM ({len(split.unlabelled)} unlabelled cases; "
-            f"warm start: supervised step {settings.warmup_steps})")
+        start = f"from the {settings.warmup_steps}-step supervised warm-up, restarted" if settings.strategies else ""
+        description = f"student, {len(split.labelled)} labelled cases only" + (f" ({start})" if start else "") \
+            if name == "supervised" else (f"student distilled with {name} from LiteMedSAM ({len(split.unlabelled)} "
+                                          f"unlabelled cases; {start})")
         methods[name] = {"kind": "student", "description": description,
                          "train_seconds": trained[name]["train_seconds"],
                          "inference_seconds_per_case": float(np.mean(list(student_seconds[name].values()))),
@@ -523,6 +548,11 @@ def run_demo(
     plot_training_curves(histories, figures_dir / "training_curves.png")
     figures = {"overlays": "figures/overlays.png", "dice": "figures/dice.png",
                "training_curves": "figures/training_curves.png"}
+    pseudo_label_rounds = {name: trained[name]["strategy_settings"].get("pseudo_label_rounds", [])
+                           for name in settings.strategies}
+    if any("mean" in a for rounds in pseudo_label_rounds.values() for a in rounds):
+        plot_pseudo_label_curve(pseudo_label_rounds, figures_dir / "pseudo_labels.png")
+        figures["pseudo_labels"] = "figures/pseudo_labels.png"
 
     for name in settings.strategies:
         gain = methods[name]["dice"] - methods["supervised"]["dice"]
@@ -548,6 +578,7 @@ def run_demo(
         "evaluation": evaluation,
         "speed": speed,
         "training_history": histories,
+        "pseudo_label_rounds": pseudo_label_rounds,
         "figures": figures,
         "notes": notes,
         "total_seconds": time.perf_counter() - started,

@@ -23,16 +23,32 @@ co-student), the teacher is a 2D SAM-style model run slice by slice on the case 
 In the trainer — ``knowsam``: SAM-guided co-training of two students (KnowSAM, IEEE TMI 2025).
 
 * Students: the trainer's U-Net and a MONAI SegResNet (a different design), plus a
-  learned fusion head; all three are trained by the trainer's optimiser.
-* Teacher: LiteMedSAM (default) with LoRA on its image encoder and a learnable prompt
-  module (sparse tokens + dense residual), prompted with the students' *fused*
-  prediction as mask (and its per-slice box, which the box-trained LiteMedSAM needs).
-* Each round: fused whole-volume prediction of the two students; a few Adam steps of the
-  teacher's LoRA + prompt on the labelled slices (CE + Dice, KnowSAM's ``sam_sup_loss``);
-  the tuned teacher's output on every unlabelled case.
-* Each step: CE + Dice of both students and of the fusion on labelled patches;
-  co-training consistency (ramped), entropy and SAM-induced KD (KL at T = 10) on
-  unlabelled patches.
+  learned fusion head; all three are trained by the trainer's optimiser. When the U-Net
+  starts from a warm start (``--init``, the benchmark's supervised warm-up), the SegResNet
+  is first trained alone on the labelled patches for ``co_student_warmup`` steps, so that
+  the two students start on an equal footing (co-training a trained with an untrained
+  network mostly teaches the trained one noise).
+* Teacher: LiteMedSAM (default) with a learnable prompt module (sparse tokens + dense
+  residual); tuned each round for ``teacher_steps`` Adam steps on the labelled slices
+  (KnowSAM's ``sam_sup_loss``, one Adam across rounds as the paper's one optimiser).
+  ``teacher_tuning="decoder"`` (default): prompt encoder, mask decoder and IoU head with
+  jittered and negative boxes (:mod:`DistillSegLib.teachers.tuning`), reusing the stored
+  slice embeddings; ``"lora"``: adapters on the image encoder (the paper's adapters;
+  every slice re-encoded). Prompted by the students' *fused* prediction, per component
+  (:mod:`.pseudo_labels`), on the unlabelled and on the labelled cases.
+* Each step (taozh2017/KnowSAM ``trainer.py``, ``Trainer.train``): each student's loss =
+  CE + Dice on labelled patches + SAM-induced KD (KL at T = 10) on *all* patches + 0.9 x
+  entropy + ramped co-training consistency; plus CE + Dice of the fusion on labelled
+  patches; total ``(U-Net + SegResNet) / 2 + fusion``. After ``mixed_after`` of the
+  steps, the entropy-guided mix-up stage (``Trainer.mix_up``): in each pair of labelled
+  and unlabelled patches the ``mix_top_k`` most confident cells (lowest fused entropy,
+  on a ``mix_grid`` of the patch) of one are pasted into the other, the label following
+  (ground truth / the teacher's pseudo-label), and the students learn the mixed pairs too.
+
+Departures (CPU): the teacher answers in rounds (``--refresh-every``), not per step; it is
+tuned ``teacher_steps`` per round instead of one step per student step; its prompt is the
+fused map's per-component boxes (LiteMedSAM is box-trained) plus the learnable prompt,
+not the learned boxes + mask of the paper's SAM.
 """
 
 from __future__ import annotations
@@ -40,14 +56,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..teachers.lora import add_lora, lora_parameters
 from .losses import binary_entropy, foreground_probability, ramped_weight, two_class_logits
-from .teaching import (DEFAULT_TEACHER, concatenate_slices, foreground_logits, labelled_slices, load_teacher,
-                       make_prompt, mixed_batch, new_cache, student_foreground, teacher_round, tuned_teacher)
-from .trainer import Strategy
+from .teaching import (DEFAULT_TEACHER, DistillationStrategy, TeachingSettings, concatenate_slices,
+                       foreground_logits, labelled_slices, load_teacher, make_prompt, student_foreground, tuned_teacher)
 from .tskd import finetune_teacher
 
 
@@ -62,8 +78,18 @@ class KnowSAMConfig:
         consistency: maximum weight of the co-training consistency (0.1 x 10 in the code).
         rampup_fraction: ramp-up length as a fraction of the total steps (200 ramp "epochs"
             of ``max_iterations / 200`` iterations: the whole run).
-        teacher_lr: learning rate of the teacher's LoRA and learnable prompt (Adam).
+        teacher_lr: learning rate of the teacher's tuned weights and learnable prompt (Adam).
+        teacher_tuning: ``"decoder"`` or ``"lora"`` (module docstring).
+        teacher_steps: teacher tuning steps per round.
+        teacher_batch: slices per teacher tuning step.
+        lora_rank: rank of the encoder adapters (``"lora"``).
         second_student_filters: initial filters of the SegResNet co-student.
+        co_student_warmup: supervised steps of the SegResNet alone before the first round
+            when the U-Net is warm-started (0: none).
+        mixed_after: fraction of the steps after which the mix-up stage runs
+            (``mixed_iterations`` 12000 of ``max_iterations`` 50000 in ``train_semi_SAM.py``).
+        mix_grid: cells of a patch along each axis for the mix-up (4 x 4 in 2D there).
+        mix_top_k: cells exchanged per patch (``top_k=5`` there).
     """
 
     temperature: float = 10.0
@@ -72,7 +98,19 @@ class KnowSAMConfig:
     consistency: float = 1.0
     rampup_fraction: float = 1.0
     teacher_lr: float = 1e-4
+    teacher_tuning: str = "decoder"
+    teacher_steps: int = 25
+    teacher_batch: int = 4
+    lora_rank: int = 4
     second_student_filters: int = 8
+    co_student_warmup: int = 200
+    mixed_after: float = 0.24
+    mix_grid: tuple[int, int, int] = (4, 4, 2)
+    mix_top_k: int = 5
+
+    def __post_init__(self) -> None:
+        if self.teacher_tuning not in ("decoder", "lora"):
+            raise ValueError(f"KnowSAM teacher tuning must be decoder or lora, got {self.teacher_tuning!r}")
 
 
 def build_second_student(in_channels: int = 2, out_channels: int = 2, init_filters: int = 8,
@@ -162,7 +200,8 @@ class LearnablePrompt(nn.Module):
 
 
 def decode_with_prompts(sam: nn.Module, image_embedding: torch.Tensor, mask_logits: torch.Tensor | None = None,
-                        boxes: torch.Tensor | None = None, prompt: LearnablePrompt | None = None) -> torch.Tensor:
+                        boxes: torch.Tensor | None = None, prompt: LearnablePrompt | None = None,
+                        with_iou: bool = False):
     """Run a SAM-style prompt encoder + mask decoder on precomputed image embeddings.
 
     Works with any model exposing ``prompt_encoder`` and ``mask_decoder`` with the
@@ -180,14 +219,15 @@ def decode_with_prompts(sam: nn.Module, image_embedding: torch.Tensor, mask_logi
         prompt: optional learnable prompt adding sparse tokens and a dense residual.
 
     Returns:
-        ``(B, 1, 4h, 4w)`` low-resolution mask logits (256 x 256 for SAM and LiteMedSAM).
+        ``(B, 1, 4h, 4w)`` low-resolution mask logits (256 x 256 for SAM and LiteMedSAM);
+        with ``with_iou`` also the predicted IoU ``(B,)``.
     """
     if boxes is not None and boxes.ndim == 2:
         boxes = boxes[:, None, :]
     from ..teachers.slicewise import decode_slices
 
     learned = prompt(image_embedding) if prompt is not None else None
-    return decode_slices(sam, image_embedding, boxes=boxes, masks=mask_logits, learned=learned)
+    return decode_slices(sam, image_embedding, boxes=boxes, masks=mask_logits, learned=learned, with_iou=with_iou)
 
 
 @dataclass
@@ -234,33 +274,71 @@ class FusedStudents(torch.nn.Module):
         return self.fusion(self.first(image), self.second(image))
 
 
-class KnowSAMStrategy(Strategy):
+def entropy_cells(probability: torch.Tensor, grid: tuple[int, int, int], top_k: int) -> torch.Tensor:
+    """``(B, 1, *spatial)`` 0/1 masks of the ``top_k`` cells of lowest mean binary entropy of
+    ``probability`` (``(B, 1, *spatial)`` foreground) on a ``grid`` of each patch
+    (KnowSAM's ``mix_up``: ``AdaptiveAvgPool`` of the entropy map, ``topk(largest=False)``)."""
+    import torch.nn.functional as F
+
+    pooled = F.adaptive_avg_pool3d(binary_entropy(probability.detach()), grid).flatten(1)
+    chosen = torch.topk(pooled, min(top_k, pooled.shape[1]), largest=False).indices
+    cells = torch.zeros_like(pooled).scatter_(1, chosen, 1.0).view(-1, 1, *grid)
+    return F.interpolate(cells, size=tuple(probability.shape[2:]), mode="nearest")
+
+
+def mix_pairs(labelled: torch.Tensor, unlabelled: torch.Tensor, label: torch.Tensor, pseudo: torch.Tensor,
+              cells_labelled: torch.Tensor, cells_unlabelled: torch.Tensor):
+    """KnowSAM's entropy-guided mix-up of ``n`` labelled with ``n`` unlabelled patches.
+
+    The unlabelled patch gets the labelled patch's content (and ground truth) in its own
+    most confident cells; the labelled patch gets the unlabelled one's (and its
+    pseudo-label) in *its* most confident cells. Returns ``(images (2n, C, ...), labels
+    (2n, 1, ...))``: mixed labelled first, then mixed unlabelled.
+    """
+    mixed_unlabelled = labelled * cells_unlabelled + unlabelled * (1 - cells_unlabelled)
+    label_unlabelled = label * cells_unlabelled + pseudo * (1 - cells_unlabelled)
+    mixed_labelled = unlabelled * cells_labelled + labelled * (1 - cells_labelled)
+    label_labelled = pseudo * cells_labelled + label * (1 - cells_labelled)
+    return torch.cat([mixed_labelled, mixed_unlabelled]), torch.cat([label_labelled, label_unlabelled])
+
+
+class KnowSAMStrategy(DistillationStrategy):
     name = "knowsam"
 
     def __init__(self, config: KnowSAMConfig | None = None, teacher: str = DEFAULT_TEACHER,
-                 checkpoint: str | None = None, modality: str = "CT", teacher_steps: int = 4,
-                 lora_rank: int = 4, teacher_batch: int = 4, cache_dir: str | None = None) -> None:
+                 checkpoint: str | None = None, modality: str = "CT", cache_dir: str | None = None,
+                 teaching: TeachingSettings | None = None) -> None:
+        from dataclasses import replace
+
+        super().__init__(replace(teaching or TeachingSettings(), tune_steps=0), cache_dir)  # tuned here, per round
         self.config = config or KnowSAMConfig()
         self.teacher_name, self.checkpoint, self.modality = teacher, checkpoint, modality
-        self.teacher_steps, self.lora_rank, self.teacher_batch = teacher_steps, lora_rank, teacher_batch
-        self.cache = new_cache(cache_dir)
-        self.outputs: dict[str, dict[str, Any]] = {}
+        self.labelled_outputs: dict[str, Any] = {}
+        self.teacher_losses: list[float] = []
+        self.co_student_warm = False
         self._restored: Mapping[str, Any] | None = None
+        self._images = None
 
     @classmethod
     def from_args(cls, args) -> "KnowSAMStrategy":
         config = KnowSAMConfig()
         if getattr(args, "temperature", None):
             config.temperature = float(args.temperature)
-        steps = getattr(args, "teacher_steps", None)
+        if getattr(args, "teacher_steps", None) is not None:
+            config.teacher_steps = int(args.teacher_steps)
+        if getattr(args, "teacher_tuning", None):
+            config.teacher_tuning = args.teacher_tuning
         return cls(config, getattr(args, "teacher", None) or DEFAULT_TEACHER, getattr(args, "teacher_checkpoint", None),
-                   getattr(args, "teacher_modality", None) or "CT", 4 if steps is None else int(steps))
+                   getattr(args, "teacher_modality", None) or "CT", teaching=TeachingSettings.from_args(args))
 
     @property
     def teacher(self) -> str:
-        return f"{self.teacher_name} ({self.modality}) + LoRA + learnable prompt"
+        tuned = "tuned decoder" if self.config.teacher_tuning == "decoder" else "LoRA"
+        return f"{self.teacher_name} ({self.modality}) + {tuned} + learnable prompt"
 
     def setup(self, trainer) -> None:
+        from ..teachers.tuning import decoder_parameters
+
         config = trainer.config
         self.second = build_second_student(config.in_channels, config.num_classes,
                                            self.config.second_student_filters,
@@ -269,15 +347,26 @@ class KnowSAMStrategy(Strategy):
         self.second_model, self.fusion_model = trainer.wrap(self.second), trainer.wrap(self.fusion)
         base = load_teacher(self.teacher_name, self.modality, self.checkpoint, str(trainer.device))
         self.prompt = LearnablePrompt()
-        self.sam = tuned_teacher(base, prompt_module=self.prompt, suffix="knowsam", prompt_kinds=("box", "mask"))
-        add_lora(self.sam, self.lora_rank, 2 * self.lora_rank)
+        lora = self.config.teacher_tuning == "lora"
+        self.sam = tuned_teacher(base, prompt_module=self.prompt, suffix="knowsam", prompt_kinds=("box", "mask"),
+                                 encoder=lora)
+        if lora:
+            add_lora(self.sam, self.config.lora_rank, 2 * self.config.lora_rank)
+            tuned = lora_parameters(self.sam)
+        else:
+            tuned = decoder_parameters(self.sam)
+        for parameter in tuned:
+            parameter.requires_grad = True
+        self.co_student_warm = self.co_student_warm or not trainer.warm_started
         if self._restored is not None:
             self._load_teacher_state(self._restored)
         self.sam.model.eval()
         self.sam.refresh_digest()
-        self.teacher_parameters = lora_parameters(self.sam) + list(self.prompt.parameters())
+        self.teacher_parameters = tuned + list(self.prompt.parameters())
         # KnowSAM trains SAM with Adam at lr 1e-4 (taozh2017/KnowSAM trainer.py).
         self.teacher_optimizer = torch.optim.Adam(self.teacher_parameters, lr=self.config.teacher_lr)
+        if self._restored is not None and "teacher_optimizer" in self._restored:
+            self.teacher_optimizer.load_state_dict(self._restored["teacher_optimizer"])
 
     def extra_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.second.parameters()) + list(self.fusion.parameters())
@@ -285,82 +374,172 @@ class KnowSAMStrategy(Strategy):
     def fused_network(self, trainer) -> torch.nn.Module:
         return FusedStudents(trainer.network, self.second, self.fusion)
 
-    def tune_teacher(self, trainer, fused: Mapping[str, Any]) -> list[float]:
-        """KnowSAM's SAM supervision: the teacher, prompted by the fused prediction, learns the labels."""
-        if self.teacher_steps <= 0:
+    def warm_co_student(self, trainer) -> None:
+        """Supervised steps of the SegResNet alone (own AdamW and schedule, own RNG), so that
+        it joins a warm-started U-Net trained too."""
+        from .patches import make_batch
+
+        steps = self.config.co_student_warmup
+        trainer.progress.message(f"knowsam: warming the SegResNet co-student up, {steps} supervised steps")
+        optimizer = torch.optim.AdamW(self.second.parameters(), lr=trainer.options.learning_rate,
+                                      weight_decay=trainer.options.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: max(1.0 - s / steps, 0.0) ** 0.9)
+        rng = np.random.default_rng([trainer.options.seed, 17])
+        self.second.train()
+        for _ in range(steps):
+            trainer.cancel.check()
+            locations = trainer.labelled_sampler.sample(rng, trainer.options.batch_size)
+            batch = make_batch(trainer.labelled, locations, rng)
+            loss = trainer.supervised_loss(self.second(batch["image"].to(trainer.device)), batch["label"].to(trainer.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+
+    def tune_teacher(self, trainer) -> list[float]:
+        """KnowSAM's SAM supervision on the labelled slices, ``teacher_steps`` per round."""
+        if self.config.teacher_steps <= 0:
             return []
-        parts = [labelled_slices(self.sam, case, trainer.config, make_prompt(fused[case.case_id], self.sam), self.modality)
-                 for case in trainer.all_labelled]
+        if self.config.teacher_tuning == "lora":
+            return self._tune_lora(trainer)
+        from ..teachers.tuning import DecoderTuningConfig, labelled_image, tune_decoder
+        from .pseudo_labels import teacher_image, teacher_label
+
+        if self._images is None:
+            self._images = []
+            for case in trainer.all_labelled:
+                image = teacher_image(case, trainer.config, self.modality, self.teaching.round.grid)
+                self._images.append(labelled_image(self.sam, image, teacher_label(case, image), self.modality))
+        config = DecoderTuningConfig(steps=self.config.teacher_steps, batch_size=self.config.teacher_batch,
+                                     lr=self.config.teacher_lr)
+        losses = tune_decoder(self.sam, self._images, config, seed=trainer.options.seed + trainer.step,
+                              parameters=self.teacher_parameters, optimizer=self.teacher_optimizer,
+                              decode=lambda embeddings, boxes: self.sam.decode(embeddings, boxes=boxes, with_iou=True),
+                              on_step=lambda s, l: trainer.cancel.check())
+        self.sam.refresh_digest()
+        return losses
+
+    def _tune_lora(self, trainer) -> list[float]:
+        network = self.fused_network(trainer)
+        fused = {case.case_id: student_foreground(trainer, case, network) for case in trainer.all_labelled}
+        parts = [labelled_slices(self.sam, case, trainer.config, make_prompt(fused[case.case_id], self.sam),
+                                 self.modality, self.teaching.round.grid) for case in trainer.all_labelled]
         data = concatenate_slices(parts)
         if not data:
             return []
         generator = torch.Generator().manual_seed(trainer.options.seed + trainer.step)
         losses = finetune_teacher(self.sam.model, self.teacher_parameters, data["images"], data["targets"],
                                   boxes=data["boxes"], mask_logits=data["masks"], prompt=self.prompt,
-                                  steps=self.teacher_steps, batch_size=self.teacher_batch, optimizer=self.teacher_optimizer,
-                                  generator=generator, on_step=lambda s, l: trainer.cancel.check())
+                                  steps=self.config.teacher_steps, batch_size=self.config.teacher_batch,
+                                  optimizer=self.teacher_optimizer, generator=generator,
+                                  on_step=lambda s, l: trainer.cancel.check())
         self.sam.model.eval()
         self.sam.refresh_digest()
         return losses
 
     def on_round_start(self, trainer, step: int) -> None:
+        if not self.co_student_warm and self.config.co_student_warmup > 0:
+            self.warm_co_student(trainer)
+        self.co_student_warm = True
+        self.teacher_losses = self.tune_teacher(trainer)
         network = self.fused_network(trainer)
-        fused = {case.case_id: student_foreground(trainer, case, network)
-                 for case in list(trainer.all_labelled) + list(trainer.unlabelled)}
-        self.teacher_losses = self.tune_teacher(trainer, fused)
-        self.outputs, _ = teacher_round(trainer, {"p_sam": (self.sam, self.modality)}, self.cache,
-                                        foregrounds={c.case_id: fused[c.case_id] for c in trainer.unlabelled})
+        teachers = {"p_sam": (self.sam, self.modality)}
+        outputs = self.run_round(trainer, teachers, network=network)
+        self.labelled_outputs = run_labelled_round(trainer, teachers, self.cache, self.teaching.round, network)
+        self.audit(trainer, outputs, {c: p >= 0.5 for c, p in outputs.probability["p_sam"].items()})
 
-    def teacher_probabilities(self) -> dict[str, dict[str, Any]]:
+    def run_round(self, trainer, teachers, foregrounds=None, network=None):
+        from .pseudo_labels import run_round
+
+        self.outputs = run_round(trainer, teachers, self.cache, self.teaching.round, foregrounds, network=network)
         return self.outputs
 
     def loss(self, trainer, step: int):
-        from .losses import kd_kl_loss, probability_to_logits
+        from .losses import probability_to_logits, pseudo_label_loss
 
-        image, label, _, batch = mixed_batch(trainer, self.outputs)
+        labelled = trainer.labelled_batch(extra={"p_sam": self.labelled_outputs})
+        _, unlabelled = trainer.unlabelled_batch(extra=self.outputs.probability)
+        device = trainer.device
+        image = torch.cat([labelled["image"], unlabelled["image"]]).to(device)
+        label = labelled["label"].to(device)
+        p_sam = torch.cat([labelled["p_sam"], unlabelled["p_sam"]]).to(device)
         n = len(label)
         la, lb = trainer.model(image), self.second_model(image)
-        lf = self.fusion_model(la[:n], lb[:n])
-        supervised = 0.5 * (trainer.supervised_loss(la[:n], label) + trainer.supervised_loss(lb[:n], label)) \
-            + trainer.supervised_loss(lf, label)
+        lf = self.fusion_model(la, lb)
         fa, fb = foreground_logits(la), foreground_logits(lb)
-        terms = co_training_terms(fa, fb, None, self.config.temperature)
-        teacher = probability_to_logits(batch["p_sam"])
-        kd = kd_kl_loss(fa[n:], teacher, self.config.temperature) + kd_kl_loss(fb[n:], teacher, self.config.temperature)
+        # Each student: CE + Dice (labelled) + KD + 0.9 entropy + ramped consistency (all
+        # patches); the terms below are summed over the two students, hence the 1/2.
+        terms = co_training_terms(fa, fb, probability_to_logits(p_sam), self.config.temperature)
         weight = ramped_weight(step, self.config.consistency, self.config.rampup_fraction * trainer.options.steps)
-        unsupervised = self.config.kd_weight * kd + self.config.entropy_weight * terms.entropy \
-            + weight * terms.consistency
-        loss = supervised + 0.5 * unsupervised
-        return loss, {"supervised": float(supervised.detach()), "kd": float(kd.detach()), "entropy": float(terms.entropy.detach()),
-                      "consistency": float(terms.consistency.detach()), "weight": weight}
+        supervised = trainer.supervised_loss(la[:n], label) + trainer.supervised_loss(lb[:n], label)
+        fusion = trainer.supervised_loss(lf[:n], label)
+        loss = 0.5 * (supervised + self.config.kd_weight * terms.kd + self.config.entropy_weight * terms.entropy
+                      + weight * terms.consistency) + fusion
+        logs = {"supervised": float(fusion.detach()), "kd": float(terms.kd.detach()),
+                "entropy": float(terms.entropy.detach()), "consistency": float(terms.consistency.detach()),
+                "weight": weight}
+        if step > self.config.mixed_after * trainer.options.steps:
+            fused = foreground_probability(lf.detach())
+            cells_l = entropy_cells(fused[:n], self.config.mix_grid, self.config.mix_top_k)
+            cells_u = entropy_cells(fused[n:], self.config.mix_grid, self.config.mix_top_k)
+            pseudo = (p_sam[n:] >= 0.5).float()
+            mixed, mixed_label = mix_pairs(image[:n], image[n:], label.float(), pseudo, cells_l, cells_u)
+            ma, mb = trainer.model(mixed), self.second_model(mixed)
+            mf = self.fusion_model(ma, mb)
+            fused_mix = (foreground_probability(mf.detach()) >= 0.5).float()
+            mixed_terms = co_training_terms(foreground_logits(ma), foreground_logits(mb), None)
+            target = mixed_label.round().long()
+            unsupervised = (pseudo_label_loss(foreground_logits(ma[n:]), fused_mix[n:], kind="dicece")
+                            + pseudo_label_loss(foreground_logits(mb[n:]), fused_mix[n:], kind="dicece"))
+            mixed_loss = (trainer.supervised_loss(ma, target) + trainer.supervised_loss(mb, target)
+                          + self.config.entropy_weight * mixed_terms.entropy
+                          + weight * (mixed_terms.consistency + unsupervised))
+            loss = loss + 0.5 * mixed_loss + trainer.supervised_loss(mf, target)
+            logs["mixed"] = float(mixed_loss.detach())
+        return loss, logs
 
     def metadata(self) -> dict[str, Any]:
-        return {"method": "KnowSAM (Huang et al., IEEE TMI 2025, arXiv:2412.13742)", **asdict(self.config),
+        return {"method": "KnowSAM (Huang et al., IEEE TMI 2025, arXiv:2412.13742)",
+                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()},
                 "teacher": self.teacher_name, "teacher_modality": self.modality,
-                "teacher_steps_per_round": self.teacher_steps, "lora_rank": self.lora_rank,
-                "second_student": "MONAI SegResNet"}
+                "second_student": "MONAI SegResNet", **self.teaching_metadata()}
 
     def state_dict(self) -> dict[str, Any]:
+        tuned = {k: v.detach().cpu() for k, v in self.sam.model.state_dict().items()
+                 if "lora_" in k or k.startswith(("prompt_encoder.", "mask_decoder."))}
         return {
             "second": {k: v.detach().cpu() for k, v in self.second.state_dict().items()},
             "fusion": {k: v.detach().cpu() for k, v in self.fusion.state_dict().items()},
             "prompt": {k: v.detach().cpu() for k, v in self.prompt.state_dict().items()},
-            "lora": {k: v.detach().cpu() for k, v in self.sam.model.state_dict().items() if "lora_" in k},
+            "teacher": tuned,
             "teacher_optimizer": self.teacher_optimizer.state_dict(),
+            "co_student_warm": self.co_student_warm,
+            **self.teaching_state(),
         }
 
     def _load_teacher_state(self, state: Mapping[str, Any]) -> None:
         self.second.load_state_dict(dict(state["second"]))
         self.fusion.load_state_dict(dict(state["fusion"]))
         self.prompt.load_state_dict(dict(state["prompt"]))
-        self.sam.model.load_state_dict(dict(state["lora"]), strict=False)
+        self.sam.model.load_state_dict(dict(state["teacher"]), strict=False)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if not state:
             return
+        self.co_student_warm = bool(state.get("co_student_warm", True))
+        self.load_teaching_state(state)
         if hasattr(self, "sam"):
             self._load_teacher_state(state)
             self.teacher_optimizer.load_state_dict(state["teacher_optimizer"])
             self.sam.refresh_digest()
         else:
             self._restored = state
+
+
+def run_labelled_round(trainer, teachers, cache, settings, network) -> dict[str, np.ndarray]:
+    """The teacher's answers on the labelled cases (KnowSAM distils from SAM on every patch,
+    labelled ones included), prompted by ``network``."""
+    from .pseudo_labels import run_round
+
+    outputs = run_round(trainer, teachers, cache, settings, network=network, cases=trainer.labelled)
+    return next(iter(outputs.probability.values()))

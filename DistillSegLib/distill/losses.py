@@ -129,3 +129,48 @@ def binary_entropy(probability: torch.Tensor) -> torch.Tensor:
 def entropy_loss(probability: torch.Tensor) -> torch.Tensor:
     """Mean entropy normalised by ``log 2`` (KnowSAM ``Trainer.entropy_loss``, weight 0.9 there)."""
     return binary_entropy(probability).mean() / math.log(2.0)
+
+
+def weighted_soft_dice_loss(probability: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                            smooth: float = 1e-5) -> torch.Tensor:
+    """Per-sample soft Dice loss with voxel weights, shape ``(B,)``.
+
+    ``1 - (2 sum(w p t) + s) / (sum(w p) + sum(w t) + s)``; weight 0 leaves a voxel out
+    (e.g. where two teachers disagree), weight 1 everywhere is :func:`soft_dice_loss`.
+    All inputs ``(B, 1, *spatial)``.
+    """
+    if weight is None:
+        return soft_dice_loss(probability, target, smooth)
+    dims = tuple(range(1, probability.ndim))
+    intersection = (weight * probability * target).sum(dim=dims)
+    union = (weight * probability).sum(dim=dims) + (weight * target).sum(dim=dims)
+    return 1.0 - (2.0 * intersection + smooth) / (union + smooth)
+
+
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Voxel-weighted binary cross-entropy of ``(B, C, *spatial)`` logits (C in {1, 2}) towards
+    a ``(B, 1, *spatial)`` 0/1 target: ``sum(w CE) / sum(w)`` (0 when every weight is 0)."""
+    log_p = F.log_softmax(two_class_logits(logits), dim=1)
+    per_voxel = -(target * log_p[:, 1:2] + (1.0 - target) * log_p[:, 0:1])
+    if weight is None:
+        return per_voxel.mean()
+    return (weight * per_voxel).sum() / weight.sum().clamp_min(EPS)
+
+
+def pseudo_label_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                      kind: str = "dice") -> torch.Tensor:
+    """The unsupervised term towards a hard pseudo-label, averaged over the batch.
+
+    ``kind``: ``"dice"`` -- soft Dice only (MuDuo's consistency term, ``dice_loss_1`` in
+    Wu-beining/MuDuo); ``"dicece"`` -- cross-entropy + soft Dice, the supervised loss of the
+    labelled patches (self-training on the pseudo-label, as KnowSAM's mixed
+    ``unsup_mixed_loss``: CE + Dice towards the fused pseudo-label). ``weight``: voxel
+    weights (confidence, 0 = ignored).
+    """
+    if kind not in ("dice", "dicece"):
+        raise ValueError(f"unknown pseudo-label loss {kind!r}: dice or dicece")
+    probability = foreground_probability(two_class_logits(logits))
+    dice = weighted_soft_dice_loss(probability, target, weight).mean()
+    if kind == "dice":
+        return dice
+    return dice + weighted_cross_entropy(logits, target, weight)

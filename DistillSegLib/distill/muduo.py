@@ -24,13 +24,23 @@ only) vs 38.9 (SegAnyPET only).
 
 In the trainer — ``muduo``: mutual distillation of a CT teacher and a PET teacher (MuDuo, MICCAI 2026).
 
-Teachers: LiteMedSAM on the CT view and on the PET view (embedded default, box prompts
-from the student's prediction), or SAM-Med3D (CT, mask prompt) and SegAnyPET (PET, 3
-points) when their checkpoints are given (``--ct-teacher-checkpoint``,
-``--pet-teacher-checkpoint``). Pseudo-labels are refreshed in rounds
-(:mod:`.teaching`); each step: labelled batch -> ``0.5 (CE + Dice)``; unlabelled batch
--> per-sample teacher IoU, keep the better-agreeing half, random fusion, threshold,
-``lambda(t)`` soft Dice.
+Teachers: LiteMedSAM on the CT (CT grid) and on the PET (its native grid) by default,
+prompted per component of the student's mask (:mod:`.pseudo_labels`), optionally with
+decoders tuned on the labelled cases first (``--tune-teachers``,
+:mod:`DistillSegLib.teachers.tuning`); or SAM-Med3D (CT, mask prompt) and SegAnyPET
+(PET, 3 points) when their checkpoints are given. Pseudo-labels are refreshed in rounds
+(:mod:`.teaching`). Each step: labelled batch -> ``supervised_weight (CE + Dice)``;
+unlabelled batch -> random fusion of the two teachers, threshold, ``lambda(t)`` x the
+pseudo-label loss. Which unlabelled voxels count (issue 13, item 5):
+
+* ``selection="batch"``: the paper's rule, the better-agreeing half of each batch;
+* ``selection="case"``: every patch counts; each round the cases are ranked by the
+  teachers' agreement (soft IoU over the case) and those below the top ``keep_fraction``
+  get ``low_agreement_weight``;
+* ``ignore_disagreement``: voxels where the two teachers' masks differ get weight 0 (the
+  random fusion would otherwise decide them by a coin);
+* ``confidence_weight``: voxels are weighted by the teachers' predicted IoU of their
+  slice (LiteMedSAM's IoU head).
 """
 
 from __future__ import annotations
@@ -38,12 +48,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
-from .losses import ramped_weight, soft_dice_loss
-from .teaching import (DEFAULT_TEACHER, foreground_of, load_teacher, mixed_batch, new_cache, seeded_generator,
-                       teacher_round)
-from .trainer import Strategy
+from .losses import pseudo_label_loss, ramped_weight, weighted_soft_dice_loss
+from .teaching import (DEFAULT_TEACHER, DistillationStrategy, TeachingSettings, foreground_logits, load_teacher,
+                       mixed_batch, seeded_generator)
 
 
 @dataclass
@@ -51,12 +61,18 @@ class MuDuoConfig:
     """MuDuo hyper-parameters (defaults: the official script, see module docstring).
 
     Attributes:
-        keep_fraction: fraction of unlabelled samples per batch kept by teacher agreement.
+        keep_fraction: fraction of unlabelled samples (``selection="batch"``) or cases
+            (``"case"``) ranked best by teacher agreement.
         threshold: probability threshold of the fused pseudo-label.
         consistency: maximum weight of the consistency loss.
         rampup_fraction: ramp-up length as a fraction of the total training steps.
         supervised_weight: weight of (CE + Dice) on labelled samples.
         num_pet_points: points sampled for the PET teacher's prompt.
+        selection: ``"batch"`` (paper), ``"case"`` or ``"none"`` (every patch, equal weight).
+        low_agreement_weight: weight of the cases outside the top ``keep_fraction`` (``"case"``).
+        ignore_disagreement: weight 0 where the teachers' masks disagree.
+        confidence_weight: voxel weight x the teachers' mean predicted IoU.
+        loss: ``"dice"`` (paper: soft Dice) or ``"dicece"`` (CE + soft Dice).
     """
 
     keep_fraction: float = 0.5
@@ -65,6 +81,17 @@ class MuDuoConfig:
     rampup_fraction: float = 1.0
     supervised_weight: float = 0.5
     num_pet_points: int = 3
+    selection: str = "batch"
+    low_agreement_weight: float = 0.5
+    ignore_disagreement: bool = False
+    confidence_weight: bool = False
+    loss: str = "dice"
+
+    def __post_init__(self) -> None:
+        if self.selection not in ("batch", "case", "none"):
+            raise ValueError(f"selection must be batch, case or none, got {self.selection!r}")
+        if self.loss not in ("dice", "dicece"):
+            raise ValueError(f"loss must be dice or dicece, got {self.loss!r}")
 
     def consistency_weight(self, step: int, total_steps: int) -> float:
         return ramped_weight(step, self.consistency, self.rampup_fraction * total_steps)
@@ -114,6 +141,31 @@ def random_fusion(p_ct: torch.Tensor, p_pet: torch.Tensor,
     return fused, alpha
 
 
+def case_agreement_weights(p_ct: Mapping[str, np.ndarray], p_pet: Mapping[str, np.ndarray],
+                           keep_fraction: float, low_weight: float) -> dict[str, float]:
+    """Per-case weights from the teachers' agreement over the whole case (``selection="case"``).
+
+    Cases are ranked by soft IoU of the two teachers' probability maps; the best
+    ``max(1, floor(n * keep_fraction))`` get 1, the others ``low_weight``.
+    """
+    iou = {c: float(teacher_agreement_iou(torch.from_numpy(p_ct[c])[None], torch.from_numpy(p_pet[c])[None])[0])
+           for c in p_ct}
+    ranked = sorted(iou, key=iou.get, reverse=True)
+    top = set(ranked[: max(1, int(len(ranked) * keep_fraction))])
+    return {c: 1.0 if c in top else float(low_weight) for c in iou}
+
+
+def voxel_weights(p_ct: np.ndarray, p_pet: np.ndarray, c_ct: np.ndarray, c_pet: np.ndarray,
+                  config: "MuDuoConfig", case_weight: float = 1.0) -> np.ndarray:
+    """``(I, J, K)`` weights of one case's unlabelled voxels (module docstring, item 5)."""
+    weight = np.full(p_ct.shape, case_weight, np.float32)
+    if config.confidence_weight:
+        weight *= 0.5 * (c_ct + c_pet)
+    if config.ignore_disagreement:
+        weight *= (p_ct >= 0.5) == (p_pet >= 0.5)
+    return weight
+
+
 @dataclass
 class MuDuoTerms:
     """What :func:`muduo_consistency` computed (for logging and tests)."""
@@ -125,9 +177,23 @@ class MuDuoTerms:
     pseudo_label: torch.Tensor
 
 
+def muduo_pseudo_labels(p_ct: torch.Tensor, p_pet: torch.Tensor, config: MuDuoConfig = MuDuoConfig(),
+                        valid: torch.Tensor | None = None, generator: torch.Generator | None = None):
+    """``(iou, kept, alpha, pseudo_label)`` of a batch: agreement, the samples used (the
+    better-agreeing half with ``selection="batch"``, else all valid ones), the fusion
+    weights and the thresholded fused label ``(B, 1, *spatial)``."""
+    iou = teacher_agreement_iou(p_ct, p_pet)
+    if config.selection == "batch":
+        kept = select_agreeing(iou, config.keep_fraction, valid)
+    else:
+        kept = torch.arange(p_ct.shape[0]) if valid is None or not valid.any() else torch.nonzero(valid).flatten()
+    fused, alpha = random_fusion(p_ct, p_pet, generator)
+    return iou, kept, alpha, (fused > config.threshold).to(p_ct.dtype)
+
+
 def muduo_consistency(student_probability: torch.Tensor, p_ct: torch.Tensor, p_pet: torch.Tensor,
                       config: MuDuoConfig = MuDuoConfig(), valid: torch.Tensor | None = None,
-                      generator: torch.Generator | None = None) -> MuDuoTerms:
+                      generator: torch.Generator | None = None, weight: torch.Tensor | None = None) -> MuDuoTerms:
     """MuDuo's unsupervised term on a batch of unlabelled patches (before the ramp weight).
 
     Args:
@@ -136,43 +202,41 @@ def muduo_consistency(student_probability: torch.Tensor, p_ct: torch.Tensor, p_p
         config: hyper-parameters.
         valid: optional ``(B,)`` bool, False where a teacher had no prompt.
         generator: RNG of the fusion weights.
+        weight: optional ``(B, 1, *spatial)`` voxel weights.
 
     Returns:
         :class:`MuDuoTerms` with the mean soft Dice of the kept samples towards the fused
         hard pseudo-label (``pseudo_label`` holds all samples, ``kept`` the indices used).
     """
-    iou = teacher_agreement_iou(p_ct, p_pet)
-    kept = select_agreeing(iou, config.keep_fraction, valid)
-    fused, alpha = random_fusion(p_ct, p_pet, generator)
-    pseudo_label = (fused > config.threshold).to(student_probability.dtype)
-    loss = soft_dice_loss(student_probability[kept], pseudo_label[kept]).mean()
+    iou, kept, alpha, pseudo_label = muduo_pseudo_labels(p_ct, p_pet, config, valid, generator)
+    loss = weighted_soft_dice_loss(student_probability[kept], pseudo_label[kept],
+                                   None if weight is None else weight[kept]).mean()
     return MuDuoTerms(loss=loss, iou=iou, kept=kept, alpha=alpha, pseudo_label=pseudo_label)
 
 
-class MuDuoStrategy(Strategy):
+class MuDuoStrategy(DistillationStrategy):
     name = "muduo"
 
     def __init__(self, config: MuDuoConfig | None = None, ct_teacher: str = DEFAULT_TEACHER,
                  pet_teacher: str = DEFAULT_TEACHER, ct_checkpoint: str | None = None,
-                 pet_checkpoint: str | None = None, cache_dir: str | None = None) -> None:
+                 pet_checkpoint: str | None = None, cache_dir: str | None = None,
+                 teaching: TeachingSettings | None = None) -> None:
+        super().__init__(teaching, cache_dir)
         self.config = config or MuDuoConfig()
         self.ct_teacher_name, self.pet_teacher_name = ct_teacher, pet_teacher
         self.ct_checkpoint, self.pet_checkpoint = ct_checkpoint, pet_checkpoint
-        self.cache = new_cache(cache_dir)
-        self.outputs: dict[str, dict[str, Any]] = {}
-        self.has_prompt: dict[str, bool] = {}
+        self.weights: dict[str, np.ndarray] = {}
 
     @classmethod
     def from_args(cls, args) -> "MuDuoStrategy":
         ct_name = getattr(args, "ct_teacher", None) or ("sam-med3d" if getattr(args, "ct_teacher_checkpoint", None) else DEFAULT_TEACHER)
         pet_name = getattr(args, "pet_teacher", None) or ("seganypet" if getattr(args, "pet_teacher_checkpoint", None) else DEFAULT_TEACHER)
-        config = MuDuoConfig(
-            keep_fraction=getattr(args, "keep_fraction", None) or MuDuoConfig.keep_fraction,
-            consistency=getattr(args, "consistency", None) or MuDuoConfig.consistency,
-            rampup_fraction=getattr(args, "rampup_fraction", None) or MuDuoConfig.rampup_fraction,
-        )
+        defaults = MuDuoConfig()
+        config = MuDuoConfig(**{
+            name: (type(getattr(defaults, name))(value) if value is not None else getattr(defaults, name))
+            for name, value in ((n, getattr(args, n, None)) for n in MUDUO_OPTIONS)})
         return cls(config, ct_name, pet_name, getattr(args, "ct_teacher_checkpoint", None),
-                   getattr(args, "pet_teacher_checkpoint", None))
+                   getattr(args, "pet_teacher_checkpoint", None), teaching=TeachingSettings.from_args(args))
 
     @property
     def teacher(self) -> str:  # recorded in the model file
@@ -186,34 +250,43 @@ class MuDuoStrategy(Strategy):
         }
 
     def on_round_start(self, trainer, step: int) -> None:
-        self.outputs, self.has_prompt = teacher_round(trainer, self.teachers, self.cache)
-
-    def teacher_probabilities(self) -> dict[str, dict[str, Any]]:
-        """The round's teacher outputs (``--skd`` distils from them)."""
-        return self.outputs
+        self.teachers = self.tuned_teachers(trainer, self.teachers)
+        outputs = self.run_round(trainer, self.teachers)
+        p_ct, p_pet = outputs.probability["p_ct"], outputs.probability["p_pet"]
+        c_ct, c_pet = outputs.confidence["p_ct"], outputs.confidence["p_pet"]
+        case_weights = (case_agreement_weights(p_ct, p_pet, self.config.keep_fraction, self.config.low_agreement_weight)
+                        if self.config.selection == "case" else {c: 1.0 for c in p_ct})
+        self.weights = {c: voxel_weights(p_ct[c], p_pet[c], c_ct[c], c_pet[c], self.config, case_weights[c])
+                        for c in p_ct}
+        self.audit(trainer, outputs, {c: 0.5 * (p_ct[c] + p_pet[c]) > self.config.threshold for c in p_ct})
 
     def loss(self, trainer, step: int):
-        import torch
-
-        image, label, locations, batch = mixed_batch(trainer, self.outputs)
+        image, label, locations, batch = mixed_batch(trainer, {**self.outputs.probability, "weight": self.weights})
         logits = trainer.model(image)
         supervised = trainer.supervised_loss(logits[: len(label)], label)
-        student = foreground_of(logits[len(label):])
-        valid = torch.tensor([self.has_prompt.get(loc.case_id, False) for loc in locations])
-        terms = muduo_consistency(student, batch["p_ct"], batch["p_pet"], self.config, valid,
-                                  seeded_generator(trainer))
+        student = foreground_logits(logits[len(label):])
+        valid = torch.tensor([self.outputs.has_prompt.get(loc.case_id, False) for loc in locations])
+        iou, kept, alpha, pseudo = muduo_pseudo_labels(batch["p_ct"], batch["p_pet"], self.config, valid,
+                                                       seeded_generator(trainer))
+        unsupervised = pseudo_label_loss(student[kept], pseudo[kept], batch["weight"][kept], self.config.loss)
         weight = self.config.consistency_weight(step, trainer.options.steps)
-        loss = self.config.supervised_weight * supervised + weight * terms.loss
-        return loss, {"supervised": float(supervised.detach()), "consistency": float(terms.loss.detach()), "weight": weight,
-                      "teacher_iou": float(terms.iou.mean()), "alpha": float(terms.alpha.mean())}
+        loss = self.config.supervised_weight * supervised + weight * unsupervised
+        return loss, {"supervised": float(supervised.detach()), "consistency": float(unsupervised.detach()),
+                      "weight": weight, "teacher_iou": float(iou.mean()), "alpha": float(alpha.mean())}
 
     def metadata(self) -> dict[str, Any]:
         return {"method": "MuDuo (Mao, Wu et al., MICCAI 2026, arXiv:2606.15611)", **asdict(self.config),
-                "ct_teacher": self.ct_teacher_name, "pet_teacher": self.pet_teacher_name}
+                "ct_teacher": self.ct_teacher_name, "pet_teacher": self.pet_teacher_name, **self.teaching_metadata()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"config": asdict(self.config)}
+        return {"config": asdict(self.config), **self.teaching_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if "config" in state:
             self.config = MuDuoConfig(**state["config"])
+        self.load_teaching_state(state)
+
+
+# ``distillseg train`` options read into MuDuoConfig (same names, see options.py).
+MUDUO_OPTIONS = ("keep_fraction", "consistency", "rampup_fraction", "supervised_weight", "selection",
+                 "low_agreement_weight", "ignore_disagreement", "confidence_weight", "loss")

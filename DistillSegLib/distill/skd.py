@@ -55,7 +55,7 @@ class SKDStrategy(Strategy):
     def on_round_start(self, trainer, step: int) -> None:
         self.inner.on_round_start(trainer, step)
         if self.own_teacher is not None:
-            outputs, _ = teacher_round(trainer, {"p": (self.own_teacher, self.modality)}, self.cache)
+            outputs = teacher_round(trainer, {"p": (self.own_teacher, self.modality)}, self.cache).probability
         else:
             outputs = self.inner.teacher_probabilities()
         case_ids = next(iter(outputs.values())).keys() if outputs else []

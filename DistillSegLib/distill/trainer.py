@@ -40,7 +40,10 @@ class TrainingOptions:
     """Settings of a training run (stored in checkpoints and model files).
 
     ``learning_rate`` decays with nnU-Net's polynomial schedule ``(1 - t/T)^0.9``
-    (Isensee et al., Nature Methods 2021) under AdamW.
+    (Isensee et al., Nature Methods 2021) under AdamW. ``ema_decay`` > 0 keeps an
+    exponential moving average of the student's weights (the mean teacher of Tarvainen &
+    Valpola, NeurIPS 2017), which then prompts the teachers at each round
+    (:meth:`Trainer.prompting_network`); 0 keeps none.
     """
 
     steps: int = 400
@@ -52,6 +55,7 @@ class TrainingOptions:
     checkpoint_every: int = 100
     refresh_every: int = 100
     pos_fraction: float = 0.67
+    ema_decay: float = 0.0
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -157,6 +161,7 @@ class Trainer:
     Attributes other code (strategies, the CLI) may use:
         config, options, strategy, progress, cancel.
         network: the bare student (``nn.Module``) -- for inference and saving.
+        warm_started: whether it started from given weights (``--init``, a warm-up).
         model: what the loss is computed with (``network`` wrapped in DDP when distributed).
         device, rank, world_size.
         labelled, unlabelled, validation: :class:`PreparedCase` lists (this rank's shard
@@ -205,12 +210,19 @@ class Trainer:
 
         torch.manual_seed(_seed_from(options.seed, 0))  # identical initial weights on every rank
         self.network = build_student(config).to(self.device)
+        self.warm_started = init_weights is not None
         if init_weights is not None:
             try:
                 self.network.load_state_dict(dict(init_weights))
             except RuntimeError as exc:
                 raise DistillSegError(f"--init model does not fit this student configuration: {exc}") from exc
         self.model: torch.nn.Module = self.wrap(self.network)
+        self.ema_network = None
+        if options.ema_decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema_network = AveragedModel(self.network, multi_avg_fn=get_ema_multi_avg_fn(options.ema_decay),
+                                             use_buffers=True)
 
         from monai.losses import DiceCELoss
 
@@ -259,6 +271,12 @@ class Trainer:
         """CE + Dice of ``(B, C, ...)`` logits against a ``(B, 1, ...)`` class map."""
         return self._dice_ce(logits, label)
 
+    def prompting_network(self) -> torch.nn.Module:
+        """The network whose predictions prompt the teachers: the EMA student when
+        ``options.ema_decay`` > 0 (smoother across a round than the last step's weights),
+        else the student itself."""
+        return self.ema_network.module if self.ema_network is not None else self.network
+
     def predict(self, case: PreparedCase, network: torch.nn.Module | None = None) -> np.ndarray:
         """Softmax ``(C, I, J, K)`` of the current student (sliding window) on a prepared case."""
         from ..student.inference import sliding_window_probabilities
@@ -289,6 +307,7 @@ class Trainer:
             "losses": list(self.losses),
             "validation": self.validation_metrics,
             "options": self.options.to_dict(),
+            **({"ema": self.ema_network.state_dict()} if self.ema_network is not None else {}),
         }
 
     def model_metadata(self) -> dict[str, Any]:
@@ -332,6 +351,8 @@ class Trainer:
         self.network.load_state_dict(payload["weights"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema_network is not None and "ema" in state:
+            self.ema_network.load_state_dict(state["ema"])
         self.strategy.load_state_dict(state["strategy"])
         self.step = int(state["step"])
         self.losses = [float(v) for v in state["losses"]]
@@ -353,12 +374,17 @@ class Trainer:
             torch.manual_seed(_seed_from(options.seed, self.rank, step, 1))
             if step == first or (step - 1) % options.refresh_every == 0:
                 self.strategy.on_round_start(self, step)
+                if self.progress.stage != "train":  # a round showed its own progress: back to training
+                    self.progress.start("train", options.steps)
+                    self.progress.update(step - 1)
             self.model.train()
             loss, logs = self.strategy.loss(self, step)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
+            if self.ema_network is not None:
+                self.ema_network.update_parameters(self.network)
             self.step = step
             self.losses.append(float(loss.detach()))
             metrics = {k: round(float(v), 5) for k, v in logs.items()}

@@ -33,6 +33,11 @@ class PreparedCase:
         affine: ``(4, 4)`` index-to-RAS matrix of the student grid (padding, if any, is
             appended at the high end of each axis, so the origin is the CT's own corner).
         valid_shape: ``(I, J, K)`` extent of real data before padding to the patch size.
+        source: the :class:`Case` it was prepared from (CT and native PET, for teachers that
+            see each modality on its own grid), or None.
+        box: the CT index box (ROI) it was prepared in, or None for the whole CT.
+        audit_label: an unlabelled case's label on this grid, kept aside only to measure
+            the quality of pseudo-labels (never read by training), or None.
     """
 
     case_id: str
@@ -41,6 +46,9 @@ class PreparedCase:
     affine: np.ndarray
     valid_shape: tuple[int, int, int]
     meta: dict = field(default_factory=dict)
+    source: Case | None = field(default=None, repr=False)
+    box: tuple[slice, slice, slice] | None = None
+    audit_label: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -70,6 +78,7 @@ def prepare_case(
     config: StudentConfig,
     box: tuple[slice, slice, slice] | None = None,
     with_label: bool = True,
+    audit: bool = False,
 ) -> PreparedCase:
     """Resample and normalise a case for the student.
 
@@ -78,6 +87,8 @@ def prepare_case(
         config: the student's preprocessing settings.
         box: optional index box on the CT grid (an ROI); only that part is prepared.
         with_label: also resample the label (nearest neighbour) when the case has one.
+        audit: for an unlabelled case (``with_label=False``) that has a label: keep it as
+            ``audit_label`` to measure pseudo-labels against (training never reads it).
 
     The PET is resampled straight from its native grid onto the student grid (one
     interpolation instead of two through the CT grid); 0 SUV outside its field of view.
@@ -86,7 +97,7 @@ def prepare_case(
     ct_small = resample_to_spacing(ct, config.spacing, "linear", fill=AIR_HU)
     pet_small = resample_to(case.pet, ct_small, "linear", fill=0.0)
     label = None
-    if with_label and case.label is not None:
+    if (with_label or audit) and case.label is not None:
         label_on_ct = case.label_on_ct if box is None else crop_volume(case.label_on_ct, box)
         label = resample_to(label_on_ct, ct_small, "nearest", fill=0).array.astype(np.uint8)
         if label.max() > len(config.classes):
@@ -97,8 +108,9 @@ def prepare_case(
     image = np.stack([normalise_ct(ct_small.array, config), normalise_pet(pet_small.array, config)])
     valid_shape = ct_small.shape
     image, label = pad_to_patch(image, label, config)
-    return PreparedCase(case.case_id, image, label, ct_small.affine, valid_shape,
-                        meta={"ct_shape": case.ct.shape, "box": box})
+    audit_label = None if with_label else label
+    return PreparedCase(case.case_id, image, label if with_label else None, ct_small.affine, valid_shape,
+                        meta={"ct_shape": case.ct.shape, "box": box}, source=case, box=box, audit_label=audit_label)
 
 
 def pad_to_patch(

@@ -50,7 +50,6 @@ from ..io.case import Case
 from ..io.volume import Volume
 from ..precision import inference_autocast
 from .base import Reorientation, normalise_modality
-from .embeddings import encode_with_store
 from .prompts import bounding_box, mask_prompt
 from .user_prompts import GridPrompt, UserPrompt
 
@@ -394,8 +393,7 @@ class SlicePropagation:
             batch = [s for s in ahead if self.k_range[0] <= s <= self.k_range[1] and s not in self.embeddings] or [k]
             images = self.teacher.preprocess_slices(self.stack[batch], self.resized)
             with torch.inference_mode():
-                encoded = encode_with_store(self.teacher.model.image_encoder, images, self.teacher.weights_sha256,
-                                            self.teacher.store(), self.teacher.device)
+                encoded = self.teacher.encode(images)
             self.embeddings.update({s: encoded[n:n + 1] for n, s in enumerate(batch)})
         return self.embeddings[k]
 

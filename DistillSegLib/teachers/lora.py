@@ -42,9 +42,11 @@ def update_weights_digest(teacher) -> str:
     """Set ``teacher.weights_sha256`` to the base hash plus a digest of the current adapters.
 
     Call it after fine-tuning: the cache key then changes with the adapters, so outputs of
-    the base or of an earlier tuning are never reused.
+    the base or of an earlier tuning are never reused. The adapters sit in the image
+    encoder, so its embedding key (``encoder_sha256``) changes alike.
     """
     teacher.weights_sha256 = f"{teacher.base_weights_sha256}+lora:{_digest(lora_state_dict(teacher))}"
+    teacher.encoder_sha256 = teacher.weights_sha256
     return teacher.weights_sha256
 
 

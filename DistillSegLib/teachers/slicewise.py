@@ -95,13 +95,18 @@ class SamSliceTeacher:
         image_size: the encoder's square input size (1024 SAM, 256 LiteMedSAM).
         pixel_mean, pixel_std: SAM's normalisation of 0-255 RGB; None for LiteMedSAM,
             which takes min-max normalised [0, 1] images.
-        weights_sha256: SHA-256 of the weights file (cache keys).
+        weights_sha256: SHA-256 of the weights file (cache keys of outputs); a tuned
+            decoder or adapters append their digest.
         prompt_kinds: prompt kinds the model is used with.
         modality: default modality; both CT and PET are accepted.
         batch_size: slices per image-encoder batch.
 
     ``predict`` reuses slice embeddings (:mod:`.embeddings`); set ``embedding_store`` to an
     :class:`~.embeddings.EmbeddingStore` or None (default: the process-wide store).
+    Embeddings are keyed by ``encoder_sha256``, which names the image encoder's weights
+    only: it starts as the weights file's hash and changes only when the encoder changes
+    (LoRA adapters), so a teacher whose prompt encoder or mask decoder is tuned
+    (:mod:`.tuning`) reuses the embeddings of the untuned one.
     """
 
     dims = 2
@@ -126,6 +131,7 @@ class SamSliceTeacher:
         self.pixel_mean = pixel_mean
         self.pixel_std = pixel_std
         self.weights_sha256 = weights_sha256
+        self.encoder_sha256 = weights_sha256
         self.prompt_kinds = tuple(prompt_kinds)
         self.modality = modality
         self.batch_size = int(batch_size)
@@ -146,8 +152,7 @@ class SamSliceTeacher:
             with torch.inference_mode():
                 for start in range(0, len(batch.slices), self.batch_size):
                     part = slice(start, start + self.batch_size)
-                    embeddings = encode_with_store(self.model.image_encoder, batch.images[part],
-                                                   self.weights_sha256, self.store(), self.device)
+                    embeddings = self.encode(batch.images[part])
                     logits = self.decode(
                         embeddings,
                         None if batch.boxes is None else batch.boxes[part],
@@ -177,8 +182,7 @@ class SamSliceTeacher:
         total, batch = len(stack), int(batch_size or self.batch_size)
         with torch.inference_mode():
             for start in range(0, total, batch):
-                images = self._preprocess_images(stack[start:start + batch], resized)
-                encode_with_store(self.model.image_encoder, images, self.weights_sha256, self.store(), self.device)
+                self.encode(self._preprocess_images(stack[start:start + batch], resized))
                 if on_batch is not None:
                     on_batch(min(start + batch, total), total)
         return total
@@ -229,14 +233,20 @@ class SamSliceTeacher:
         """
         return self.decode(self.model.image_encoder(images.to(self.device)), boxes, points, point_labels, masks)
 
-    def decode(self, embeddings, boxes=None, points=None, point_labels=None, masks=None):
-        """Low-resolution mask logits ``(S, 1, M, M)`` from image embeddings ``(S, C, h, w)``."""
+    def encode(self, images):
+        """Image embeddings ``(S, C, h, w)`` of preprocessed slices ``(S, 3, N, N)``, through the
+        embedding store (keyed by ``encoder_sha256``); no gradients."""
+        return encode_with_store(self.model.image_encoder, images, self.encoder_sha256, self.store(), self.device)
+
+    def decode(self, embeddings, boxes=None, points=None, point_labels=None, masks=None, with_iou: bool = False):
+        """Low-resolution mask logits ``(S, 1, M, M)`` from image embeddings ``(S, C, h, w)``;
+        with ``with_iou`` also the decoder's predicted IoU ``(S,)`` (its own confidence)."""
 
         def on_device(tensor):
             return None if tensor is None else tensor.to(self.device)
 
         return decode_slices(self.model, embeddings, on_device(boxes), on_device(points),
-                             on_device(point_labels), on_device(masks))
+                             on_device(point_labels), on_device(masks), with_iou=with_iou)
 
     def store(self):
         """Where slice embeddings are reused (:mod:`.embeddings`): ``embedding_store`` when
@@ -313,7 +323,100 @@ class SamSliceTeacher:
         return torch.from_numpy(coords), torch.from_numpy(labels)
 
 
-def decode_slices(model, embeddings, boxes=None, points=None, point_labels=None, masks=None, learned=None):
+class SliceSession:
+    """One image (a CT on its grid or a PET on its native grid) as a slice-wise teacher sees
+    it, answering many box prompts: the automatic prompting of :mod:`.auto_prompt` and the
+    decoder tuning of :mod:`.tuning` work here.
+
+    The canonical frame is the teacher's (:data:`CANONICAL`): ``stack[k]`` is axial slice
+    ``k`` as an ``(H, W)`` image (rows anterior to posterior, columns right to left); boxes
+    are ``[x0, y0, x1, y1]`` in that slice's pixels (x = column). Slice embeddings come from
+    the teacher's store (keyed by ``encoder_sha256``) and are kept for the session.
+    """
+
+    def __init__(self, teacher: SamSliceTeacher, image: Volume, modality: str | None = None) -> None:
+        self.teacher = teacher
+        self.modality = normalise_modality(modality or teacher.modality)
+        self.image = image
+        self.orientation = Reorientation.for_affine(image.affine, image.shape, CANONICAL)
+        self.stack = teacher.canonical_stack(image, self.modality)
+        self.resized, self.scale = teacher.frame(self.stack.shape[1:])
+        self._embedded: dict[int, object] = {}
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(K, H, W)`` of the canonical stack."""
+        return tuple(int(n) for n in self.stack.shape)  # type: ignore[return-value]
+
+    def to_canonical(self, array: np.ndarray) -> np.ndarray:
+        """An ``(I, J, K)`` array on the image grid as the ``(K, H, W)`` canonical stack."""
+        return np.ascontiguousarray(self.orientation.to_canonical(array).transpose(2, 1, 0))
+
+    def from_canonical(self, stack: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_canonical`."""
+        return self.orientation.from_canonical(np.ascontiguousarray(stack.transpose(2, 1, 0)))
+
+    def images(self, slices) -> "object":
+        """Preprocessed model inputs ``(S, 3, N, N)`` of canonical slices."""
+        return self.teacher._preprocess_images(self.stack[np.asarray(slices, int)], self.resized)
+
+    def embeddings(self, slices) -> "object":
+        """Image embeddings ``(S, C, h, w)`` of canonical slices (encoded once per session)."""
+        import torch
+
+        slices = [int(k) for k in slices]
+        missing = sorted(set(k for k in slices if k not in self._embedded))
+        with torch.no_grad():  # not inference_mode: a decoder being tuned takes them as inputs
+            for start in range(0, len(missing), self.teacher.batch_size):
+                part = missing[start:start + self.teacher.batch_size]
+                for k, embedding in zip(part, self.teacher.encode(self.images(part)).cpu()):
+                    self._embedded[k] = embedding
+        return torch.stack([self._embedded[k] for k in slices]) if slices else torch.zeros((0,))
+
+    def model_boxes(self, boxes: np.ndarray) -> "object":
+        """``(N, 4)`` slice-pixel boxes as ``(N, 1, 4)`` boxes of the model's input frame."""
+        import torch
+
+        return torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 4) * self.scale)[:, None, :]
+
+    def decode_boxes(self, slices, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The teacher's answer to one box on each of ``slices``.
+
+        Args:
+            slices: ``(N,)`` canonical slice indices (repeats allowed: several boxes per slice).
+            boxes: ``(N, 4)`` boxes ``[x0, y0, x1, y1]`` in slice pixels.
+
+        Returns:
+            ``(probability (N, H, W) float32, predicted IoU (N,) float32)``.
+        """
+        import torch
+
+        slices = np.asarray(slices, int).reshape(-1)
+        probabilities = np.zeros((len(slices),) + self.shape[1:], np.float32)
+        ious = np.zeros(len(slices), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(slices), self.teacher.batch_size):
+                part = slice(start, start + self.teacher.batch_size)
+                logits, iou = self.teacher.decode(self.embeddings(slices[part]).to(self.teacher.device),
+                                                  boxes=self.model_boxes(boxes[part]), with_iou=True)
+                probabilities[part] = self.teacher.logits_to_slices(logits, self.resized, self.shape[1:])
+                ious[part] = iou.float().cpu().numpy()
+        return probabilities, ious
+
+    def padded(self, masks: np.ndarray) -> "object":
+        """``(N, H, W)`` slice masks in the model's padded input frame: ``(N, 1, S, S)`` with
+        S = the model's input size (nearest neighbour)."""
+        import torch
+        import torch.nn.functional as F
+
+        tensor = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[:, None]
+        resized = F.interpolate(tensor, size=self.resized, mode="nearest")
+        size = self.teacher.image_size
+        return F.pad(resized, (0, size - self.resized[1], 0, size - self.resized[0]))
+
+
+def decode_slices(model, embeddings, boxes=None, points=None, point_labels=None, masks=None, learned=None,
+                  with_iou: bool = False):
     """SAM-style prompt encoder + mask decoder on precomputed image embeddings.
 
     Args:
@@ -326,13 +429,14 @@ def decode_slices(model, embeddings, boxes=None, points=None, point_labels=None,
             the dense embedding.
 
     Returns:
-        ``(S, 1, 4h, 4w)`` low-resolution mask logits. The decoder runs one slice per call:
-        segment-anything's ``MaskDecoder`` repeats the image embedding per prompt.
+        ``(S, 1, 4h, 4w)`` low-resolution mask logits; with ``with_iou`` also ``(S,)`` the
+        IoU the decoder predicts for each mask (SAM's IoU head). The decoder runs one slice
+        per call: segment-anything's ``MaskDecoder`` repeats the image embedding per prompt.
     """
     import torch
 
     dense_pe = model.prompt_encoder.get_dense_pe()
-    outputs = []
+    outputs, ious = [], []
     for s in range(embeddings.shape[0]):
         sparse, dense = model.prompt_encoder(
             points=None if points is None else (points[s:s + 1], point_labels[s:s + 1]),
@@ -342,7 +446,7 @@ def decode_slices(model, embeddings, boxes=None, points=None, point_labels=None,
         if learned is not None:
             sparse = torch.cat([sparse, learned[0][s:s + 1]], dim=1)
             dense = dense + learned[1][s:s + 1]
-        low_res, _ = model.mask_decoder(
+        low_res, iou = model.mask_decoder(
             image_embeddings=embeddings[s:s + 1],
             image_pe=dense_pe,
             sparse_prompt_embeddings=sparse,
@@ -350,4 +454,7 @@ def decode_slices(model, embeddings, boxes=None, points=None, point_labels=None,
             multimask_output=False,
         )
         outputs.append(low_res[:, :1])
+        ious.append(iou[:, 0])
+    if with_iou:
+        return torch.cat(outputs), torch.cat(ious)
     return torch.cat(outputs)
