@@ -213,3 +213,15 @@ def test_the_benchmark_drives_the_module_scene_logic(sts_dir, tmp_path):
                                reference_label(case)).to_dict()
     assert record["rounds"][1]["effort"]["STS_025"] == pytest.approx(engine, rel=0.02, abs=0.5)
     assert read_payload(record["rounds"][1]["model"])["metadata"]["training_cases"]["labelled"] == sorted(ids.values())
+
+
+def test_a_cancelled_distil_stops_its_engine_process_and_writes_no_model(tmp_path):
+    from DistillSegLib.errors import CancelledError
+    from DistillSegLib.progress import CancelToken
+
+    cancel = CancelToken()
+    cancel.cancel("stopped by SIGTERM")
+    workbench = EngineWorkbench(cancel=cancel)
+    with pytest.raises(CancelledError, match="SIGTERM"):
+        workbench.distil(tmp_path / "training-set", SUPERVISED, tmp_path / "student.pt", None, 1, [])
+    assert not (tmp_path / "student.pt").exists()

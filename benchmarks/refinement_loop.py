@@ -54,8 +54,10 @@ class SceneWorkbench:
     segmentation), then the scene is cleared: one study at a time, as a radiologist works.
     """
 
-    def __init__(self, timeout_s: float = DISTIL_TIMEOUT_S) -> None:
+    def __init__(self, cancel=None, timeout_s: float = DISTIL_TIMEOUT_S) -> None:
         import slicer
+
+        from DistillSegLib.progress import CancelToken
 
         from DistillSegModuleLib.Logic import SceneLogic
         from DistillSegModuleLib.Nodes import ensureSegmentationConverters
@@ -65,17 +67,24 @@ class SceneWorkbench:
         self.scene = slicer.vtkMRMLScene()
         self.logic = SceneLogic(self.scene, SubprocessRunner(), python=sys.executable)
         self.timeout_s = timeout_s
+        self.cancel = cancel or CancelToken()
 
     def close(self) -> None:
         self.logic.cleanup()
 
     def _wait(self, start) -> Any:
-        """``start(onFinished)``, poll the engine process until it ends; its JobResult."""
+        """``start(onFinished)``, poll the engine process until it ends; its JobResult. A cancel
+        request cancels the job as the module's Cancel button does."""
         from DistillSegLib.errors import DistillSegError
 
         ended: list = []
         start(ended.append)
-        self.logic.runner.wait(self.timeout_s)
+        deadline = time.monotonic() + self.timeout_s
+        while self.logic.runner.poll():
+            if self.cancel.cancelled or time.monotonic() > deadline:
+                self.logic.cancel()
+            time.sleep(0.1)
+        self.cancel.check()
         if not ended[0].ok:
             raise DistillSegError(ended[0].message)
         return ended[0]
@@ -212,10 +221,13 @@ def main(argv=None) -> int:
     from DistillSegLib.demo.loop import EngineWorkbench, run_loop
     from DistillSegLib.demo.run import resolve_data_dir
     from DistillSegLib.demo.split import sts_split
-    from DistillSegLib.errors import DistillSegError
+    from DistillSegLib.errors import CancelledError, DistillSegError
     from DistillSegLib.io.dataset import find_cases
     from DistillSegLib.progress import CancelToken, Progress
 
+    import torch
+
+    torch.set_num_threads(args.threads)  # validation scoring in this process: 1 is fastest on a busy CPU
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     work, results, figure = Path(args.work), Path(args.results), Path(args.figure)
     try:
@@ -223,14 +235,18 @@ def main(argv=None) -> int:
             data = resolve_data_dir(args.data)
             split = sts_split([c.case_id for c in find_cases(data)]).subset(args.max_val_cases)
             settings = settings_from(args)
-            workbench = SceneWorkbench() if args.backend == "scene" else EngineWorkbench(settings.roi_margin_mm)
+            cancel = CancelToken()
+            workbench = SceneWorkbench(cancel) if args.backend == "scene" else \
+                EngineWorkbench(settings.roi_margin_mm, cancel=cancel)
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
             arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-            cancel = CancelToken()
             with cancel.on_signals():
                 run_loop(workbench, data, split, seeds, arms, settings, work, Progress(), cancel,
                          on_round=lambda record: write_results(work, results, figure, command))
         result = write_results(work, results, figure, command)
+    except CancelledError as exc:
+        print(f"cancelled: {exc} (run the same command again to continue)", file=sys.stderr)
+        return 130
     except DistillSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -190,9 +190,11 @@ class EngineWorkbench:
     id) and ``python -m DistillSegLib train`` with :func:`distil_arguments` (*Distil*, in a
     child process, as the module runs it)."""
 
-    def __init__(self, roi_margin_mm: float = ROI_MARGIN_MM, python: str = sys.executable) -> None:
+    def __init__(self, roi_margin_mm: float = ROI_MARGIN_MM, python: str = sys.executable,
+                 cancel: CancelToken | None = None) -> None:
         self.roi_margin_mm = roi_margin_mm
         self.python = python
+        self.cancel = cancel or CancelToken()
 
     def add(self, dataset: Path, case: Case, labelled: bool) -> str:
         from ..io.dataset import write_nnunet_case
@@ -220,13 +222,22 @@ class EngineWorkbench:
 
     def run_train(self, arguments: Sequence[str]) -> tuple[int, str]:
         """``python -m DistillSegLib train ARGUMENTS`` in a child process (as the module runs it);
-        returns its exit status and last line on stderr."""
+        returns its exit status and last line on stderr. A cancel request stops the child
+        (SIGTERM: the engine writes no model) and raises ``CancelledError``."""
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        done = subprocess.run([self.python, "-m", "DistillSegLib", "train", *arguments], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        return done.returncode, lines[-1] if lines else "no message"
+        with tempfile.TemporaryFile("w+") as stderr:
+            child = subprocess.Popen([self.python, "-m", "DistillSegLib", "train", *arguments], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+            while child.poll() is None:
+                if self.cancel.cancelled:
+                    child.terminate()
+                    child.wait()
+                    self.cancel.check()
+                time.sleep(0.2)
+            stderr.seek(0)
+            lines = [line for line in stderr.read().splitlines() if line.strip()]
+        return child.returncode, lines[-1] if lines else "no message"
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -478,17 +489,32 @@ def _read_record(path: Path, expected: Mapping[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- a whole run
 
-def load_loop_cases(data_dir: Path, split: DemoSplit) -> dict[str, Case]:
-    """The labelled, pool and validation cases, loaded once (the pool's references are read
-    only to correct a case once the student has segmented it)."""
+class LoopCases(dict):
+    """The split's cases by id, each loaded from its files the first time it is needed."""
+
+    def __init__(self, sources: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.sources = sources
+
+    def __missing__(self, case_id: str) -> Case:
+        case = self[case_id] = self.sources[case_id].load()
+        return case
+
+
+def loop_cases(data_dir: Path, split: DemoSplit) -> LoopCases:
+    """The labelled, pool and validation cases (loaded on first use).
+
+    Raises:
+        DistillSegError: a case is missing or has no reference label (the loop corrects to it).
+    """
     from ..io.dataset import find_cases
 
     sources = {c.case_id: c for c in find_cases(data_dir)}
-    wanted = list(dict.fromkeys([*split.labelled, *split.unlabelled, *split.validation]))
+    wanted = [*split.labelled, *split.unlabelled, *split.validation]
     missing = [i for i in wanted if i not in sources or not sources[i].labelled]
     if missing:
         raise DistillSegError(f"{data_dir}: no labelled case {', '.join(missing)} (the loop corrects to the reference)")
-    return {i: sources[i].load() for i in wanted}
+    return LoopCases({i: sources[i] for i in wanted})
 
 
 def run_loop(workbench: Workbench, data_dir: Path, split: DemoSplit, seeds: Sequence[int], arms: Sequence[str],
@@ -506,7 +532,7 @@ def run_loop(workbench: Workbench, data_dir: Path, split: DemoSplit, seeds: Sequ
         raise DistillSegError(f"unknown arm {', '.join(unknown) or '(none)'}: use {', '.join(ARMS)}")
     for seed in seeds:
         plan_rounds(split, seed, settings.round_size, settings.rounds)  # bad settings fail before any loading
-    cases = load_loop_cases(Path(data_dir), split)
+    cases = loop_cases(Path(data_dir), split)
     labels_dir = out / "labels"
     write_labels([cases[i] for i in split.validation], labels_dir)
     ctx = LoopContext(workbench, cases, split, settings, out, labels_dir, progress, cancel, initial_model)
