@@ -65,7 +65,8 @@ def loop_section(loop: dict[str, Any] | None) -> list[str]:
         loop["table"], "",
         f"Effort per case from round 1 to round {target.get('last_round')}: "
         + ("n/a" if fall is None else f"{-100 * fall:+.0f} %") + "; longest Distil "
-        f"{_fmt(target.get('longest_round_distil_seconds'), 0)} s.",
+        f"{_fmt(target.get('longest_round_distil_seconds'), 0)} s; the loop took {_fmt(loop.get('seconds'), 0)} s "
+        "in all.",
     ]
 
 

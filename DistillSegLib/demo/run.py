@@ -586,13 +586,14 @@ def run_demo_loop(data_dir: Path, split: DemoSplit, settings: DemoSettings, init
                                  initial_steps=settings.steps, round_steps=settings.loop_steps, scratch_arms=(),
                                  threads=max(1, os.cpu_count() or 1))
     progress.message(f"refinement loop: {settings.loop_rounds} rounds of {settings.loop_round_size} cases")
+    started = time.perf_counter()
     records = run_loop(EngineWorkbench(loop_settings.roi_margin_mm, cancel=cancel), data_dir, pool, [settings.seed], [SUPERVISED],
                        loop_settings, out / "loop", progress, cancel, initial_model=initial_model)
     summary = summarise(records)
     plot_refinement_loop(summary, out / "figures" / "refinement_loop.png",
                          f"refinement loop, supervised arm, seed {settings.seed}")
     return {"settings": loop_settings.to_dict(), "summary": summary, "table": format_table(summary),
-            "records": records}
+            "records": records, "seconds": time.perf_counter() - started}
 
 
 def _cpu_seconds() -> float:
