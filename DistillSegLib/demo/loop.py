@@ -28,7 +28,8 @@ for *Add to training set*, ``python -m DistillSegLib train`` with the Logic's ar
 MRML scene. The simulated radiologist's region of interest follows the module's rule: the
 tumour's box plus :data:`ROI_MARGIN_MM` (``DistillSegModuleLib/Pet.py``).
 
-Every arm of every seed keeps its record in ``OUT/seed<S>/<arm>/loop.json``, rewritten after
+A seed sets both the order of the pool and the training seed of every Distil. Every arm of
+every seed keeps its record in ``OUT/seed<S>/<arm>/loop.json``, rewritten after
 each round: a run that stops is continued by running it again with the same settings
 (finished rounds are kept, the unfinished one is redone).
 """
@@ -36,7 +37,6 @@ each round: a run that stops is continued by running it again with the same sett
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -266,30 +266,43 @@ def score_student(model_path: Path, validation: Sequence[Case], labels_dir: Path
 
 @dataclass
 class Timed:
-    """Wall-clock and child-process CPU seconds of a block, with the load average around it."""
+    """Wall-clock and child-process CPU seconds of a block, with the load average around it
+    (``None``/``[]`` where the platform has no such counters: Windows)."""
 
     seconds: float = 0.0
-    cpu_seconds: float = 0.0
+    cpu_seconds: float | None = None
     load_before: list[float] = field(default_factory=list)
     load_after: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seconds": round(self.seconds, 1), "cpu_seconds": round(self.cpu_seconds, 1),
+        return {"seconds": round(self.seconds, 1),
+                "cpu_seconds": None if self.cpu_seconds is None else round(self.cpu_seconds, 1),
                 "load_average_before": self.load_before, "load_average_after": self.load_after}
+
+
+def _children_cpu_seconds() -> float | None:
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return None
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else []
 
 
 def timed(work: Callable[[], None]) -> Timed:
     """Run ``work``; the CPU seconds are those of the child processes it waited for (the
     Distil's engine process): unlike wall-clock time, other users of the cores do not inflate them."""
-    def children() -> float:
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return usage.ru_utime + usage.ru_stime
-
-    result = Timed(load_before=[round(v, 2) for v in os.getloadavg()])
-    cpu, start = children(), time.perf_counter()
+    result = Timed(load_before=_load_average())
+    cpu, start = _children_cpu_seconds(), time.perf_counter()
     work()
-    result.seconds, result.cpu_seconds = time.perf_counter() - start, children() - cpu
-    result.load_after = [round(v, 2) for v in os.getloadavg()]
+    result.seconds = time.perf_counter() - start
+    after = _children_cpu_seconds()
+    result.cpu_seconds = None if cpu is None or after is None else after - cpu
+    result.load_after = _load_average()
     return result
 
 
@@ -575,7 +588,7 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 "distil_seconds": _mean([r["distil"]["seconds"] for r in distilled]),
                 "distil_seconds_max": max((r["distil"]["seconds"] for r in distilled), default=None),
                 "distil_cpu_seconds": _mean([r["distil"]["cpu_seconds"] for r in distilled]),
-                "distil_load_average": _mean([r["distil"]["load_average_after"][0] for r in distilled]),
+                "distil_load_average": _mean([(r["distil"]["load_average_after"] or [None])[0] for r in distilled]),
                 "scratch_dice": _mean([s["validation"]["dice"] for s in scratch]),
                 "scratch_seconds": _mean([s["distil"]["seconds"] for s in scratch]),
                 "scratch_cpu_seconds": _mean([s["distil"]["cpu_seconds"] for s in scratch]),
