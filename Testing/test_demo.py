@@ -14,6 +14,7 @@ from DistillSegLib import cli
 from DistillSegLib.metrics.baselines import SUVMAX_FRACTION, suv_threshold_segmentation
 from DistillSegLib.io.case import load_case_folder
 from DistillSegLib.io.dataset import find_cases
+from DistillSegLib.demo.loop import pool_order
 from DistillSegLib.demo.split import (LABELLED_CASES, QUICK_UNLABELLED_CASES, QUICK_VALIDATION_CASES,
                                       UNLABELLED_CASES, VALIDATION_CASES, sts_split)
 from DistillSegLib.errors import DistillSegError
@@ -70,11 +71,13 @@ def _inside(grid, roi) -> np.ndarray:
 
 def test_demo_report_equals_a_separate_evaluate(sts_dir, tmp_path, capsys):
     """The tiny override run (1 step, 1 validation case, no teacher: LiteMedSAM takes minutes
-    per case on this CPU) writes a report whose numbers `distillseg evaluate` reproduces."""
+    per case on this CPU) writes a report whose numbers `distillseg evaluate` reproduces; with
+    `--loop`, a refinement-loop section (one round of one case, from the supervised student)."""
     out = tmp_path / "demo"
     # In-process through the CLI entry point (the subprocess's imports would double the time).
     status = cli.main(["demo", "--data", str(sts_dir), "--out", str(out), "--steps", "1", "--strategies", "",
                        "--max-val-cases", "1", "--max-unlabelled-cases", "0", "--no-teacher", "--val-every", "1000",
+                       "--loop", "--loop-rounds", "1", "--loop-round-size", "1", "--loop-steps", "1",
                        "--json-progress"])
     assert status == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
@@ -98,9 +101,15 @@ def test_demo_report_equals_a_separate_evaluate(sts_dir, tmp_path, capsys):
     markdown = (out / "report.md").read_text()
     assert f"| {report['methods']['suv41']['dice']:.3f} |" in markdown
     assert "DOI 10.7937/K9/TCIA.2015.7GO2GSKS" in markdown and "CC BY 3.0" in markdown
-    for name in ("overlays", "dice", "training_curves"):
+    for name in ("overlays", "dice", "training_curves", "refinement_loop"):
         png = out / "figures" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+    loop = report["loop"]["records"][0]
+    assert loop["rounds"][0]["model"] == str(out / "models" / "supervised.pt")  # the loop starts from the demo's student
+    assert loop["rounds"][1]["new_cases"] == list(pool_order(UNLABELLED_CASES, 0)[:1])  # the whole pool, seeded order
+    assert loop["rounds"][1]["validation"]["per_case_dice"].keys() == {VALIDATION_CASES[0]}
+    assert "## Refinement loop (`--loop`)" in markdown and report["loop"]["table"] in markdown
 
 
 def test_demo_without_data_is_one_clear_error(tmp_path):
@@ -136,3 +145,4 @@ def test_quick_settings_leave_the_teacher_evaluation_to_the_full_run():
     assert settings_from_args(parser.parse_args(["--quick", "--max-teacher-cases", "1"])).teacher
     full = settings_from_args(parser.parse_args([]))
     assert full == FULL_SETTINGS and full.teacher and full.max_teacher_cases == 2
+    assert not full.loop and settings_from_args(parser.parse_args(["--loop"])).loop  # the loop is opt-in

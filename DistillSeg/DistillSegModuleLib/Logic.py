@@ -562,11 +562,17 @@ class SceneLogic:
             middle = int(slices[slices.size // 2])
             slab = slice(middle, middle + 1)
         array[:, :, slab] = 0
+        self.setSegmentMask(segmentationNode, label.with_array((array == 1).astype(np.uint8)))
+        return array
+
+    @staticmethod
+    def setSegmentMask(segmentationNode, mask) -> None:
+        """Replace the voxels of the segmentation's first segment with ``mask`` (an engine
+        :class:`Volume`, non-zero = inside), as an edit in the Segment Editor replaces them."""
         segmentId = segmentationNode.GetSegmentation().GetNthSegmentID(0)
         slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            orientedImageFromArray((array == 1).astype(np.uint8), label.affine), segmentationNode, segmentId,
+            orientedImageFromArray((mask.array > 0).astype(np.uint8), mask.affine), segmentationNode, segmentId,
             slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
-        return array
 
     def dice(self, segmentationNode, referenceNode, ctNode) -> float:
         """Dice of two segmentations' foreground (all segments merged) on the CT grid."""
@@ -699,20 +705,11 @@ class SceneLogic:
                      extra: Sequence[str] = ()) -> list[str]:
         """``python -m DistillSegLib train ...``; distillation strategies also learn from the
         training set's unlabelled studies (``--unlabelled rest``)."""
+        from DistillSegLib.commands.train import distil_arguments
+
         if strategy not in STRATEGIES:
             raise LogicError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
-        command = self.engineCommand("train", "--data", str(dataset), "--strategy", strategy,
-                                     "--out", str(outModel), "--json-progress")
-        if initModel:
-            command += ["--init", str(initModel)]
-        if strategy != "supervised" and "--unlabelled" not in extra:
-            from DistillSegLib.io.dataset import find_cases
-
-            if any(not case.labelled for case in find_cases(dataset)):
-                command += ["--unlabelled", "rest"]  # the training set's unlabelled studies
-        if steps is not None:
-            command += ["--steps", str(int(steps))]
-        return command + list(extra)
+        return self.engineCommand("train", *distil_arguments(dataset, strategy, outModel, initModel, steps, extra))
 
     def startDistillation(self, dataset: str | os.PathLike, strategy: str, outModel: str | os.PathLike,
                           initModel: str | os.PathLike | None = None, steps: int | None = None,

@@ -51,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     advanced.add_argument("--refresh-every", type=int, metavar="N", help="teacher round length in steps")
     advanced.add_argument("--val-every", type=int, metavar="N", help="validation Dice for the curves every N steps")
     advanced.add_argument("--no-upper-bound", action="store_true", help="skip the teacher with ground-truth boxes")
+    parser.add_argument("--loop", action="store_true",
+                        help="add the annotation-refinement loop to the report (supervised arm, 3 rounds of 5 "
+                             "corrected cases; --quick: 2 of 2): minutes more")
+    advanced.add_argument("--loop-rounds", type=int, metavar="N", help="--loop: rounds (full run 3, --quick 2)")
+    advanced.add_argument("--loop-round-size", type=int, metavar="N", help="--loop: cases per round (5; --quick 2)")
+    advanced.add_argument("--loop-steps", type=int, metavar="N", help="--loop: steps per Distil (200; --quick 30)")
     advanced.add_argument("--no-teacher", action="store_true",
                           help="skip the teacher evaluation (smoke tests; the speed ratio is then not measured)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Sequence
 
 from .options import add_allow_implausible, positive_float, positive_int
 
@@ -66,6 +67,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..distill.options import add_distillation_arguments
 
     add_distillation_arguments(parser)
+
+
+def distil_arguments(dataset: str | Path, strategy: str, out: str | Path, init: str | Path | None = None,
+                     steps: int | None = None, extra: Sequence[str] = ()) -> list[str]:
+    """The ``distillseg train`` arguments of the Slicer module's *Distil* on a training set.
+
+    The module's Logic (``SceneLogic.trainCommand``) and the refinement loop
+    (``DistillSegLib/demo/loop.py``) both build their command here. A distillation strategy
+    also learns from the training set's unlabelled studies (``--unlabelled rest``, unless
+    ``extra`` names them).
+    """
+    arguments = ["--data", str(dataset), "--strategy", strategy, "--out", str(out), "--json-progress"]
+    if init:
+        arguments += ["--init", str(init)]
+    if strategy != "supervised" and "--unlabelled" not in extra:
+        from ..io.dataset import find_cases
+
+        if any(not case.labelled for case in find_cases(dataset)):
+            arguments += ["--unlabelled", "rest"]
+    if steps is not None:
+        arguments += ["--steps", str(int(steps))]
+    return arguments + list(extra)
 
 
 def _ids(text: str | None, option: str = "") -> list[str]:

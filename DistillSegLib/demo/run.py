@@ -76,6 +76,10 @@ class DemoSettings:
         ema_decay: the distilled students keep an EMA copy that prompts the teachers (0: off).
         validation_cases, unlabelled_cases: use these cases of the split's roles (``None``:
             the split's lists; then ``max_*`` cut them).
+        loop: after the comparison, run the annotation-refinement loop (:mod:`.loop`,
+            supervised arm, from the supervised student): ``loop_rounds`` rounds of
+            ``loop_round_size`` cases of the split's whole unlabelled pool, ``loop_steps`` steps per
+            Distil, scored on the validation cases used here (off by default: it adds minutes).
     """
 
     steps: int = 600
@@ -95,6 +99,10 @@ class DemoSettings:
     ema_decay: float = 0.0
     validation_cases: tuple[str, ...] | None = None
     unlabelled_cases: tuple[str, ...] | None = None
+    loop: bool = False
+    loop_rounds: int = 3
+    loop_round_size: int = 5
+    loop_steps: int = 200
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -125,7 +133,7 @@ FULL_SETTINGS = DemoSettings(max_unlabelled=3, max_teacher_cases=2, strategy_opt
 QUICK_SETTINGS = DemoSettings(steps=120, warmup_steps=60, validation_cases=QUICK_VALIDATION_CASES,
                               unlabelled_cases=QUICK_UNLABELLED_CASES, refresh_every=1000, val_every=30,
                               teacher=False, teacher_upper_bound=False, max_teacher_cases=1, overlay_cases=3,
-                              strategy_options=DISTILLATION_OPTIONS)
+                              strategy_options=DISTILLATION_OPTIONS, loop_rounds=2, loop_round_size=2, loop_steps=30)
 
 
 def default_data_dir() -> Path:
@@ -558,7 +566,11 @@ def run_demo(
         gain = methods[name]["dice"] - methods["supervised"]["dice"]
         notes.append(f"`{name}` vs `supervised`: {gain * 100:+.1f} Dice points on {len(validation)} validation "
                      f"cases (one seed; see benchmarks/distillation.py for three seeds).")
-    if settings != FULL_SETTINGS:
+    loop = run_demo_loop(data_dir, split, settings, trained["supervised"]["model"], out, progress, cancel) \
+        if settings.loop else None
+    if loop is not None:
+        figures["refinement_loop"] = "figures/refinement_loop.png"
+    if replace(settings, loop=False) != FULL_SETTINGS:
         notes.append("This run used reduced settings (--quick or overrides): fewer steps and cases than the full "
                      "demo, so its numbers are a smoke test, not the method's accuracy.")
 
@@ -580,6 +592,7 @@ def run_demo(
         "training_history": histories,
         "pseudo_label_rounds": pseudo_label_rounds,
         "figures": figures,
+        "loop": loop,
         "notes": notes,
         "total_seconds": time.perf_counter() - started,
         "cpu_seconds": _cpu_seconds(),
@@ -587,6 +600,31 @@ def run_demo(
     write_report(out, report)
     progress.emit(stage="done", report=str(out / "report.md"), seconds=round(report["total_seconds"], 1))
     return report
+
+
+def run_demo_loop(data_dir: Path, split: DemoSplit, settings: DemoSettings, initial_model: Path, out: Path,
+                  progress: Progress, cancel: CancelToken) -> dict[str, Any]:
+    """The ``--loop`` section: the refinement loop's supervised arm (:mod:`.loop`) from the demo's
+    supervised student, through the engine functions the Slicer module calls, on the split's
+    whole unlabelled pool and the validation cases used here; writes ``figures/refinement_loop.png``."""
+    from .figures import plot_refinement_loop
+    from .loop import SUPERVISED, EngineWorkbench, LoopSettings, format_table, run_loop, summarise
+
+    from ..io.dataset import find_cases
+
+    pool = sts_split([c.case_id for c in find_cases(data_dir)]).restrict(validation=split.validation)
+    loop_settings = LoopSettings(round_size=settings.loop_round_size, rounds=settings.loop_rounds,
+                                 initial_steps=settings.steps, round_steps=settings.loop_steps, scratch_arms=(),
+                                 threads=max(1, os.cpu_count() or 1))
+    progress.message(f"refinement loop: {settings.loop_rounds} rounds of {settings.loop_round_size} cases")
+    started = time.perf_counter()
+    records = run_loop(EngineWorkbench(loop_settings.roi_margin_mm, cancel=cancel), data_dir, pool, [settings.seed], [SUPERVISED],
+                       loop_settings, out / "loop", progress, cancel, initial_model=initial_model)
+    summary = summarise(records)
+    plot_refinement_loop(summary, out / "figures" / "refinement_loop.png",
+                         f"refinement loop, supervised arm, seed {settings.seed}")
+    return {"settings": loop_settings.to_dict(), "summary": summary, "table": format_table(summary),
+            "records": records, "seconds": time.perf_counter() - started}
 
 
 def _cpu_seconds() -> float:
@@ -613,11 +651,14 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         "steps": args.steps, "warmup_steps": args.warmup_steps, "max_teacher_cases": args.max_teacher_cases,
         "seed": args.seed, "max_validation": args.max_val_cases,
         "max_unlabelled": args.max_unlabelled_cases, "refresh_every": args.refresh_every,
-        "val_every": args.val_every,
+        "val_every": args.val_every, "loop_rounds": args.loop_rounds, "loop_round_size": args.loop_round_size,
+        "loop_steps": args.loop_steps,
         "strategies": tuple(s.strip() for s in args.strategies.split(",") if s.strip())
         if args.strategies is not None else None,
         "strategy_options": tuple(shlex.split(args.strategy_options)) if args.strategy_options else None,
     }
+    if args.loop:
+        overrides["loop"] = True
     if args.no_upper_bound:
         overrides["teacher_upper_bound"] = False
     if args.max_teacher_cases is not None:
@@ -633,7 +674,9 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
     minimums = (("--steps", settings.steps, 1), ("--max-teacher-cases", settings.max_teacher_cases, 1),
                 ("--refresh-every", settings.refresh_every, 1), ("--val-every", settings.val_every, 1),
                 ("--max-val-cases", settings.max_validation, 1),
-                ("--max-unlabelled-cases", settings.max_unlabelled, 1 if settings.strategies else 0))
+                ("--max-unlabelled-cases", settings.max_unlabelled, 1 if settings.strategies else 0),
+                ("--loop-rounds", settings.loop_rounds, 1), ("--loop-round-size", settings.loop_round_size, 1),
+                ("--loop-steps", settings.loop_steps, 1))
     for flag, value, least in minimums:
         if value is not None and value < least:
             raise DistillSegError(f"{flag} must be at least {least}, got {value}")
