@@ -25,7 +25,8 @@ if os.path.isdir(os.path.join(_REPO_ROOT, "DistillSegLib")) and _REPO_ROOT not i
     sys.path.append(_REPO_ROOT)
 
 from DistillSegModuleLib.Logic import LogicError, SceneLogic  # noqa: E402
-from DistillSegModuleLib.ProcessRunner import SubprocessRunner, python_executable  # noqa: E402
+from DistillSegModuleLib.EngineRunner import EngineRunner  # noqa: E402
+from DistillSegModuleLib.ProcessRunner import python_executable  # noqa: E402
 
 
 class DistillSeg(ScriptedLoadableModule):
@@ -70,7 +71,7 @@ class DistillSegWidget(ScriptedLoadableModuleWidget):
         from DistillSegModuleLib.Widget import DistillSegGui
 
         self.logic = DistillSegLogic()
-        self.gui = DistillSegGui(self.layout, self.resourcePath, self.logic)
+        self.gui = DistillSegGui(self.parent, self.resourcePath, self.logic)
 
     def enter(self):
         self.gui.enter()
@@ -88,14 +89,15 @@ class DistillSegLogic(ScriptedLoadableModuleLogic):
 
     Args:
         sceneLogic: injected (tests, other modules); by default a :class:`SceneLogic` on
-            ``slicer.mrmlScene`` whose engine processes are polled by a Qt timer and started
+            ``slicer.mrmlScene`` whose jobs go to one warm engine (``distillseg serve``; training to
+            its own process), polled by a Qt timer, started
             from Slicer's startup environment, with PET files looked up in Slicer's DICOM database.
     """
 
     def __init__(self, sceneLogic=None):
         ScriptedLoadableModuleLogic.__init__(self)
         self.sceneLogic = sceneLogic if sceneLogic is not None else SceneLogic(
-            slicer.mrmlScene, SubprocessRunner(schedule=_qtSingleShot), python_executable(),
+            slicer.mrmlScene, EngineRunner(schedule=_qtSingleShot), python_executable(),
             baseEnvironment=_startupEnvironment, dicomFiles=_dicomDatabaseFile)
 
 

@@ -34,7 +34,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from . import Pet
+from . import Pet, Prompts
 from .Nodes import (DICOM_UIDS_ATTRIBUTE, HU_UNITS, MODALITY_ATTRIBUTE, SERIES_UID_ATTRIBUTE, SUV_UNITS,
                     LogicError, arrayFromImageData, ensureSegmentationConverters, ijkToRasArray,
                     orientedImageFromArray, requireOverlap, volumeFromNode, volumeModality)
@@ -140,6 +140,7 @@ class SceneLogic:
         self.baseEnvironment = baseEnvironment or (lambda: os.environ)
         self.dicomFiles = dicomFiles
         self._tempDir: Path | None = None
+        self._studyDir: Path | None = None  # the study exported for background embedding
         self._sceneClosed = False
         # Closing the scene (File > Close scene) removes the nodes a running job would import into.
         # The observer holds only a weak reference: the scene must not keep this logic alive.
@@ -153,6 +154,11 @@ class SceneLogic:
             self.scene.RemoveObserver(self._closeObserver)
             self._closeObserver = None
         self.cancel()
+        shutdown = getattr(self.runner, "shutdown", None)
+        if shutdown is not None:  # the warm engine stops with the module
+            shutdown()
+        if self._studyDir is not None:
+            shutil.rmtree(self._studyDir, ignore_errors=True)
 
     def __del__(self) -> None:
         if getattr(self, "_closeObserver", None) is not None:
@@ -405,6 +411,31 @@ class SceneLogic:
 
     # ----------------------------------------------------------------- jobs
 
+    def warmUpEngine(self) -> bool:
+        """Start the warm engine now (when the runner is an ``EngineRunner``), so the first Run
+        does not wait for torch and MONAI to import. False when the runner has no engine."""
+        warmUp = getattr(self.runner, "warmUp", None)
+        if warmUp is None:
+            return False
+        warmUp(self.python, self.engineEnvironment())
+        return True
+
+    def embedStudyInBackground(self, ctNode, petNode, teacher: str = "litemedsam") -> bool:
+        """Queue the teacher's slice embeddings of the study in the warm engine, behind any Run
+        or click, so that a box or a click later costs only the prompt decoder. False when the
+        runner has no engine. The exported study stays until the next study or the module closes."""
+        embed = getattr(self.runner, "embedStudy", None)
+        if embed is None:
+            return False
+        self.validateInputs(ctNode, petNode)
+        if self._studyDir is not None:
+            shutil.rmtree(self._studyDir, ignore_errors=True)
+        self._studyDir = Path(tempfile.mkdtemp(prefix="DistillSeg-study-"))
+        ctPath = self.exportVolume(ctNode, self._studyDir / "ct.nii.gz")
+        petPath = self.exportVolume(petNode, self._studyDir / "pet.nii.gz")
+        embed(self.python, str(ctPath), str(petPath), teacher, env=self.engineEnvironment())
+        return True
+
     def isRunning(self) -> bool:
         """True while a job's process (or any process it started) is alive."""
         return self.runner.is_running()
@@ -448,10 +479,72 @@ class SceneLogic:
         def imported() -> JobResult:
             name = self.scene.GenerateUniqueName(f"{ctNode.GetName()} DistillSeg")
             node = self.importLabelmap(outPath, ctNode, classes, name=name)
+            _keepProvenance(node, outPath)
             stats = json.loads(statsPath.read_text())["lesions"] if statsPath.exists() else None
             return JobResult(True, message="segmentation done", segmentationNode=node, statistics=stats)
 
         self._start(command, onProgress, onFinished, imported)
+
+    def startTeacherSegmentation(self, ctNode, petNode, teacher: str, roiNode=None, pointsNode=None,
+                                 negativePointsNode=None, modality: str | None = None,
+                                 checkpoint: str | os.PathLike | None = None, correct=None, segmentIndex: int = 0,
+                                 device: str = "auto", onProgress: ProgressCallback | None = None,
+                                 onFinished: FinishedCallback | None = None) -> None:
+        """Segment with a teacher prompted by the radiologist: the ROI as a box, the point
+        lists as clicks (:mod:`.Prompts`), on the warm engine when the runner is an ``EngineRunner``.
+
+        Without ``correct`` the result goes into a new segmentation. With ``correct`` (a
+        segmentation) the clicks correct its segment ``segmentIndex``: the teacher re-runs with
+        that segment as the mask prompt and only that segment is replaced. Either way the
+        result's provenance (teacher, prompt) is kept on the node for :meth:`addToTrainingSet`.
+        """
+        self.validateInputs(ctNode, petNode)
+        clicks = Prompts.clicksFromMarkups(pointsNode, negativePointsNode)
+        if roiNode is None and not clicks:
+            raise LogicError("draw a box (markups ROI) around the lesion or click on it (markups points) first")
+        if correct is not None and not clicks:
+            raise LogicError("a correction needs clicks: place points on what was missed (positive) "
+                             "or wrongly included (negative)")
+        box = self.requireUsableRoi(roiNode, ctNode) if roiNode is not None else None
+        if self.isRunning():
+            raise LogicError("another DistillSeg job is running: wait for it or cancel it")
+        work = self._newTempDir()
+        try:
+            ctPath = self.exportVolume(ctNode, work / "ct.nii.gz")
+            petPath = self.exportVolume(petNode, work / "pet.nii.gz")
+            previous = self._exportSegmentation(correct, ctNode, work / "previous.nii.gz") if correct else None
+        except Exception:
+            self._cleanTempDir()
+            raise
+        outPath = work / "label.nii.gz"
+        command = self.engineCommand("predict", "--teacher", teacher, "--ct", str(ctPath), "--pet", str(petPath),
+                                     "--out", str(outPath), "--json-progress", "--device", device)
+        command += ["--modality", modality] if modality else []
+        command += ["--checkpoint", str(checkpoint)] if checkpoint else []
+        command += [f"--prompt-box={formatRoi(box)}"] if box is not None else []
+        command += [Prompts.pointsOption(clicks)] if clicks else []
+        command += ["--prompt-mask", str(previous), "--prompt-segment", str(segmentIndex + 1)] if previous else []
+
+        def imported() -> JobResult:
+            if correct is None:
+                name = self.scene.GenerateUniqueName(f"{ctNode.GetName()} {teacher}")
+                node = self.importLabelmap(outPath, ctNode, DEFAULT_CLASSES, name=name)
+            else:
+                from DistillSegLib.io.volume import read_image
+
+                node, label = correct, read_image(outPath)
+                self.setSegmentMask(node, label.with_array(label.array == segmentIndex + 1), segmentIndex)
+            _keepProvenance(node, outPath)
+            return JobResult(True, message=f"{teacher} done", segmentationNode=node)
+
+        self._start(command, onProgress, onFinished, imported)
+
+    def _exportSegmentation(self, segmentationNode, ctNode, path: Path) -> Path:
+        """The segmentation as a label-map file on the CT grid (segment n -> label n+1)."""
+        from DistillSegLib.io.volume import write_image
+
+        label, _ = self.labelFromSegmentation(segmentationNode, ctNode)
+        return write_image(label, path)
 
     def _start(self, command: list[str], onProgress: ProgressCallback | None, onFinished: FinishedCallback | None,
                succeeded: Callable[[], JobResult]) -> None:
@@ -566,10 +659,12 @@ class SceneLogic:
         return array
 
     @staticmethod
-    def setSegmentMask(segmentationNode, mask) -> None:
-        """Replace the voxels of the segmentation's first segment with ``mask`` (an engine
-        :class:`Volume`, non-zero = inside), as an edit in the Segment Editor replaces them."""
-        segmentId = segmentationNode.GetSegmentation().GetNthSegmentID(0)
+    def setSegmentMask(segmentationNode, mask, segmentIndex: int = 0) -> None:
+        """Replace the voxels of the segmentation's segment ``segmentIndex`` with ``mask`` (an
+        engine :class:`Volume`, non-zero = inside), as an edit in the Segment Editor replaces them."""
+        segmentId = segmentationNode.GetSegmentation().GetNthSegmentID(segmentIndex)
+        if not segmentId:
+            raise LogicError(f"segmentation {segmentationNode.GetName()} has no segment {segmentIndex + 1}")
         slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
             orientedImageFromArray((mask.array > 0).astype(np.uint8), mask.affine), segmentationNode, segmentId,
             slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE)
@@ -674,7 +769,23 @@ class SceneLogic:
             write_nnunet_case(dataset, caseId, case.ct, case.pet_on_ct, label, names)
         except DistillSegError as exc:
             raise LogicError(str(exc)) from exc
+        if label is not None:
+            self._recordProvenance(Path(dataset) / "labelsTr" / f"{caseId}.nii.gz", segmentationNode)
         return caseId
+
+    @staticmethod
+    def _recordProvenance(labelPath: Path, segmentationNode) -> None:
+        """``labelsTr/<case>.provenance.json``: where the label came from (the student or the
+        teacher and prompt that made the segmentation, when DistillSeg made it), and that it is
+        the segmentation as saved from Slicer, with the radiologist's corrections."""
+        from DistillSegLib.provenance import write_provenance
+
+        made = json.loads(segmentationNode.GetAttribute(Prompts.PROVENANCE_ATTRIBUTE) or "null")
+        record = {"source": "3D Slicer segmentation", "segmentation": segmentationNode.GetName(),
+                  "edited_in_slicer": "the label is the segmentation as it was when added, corrections included",
+                  "made_by": {k: v for k, v in made.items() if k not in ("format", "created", "inputs", "outputs")}
+                  if made else "drawn or imported in Slicer (not made by DistillSeg)"}
+        write_provenance(labelPath, record)
 
     @staticmethod
     def teacherArguments(strategy: str, teacher: str | None, checkpoint: str | os.PathLike | None) -> list[str]:
@@ -763,6 +874,15 @@ def _engineVolume(path: str | os.PathLike, modality: str):
         return load_volume(path, modality)
     except DistillSegError as exc:
         raise LogicError(str(exc)) from exc
+
+
+def _keepProvenance(segmentationNode, labelPath: Path) -> None:
+    """Keep the engine's ``LABEL.provenance.json`` on the node (for Add to training set)."""
+    from DistillSegLib.provenance import read_provenance
+
+    record = read_provenance(labelPath)
+    if record is not None:
+        segmentationNode.SetAttribute(Prompts.PROVENANCE_ATTRIBUTE, json.dumps(record))
 
 
 def _placeBeside(node, sibling) -> None:

@@ -81,9 +81,36 @@ class DistillSegGui(VTKObservationMixin):
             selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda _: self.updateButtons())
         self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.showLesionTable)
 
+        self.buildPromptSection(parent.layout())
+
         self.refreshModels()
         self.updateTeacherAvailability()
         self.initializeParameterNode()
+
+    def buildPromptSection(self, layout) -> None:
+        """Interactive segmentation: the teacher chosen under Distil, prompted by the ROI (a box)
+        and clicks (markups points), run by the warm engine."""
+        import ctk
+
+        section = ctk.ctkCollapsibleButton()
+        section.text = _("Interactive segmentation (teacher)")
+        form = qt.QFormLayout(section)
+        self.pointsSelector = _markupsSelector(_("Clicks on the lesion (a point whose description is '-' is "
+                                                 "a background click)"))
+        self.negativePointsSelector = _markupsSelector(_("Optional list of background (negative) clicks"))
+        self.promptModalityComboBox = qt.QComboBox()
+        self.promptModalityComboBox.addItems(["CT", "PET"])
+        self.promptModalityComboBox.toolTip = _("The image the teacher sees")
+        self.segmentWithTeacherButton = qt.QPushButton(_("Segment with teacher (ROI box and clicks)"))
+        self.correctWithClicksButton = qt.QPushButton(_("Correct the selected segmentation with the clicks"))
+        form.addRow(_("Clicks:"), self.pointsSelector)
+        form.addRow(_("Background clicks:"), self.negativePointsSelector)
+        form.addRow(_("Teacher sees:"), self.promptModalityComboBox)
+        form.addRow(self.segmentWithTeacherButton)
+        form.addRow(self.correctWithClicksButton)
+        layout.addWidget(section)
+        self.segmentWithTeacherButton.connect("clicked(bool)", lambda _: self.onSegmentWithTeacher(correct=False))
+        self.correctWithClicksButton.connect("clicked(bool)", lambda _: self.onSegmentWithTeacher(correct=True))
 
     # ----------------------------------------------------------------- life cycle
 
@@ -94,7 +121,7 @@ class DistillSegGui(VTKObservationMixin):
         self.setParameterNode(None)
 
     def cleanup(self) -> None:
-        self.scene.cleanup()  # cancels a running job
+        self.scene.cleanup()  # cancels a running job, stops the warm engine
         self.setParameterNode(None)
         self.removeObservers()
 
@@ -156,6 +183,8 @@ class DistillSegGui(VTKObservationMixin):
         self.ui.addToTrainingSetButton.enabled = haveStudy and not running  # no segmentation: unlabelled
         self.ui.distilButton.enabled = not running
         self.ui.placeRoiButton.enabled = self.ui.petSelector.currentNode() is not None
+        self.segmentWithTeacherButton.enabled = haveStudy and not running
+        self.correctWithClicksButton.enabled = haveStudy and haveSegmentation and not running
 
     def refreshModels(self) -> None:
         current = self.ui.studentModelComboBox.currentData
@@ -252,7 +281,8 @@ class DistillSegGui(VTKObservationMixin):
             self.showStudy(ct, pet, _(" (sample; its reference segmentation is hidden)"))
 
     def showStudy(self, ct, pet, note: str = "") -> None:
-        """Select the loaded CT/PET and show the PET (PET colour map) fused over the CT."""
+        """Select the loaded CT/PET, show the PET (PET colour map) fused over the CT and start
+        the teacher's slice embeddings in the warm engine's background."""
         from .Pet import showAsPet
 
         self.ui.ctSelector.setCurrentNode(ct)
@@ -260,6 +290,11 @@ class DistillSegGui(VTKObservationMixin):
         showAsPet(pet)
         slicer.util.setSliceViewerLayers(background=ct, foreground=pet, foregroundOpacity=0.4, fit=True)
         self.status(_("loaded {ct} and {pet}{note}").format(ct=ct.GetName(), pet=pet.GetName(), note=note))
+        if self.dependenciesReady():
+            try:  # a box or a click then costs only the prompt decoder
+                self.scene.embedStudyInBackground(ct, pet, self.ui.teacherComboBox.currentData or "litemedsam")
+            except LogicError as error:
+                self.status(str(error), error=True)
 
     # ----------------------------------------------------------------- region of interest
 
@@ -318,8 +353,38 @@ class DistillSegGui(VTKObservationMixin):
         self.ui.segmentationSelector.setCurrentNode(job.segmentationNode)
         job.segmentationNode.CreateClosedSurfaceRepresentation()
         self.ui.runProgressBar.value = self.ui.runProgressBar.maximum
-        self.showLesionTable(job.segmentationNode, job.statistics or [])
-        self.status(_("Done: a new segmentation. Correct it in the Segment Editor, then update the table."))
+        if job.statistics is None:  # a teacher's result: the table is computed here
+            self.updateStatistics()
+        else:
+            self.showLesionTable(job.segmentationNode, job.statistics)
+        self.status(_("Done ({what}). Correct it in the Segment Editor or with clicks, then update the table.").format(
+            what=job.message))
+
+    def onSegmentWithTeacher(self, correct: bool) -> None:
+        """The teacher on the ROI box and clicks: a new segmentation, or (``correct``) the
+        selected segmentation's first segment corrected with the clicks."""
+        if not self.dependenciesReady():
+            return
+        pet = self.suvPet()
+        if pet is None:
+            return
+        self.ui.runProgressBar.value = 0
+        try:
+            self.scene.startTeacherSegmentation(
+                self.ui.ctSelector.currentNode(), pet, self.ui.teacherComboBox.currentData,
+                roiNode=self.ui.roiSelector.currentNode(), pointsNode=self.pointsSelector.currentNode(),
+                negativePointsNode=self.negativePointsSelector.currentNode(),
+                modality=self.promptModalityComboBox.currentText,
+                checkpoint=self.ui.teacherCheckpointPathLineEdit.currentPath or None,
+                correct=self.ui.segmentationSelector.currentNode() if correct else None,
+                device=self.ui.deviceComboBox.currentText,
+                onProgress=lambda p: self.showProgress(self.ui.runProgressBar, p),
+                onFinished=self.onSegmentationFinished)
+        except LogicError as error:
+            self.status(str(error), error=True)
+            return
+        self.status(_("the teacher is segmenting..."))
+        self.updateButtons()
 
     def onCancel(self) -> None:
         self.scene.cancel()
@@ -406,6 +471,19 @@ class DistillSegGui(VTKObservationMixin):
             return
         self.selectModel(job.modelPath)
         self.status(_("New student {name} selected.").format(name=job.modelPath.name))
+
+
+def _markupsSelector(toolTip: str):
+    """A selector of markups point lists (with "Create new") on the scene."""
+    selector = slicer.qMRMLNodeComboBox()
+    selector.nodeTypes = ["vtkMRMLMarkupsFiducialNode"]
+    selector.noneEnabled = True
+    selector.addEnabled = True
+    selector.removeEnabled = False
+    selector.renameEnabled = True
+    selector.toolTip = toolTip
+    selector.setMRMLScene(slicer.mrmlScene)
+    return selector
 
 
 def _viewBounds(viewName: str) -> list[float] | None:
