@@ -463,15 +463,7 @@ class SceneLogic:
             raise LogicError(f"model {Path(model).name} was trained on crops around the tumour: draw a region "
                              "of interest (markups ROI) around the lesion and select it")
         roi = self.requireUsableRoi(roiNode, ctNode) if roiNode is not None else None
-        if self.isRunning():
-            raise LogicError("another DistillSeg job is running: wait for it or cancel it")
-        work = self._newTempDir()
-        try:
-            ctPath = self.exportVolume(ctNode, work / "ct.nii.gz")
-            petPath = self.exportVolume(petNode, work / "pet.nii.gz")
-        except Exception:
-            self._cleanTempDir()
-            raise
+        work, ctPath, petPath, _ = self._exportJobInputs(ctNode, petNode)
         outPath, statsPath = work / "label.nii.gz", work / "stats.json"
         command = self.predictCommand(model, ctPath, petPath, outPath, roi, device, statsPath)
         classes = info.get("classes") or DEFAULT_CLASSES
@@ -506,16 +498,7 @@ class SceneLogic:
             raise LogicError("a correction needs clicks: place points on what was missed (positive) "
                              "or wrongly included (negative)")
         box = self.requireUsableRoi(roiNode, ctNode) if roiNode is not None else None
-        if self.isRunning():
-            raise LogicError("another DistillSeg job is running: wait for it or cancel it")
-        work = self._newTempDir()
-        try:
-            ctPath = self.exportVolume(ctNode, work / "ct.nii.gz")
-            petPath = self.exportVolume(petNode, work / "pet.nii.gz")
-            previous = self._exportSegmentation(correct, ctNode, work / "previous.nii.gz") if correct else None
-        except Exception:
-            self._cleanTempDir()
-            raise
+        work, ctPath, petPath, previous = self._exportJobInputs(ctNode, petNode, correct)
         outPath = work / "label.nii.gz"
         command = self.engineCommand("predict", "--teacher", teacher, "--ct", str(ctPath), "--pet", str(petPath),
                                      "--out", str(outPath), "--json-progress", "--device", device)
@@ -538,6 +521,22 @@ class SceneLogic:
             return JobResult(True, message=f"{teacher} done", segmentationNode=node)
 
         self._start(command, onProgress, onFinished, imported)
+
+    def _exportJobInputs(self, ctNode, petNode, segmentationNode=None) -> tuple[Path, Path, Path, Path | None]:
+        """A new job folder with the CT, the PET (and a segmentation as a label map) exported
+        for the engine: ``(folder, ct, pet, label or None)``; nothing is left when it fails."""
+        if self.isRunning():
+            raise LogicError("another DistillSeg job is running: wait for it or cancel it")
+        work = self._newTempDir()
+        try:
+            ctPath = self.exportVolume(ctNode, work / "ct.nii.gz")
+            petPath = self.exportVolume(petNode, work / "pet.nii.gz")
+            label = (self._exportSegmentation(segmentationNode, ctNode, work / "previous.nii.gz")
+                     if segmentationNode is not None else None)
+        except Exception:
+            self._cleanTempDir()
+            raise
+        return work, ctPath, petPath, label
 
     def _exportSegmentation(self, segmentationNode, ctNode, path: Path) -> Path:
         """The segmentation as a label-map file on the CT grid (segment n -> label n+1)."""
