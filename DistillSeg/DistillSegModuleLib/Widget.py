@@ -325,23 +325,30 @@ class DistillSegGui(VTKObservationMixin):
     # ----------------------------------------------------------------- segmentation
 
     def onRun(self) -> None:
+        def start(pet, onProgress, onFinished):
+            self.ui.modelsFolderPathLineEdit.addCurrentPathToHistory()
+            self.scene.startSegmentation(
+                self.ui.ctSelector.currentNode(), pet, self.ui.studentModelComboBox.currentData,
+                self.ui.roiSelector.currentNode(), self.ui.deviceComboBox.currentText,
+                onProgress=onProgress, onFinished=onFinished)
+
+        self.startSegmentationJob(start, _("segmenting..."))
+
+    def startSegmentationJob(self, start, message: str) -> None:
+        """Check the dependencies and the PET, then ``start(pet, onProgress, onFinished)`` a
+        segmentation job shown on the Run progress bar (a logic error is shown, nothing starts)."""
         if not self.dependenciesReady():
             return
         pet = self.suvPet()
         if pet is None:
             return
-        self.ui.modelsFolderPathLineEdit.addCurrentPathToHistory()
         self.ui.runProgressBar.value = 0
         try:
-            self.scene.startSegmentation(
-                self.ui.ctSelector.currentNode(), pet, self.ui.studentModelComboBox.currentData,
-                self.ui.roiSelector.currentNode(), self.ui.deviceComboBox.currentText,
-                onProgress=lambda p: self.showProgress(self.ui.runProgressBar, p),
-                onFinished=self.onSegmentationFinished)
+            start(pet, lambda p: self.showProgress(self.ui.runProgressBar, p), self.onSegmentationFinished)
         except LogicError as error:
             self.status(str(error), error=True)
             return
-        self.status(_("segmenting..."))
+        self.status(message)
         self.updateButtons()
 
     def onSegmentationFinished(self, job: JobResult) -> None:
@@ -363,13 +370,7 @@ class DistillSegGui(VTKObservationMixin):
     def onSegmentWithTeacher(self, correct: bool) -> None:
         """The teacher on the ROI box and clicks: a new segmentation, or (``correct``) the
         selected segmentation's first segment corrected with the clicks."""
-        if not self.dependenciesReady():
-            return
-        pet = self.suvPet()
-        if pet is None:
-            return
-        self.ui.runProgressBar.value = 0
-        try:
+        def start(pet, onProgress, onFinished):
             self.scene.startTeacherSegmentation(
                 self.ui.ctSelector.currentNode(), pet, self.ui.teacherComboBox.currentData,
                 roiNode=self.ui.roiSelector.currentNode(), pointsNode=self.pointsSelector.currentNode(),
@@ -377,14 +378,9 @@ class DistillSegGui(VTKObservationMixin):
                 modality=self.promptModalityComboBox.currentText,
                 checkpoint=self.ui.teacherCheckpointPathLineEdit.currentPath or None,
                 correct=self.ui.segmentationSelector.currentNode() if correct else None,
-                device=self.ui.deviceComboBox.currentText,
-                onProgress=lambda p: self.showProgress(self.ui.runProgressBar, p),
-                onFinished=self.onSegmentationFinished)
-        except LogicError as error:
-            self.status(str(error), error=True)
-            return
-        self.status(_("the teacher is segmenting..."))
-        self.updateButtons()
+                device=self.ui.deviceComboBox.currentText, onProgress=onProgress, onFinished=onFinished)
+
+        self.startSegmentationJob(start, _("the teacher is segmenting..."))
 
     def onCancel(self) -> None:
         self.scene.cancel()
