@@ -4,8 +4,10 @@ with a separate ``distillseg evaluate`` of the saved predictions (real sts-petct
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,8 @@ from DistillSegLib.demo.split import (LABELLED_CASES, QUICK_UNLABELLED_CASES, QU
 from DistillSegLib.errors import DistillSegError
 from DistillSegLib.student.inference import roi_from_mask
 from DistillSegLib.metrics.segmentation import dice
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_split_is_the_documented_one(sts_dir):
@@ -130,6 +134,25 @@ def test_distillation_options_reach_the_strategy_and_bad_ones_are_named():
     assert QUICK_SETTINGS.strategy_options == DISTILLATION_OPTIONS
     with pytest.raises(DistillSegError, match="--consistncy"):
         strategy_instance("muduo", ("--consistncy", "1"))
+
+
+def test_the_benchmark_refuses_a_bad_option_before_training(tmp_path):
+    """A misspelt option used to surface only after the supervised arm had trained."""
+    from DistillSegLib.demo.run import check_strategies
+
+    with pytest.raises(DistillSegError, match="unknown --loss dicece"):
+        check_strategies(["muduo"], ("--loss", "dicece"))
+    with pytest.raises(DistillSegError, match="invalid choice: 'bogus'"):
+        check_strategies(["tskd"], ("--selection", "bogus"))
+    with pytest.raises(DistillSegError, match="unknown distillation strategy supervised"):
+        check_strategies(["supervised"])
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "distillation.py"), "--out", str(tmp_path / "bench"),
+         "--strategies", "muduo", "--strategy-options", "--loss dicece"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2, result.stderr
+    assert "unknown --loss dicece" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "bench").exists()
 
 
 def test_quick_settings_leave_the_teacher_evaluation_to_the_full_run():

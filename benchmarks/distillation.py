@@ -96,8 +96,10 @@ def main(argv=None) -> int:
     from DistillSegLib.commands.evaluate import evaluate_folders
     from DistillSegLib.io.dataset import find_cases
     from DistillSegLib.demo.run import (SUV_METHOD, DemoSettings, predict_student, resolve_data_dir,
-                                        run_suv_baseline, run_teacher, train_students, write_labels)
+                                        run_suv_baseline, run_teacher, train_students, write_labels,
+                                        check_strategies)
     from DistillSegLib.demo.split import sts_split
+    from DistillSegLib.errors import DistillSegError
     from DistillSegLib.progress import CancelToken, Progress
     from DistillSegLib.student.config import StudentConfig
     from DistillSegLib.student.preprocess import prepare_case
@@ -107,6 +109,11 @@ def main(argv=None) -> int:
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies is not None else \
         [s for s in strategy_names() if s != "supervised"]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    try:  # a typo in an option must not cost the supervised arm's training first
+        check_strategies(strategies, shlex.split(args.strategy_options or ""))
+    except DistillSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     data = resolve_data_dir(args.data)
     sources = {c.case_id: c for c in find_cases(data)}

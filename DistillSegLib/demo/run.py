@@ -192,13 +192,29 @@ def strategy_instance(name: str, options: Sequence[str] = ()):
     cls = get_strategy_class(name)
     if not hasattr(cls, "from_args"):
         return cls()
-    parser = argparse.ArgumentParser(add_help=False, prog=f"strategy {name}")
+    parser = argparse.ArgumentParser(add_help=False, prog=f"strategy {name}", exit_on_error=False)
     add_distillation_arguments(parser)
     try:
-        args = parser.parse_args(list(options))
-    except SystemExit as exc:
-        raise DistillSegError(f"bad distillation options {' '.join(options)!r} (see distillseg train --help)") from exc
+        args, unknown = parser.parse_known_args(list(options))
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise DistillSegError(f"bad distillation options {' '.join(options)!r}: {exc} "
+                              "(see distillseg train --help)") from exc
+    if unknown:
+        raise DistillSegError(f"bad distillation options {' '.join(options)!r}: unknown {' '.join(unknown)} "
+                              "(see distillseg train --help)")
     return cls.from_args(args)
+
+
+def check_strategies(strategies: Sequence[str], options: Sequence[str] = ()) -> None:
+    """Refuse unknown distillation strategies or options before anything is trained."""
+    from ..distill import strategy_names
+
+    unknown = [s for s in strategies if s not in strategy_names() or s == "supervised"]
+    if unknown:
+        raise DistillSegError(
+            f"unknown distillation strategy {', '.join(unknown)}: available {', '.join(strategy_names())}")
+    for name in strategies:
+        strategy_instance(name, options)
 
 
 def train_student(
@@ -417,7 +433,6 @@ def run_demo(
     from ..io.dataset import find_cases
     from ..student.config import StudentConfig
     from ..student.preprocess import prepare_case
-    from ..distill import strategy_names
     from .figures import plot_dice, plot_overlays, plot_pseudo_label_curve, plot_training_curves
     from .report import write_report
 
@@ -425,10 +440,7 @@ def run_demo(
     cancel = cancel or CancelToken()
     started = time.perf_counter()
     out = Path(out)
-    unknown = [s for s in settings.strategies if s not in strategy_names() or s == "supervised"]
-    if unknown:
-        raise DistillSegError(
-            f"unknown distillation strategy {', '.join(unknown)}: available {', '.join(strategy_names())}")
+    check_strategies(settings.strategies, settings.strategy_options)
     sources = {c.case_id: c for c in find_cases(data_dir)}
     split = sts_split(list(sources)).restrict(settings.validation_cases, settings.unlabelled_cases)
     split = split.subset(settings.max_validation, settings.max_unlabelled)
