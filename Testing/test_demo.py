@@ -130,7 +130,15 @@ def test_distillation_options_reach_the_strategy_and_bad_ones_are_named():
 
     strategy = strategy_instance("muduo", ("--consistency", "0.5", "--rampup-fraction", "0.25"))
     assert (strategy.config.consistency, strategy.config.rampup_fraction) == (0.5, 0.25)
-    assert strategy_instance("muduo").config.consistency == 0.1  # the paper's default otherwise
+    defaults = strategy_instance("muduo")
+    assert (defaults.config.consistency, defaults.config.selection, defaults.teaching.tune_steps) == (1.0, "none", 200)
+    assert strategy_instance("muduo", QUICK_SETTINGS.strategy_options).teaching.tune_steps == 0  # the demo's budget
+    from DistillSegLib.distill.muduo import PAPER_OPTIONS, MuDuoConfig
+
+    paper = strategy_instance("muduo", PAPER_OPTIONS)  # the official script's settings, one option list away
+    assert paper.config == MuDuoConfig(consistency=0.1, rampup_fraction=1.0, supervised_weight=0.5, selection="batch",
+                                       confidence_weight=False, loss="dice")
+    assert paper.teaching.tune_steps == 0
     assert QUICK_SETTINGS.strategy_options == DISTILLATION_OPTIONS
     with pytest.raises(DistillSegError, match="--consistncy"):
         strategy_instance("muduo", ("--consistncy", "1"))

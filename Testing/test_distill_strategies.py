@@ -67,7 +67,9 @@ def run_strategy(strategy, tiny_cases, warm_weights, steps: int = 2):
 def test_muduo_runs_with_two_litemedsam_views(tiny_cases, warm_weights, tmp_path):
     from DistillSegLib.distill.muduo import MuDuoStrategy
 
-    strategy = MuDuoStrategy(cache_dir=tmp_path)
+    from DistillSegLib.distill.teaching import TeachingSettings
+
+    strategy = MuDuoStrategy(cache_dir=tmp_path, teaching=TeachingSettings(tune_steps=2))  # tuned first, as by default
     trainer = run_strategy(strategy, tiny_cases, warm_weights)
     case_id = tiny_cases[1].case_id
     p_ct, p_pet = strategy.outputs.probability["p_ct"][case_id], strategy.outputs.probability["p_pet"][case_id]
@@ -139,7 +141,7 @@ def test_both_arms_restart_from_one_warm_up(tiny_cases, tmp_path, monkeypatch):
     labelled, unlabelled = tiny_cases
     split = DemoSplit((labelled.case_id,), (), (unlabelled.case_id,), 0)
     settings = DemoSettings(steps=4, warmup_steps=2, strategies=("muduo",), refresh_every=10, val_every=100,
-                            batch_size=1)
+                            batch_size=1, strategy_options=("--tune-teachers", "0"))
     trained = train_students(split, {c.case_id: c for c in tiny_cases}, CONFIG, settings, tmp_path / "models",
                              Progress(enabled=False), CancelToken())
     assert set(trained) == {"supervised", "muduo"}

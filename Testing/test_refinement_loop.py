@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Roles as in the demo split (STS_002 labelled, STS_019 validation, the others unlabelled).
 TINY = DemoSplit(labelled=("STS_002",), validation=("STS_019",), unlabelled=("STS_025", "STS_008"), seed=0)
 TINY_SETTINGS = LoopSettings(round_size=1, rounds=2, initial_steps=2, round_steps=1, scratch_arms=(),
-                             strategy="muduo", strategy_options=("--consistency", "0.5"), refresh_every=1)
+                             strategy="muduo", strategy_options=("--consistency", "0.5", "--tune-teachers", "0"),
+                             refresh_every=1)
 SEED = 3
 
 

@@ -37,22 +37,23 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--keep-fraction", type=float, metavar="F",
                        help="muduo: fraction of unlabelled patches kept by teacher agreement (default 0.5)")
     group.add_argument("--consistency", type=float, metavar="W",
-                       help="muduo: maximum weight of the ramped consistency loss (default 0.1)")
+                       help="muduo: maximum weight of the ramped consistency loss (default 1.0; the paper 0.1)")
     group.add_argument("--rampup-fraction", type=float, metavar="F",
-                       help="muduo: the consistency weight ramps up over this fraction of the steps (default 1.0)")
+                       help="muduo: the consistency weight ramps up over this fraction of the steps (default 0.25; the paper 1.0)")
     group.add_argument("--supervised-weight", type=float, metavar="W",
-                       help="muduo: weight of CE + Dice on the labelled patches (default 0.5, the paper's)")
+                       help="muduo: weight of CE + Dice on the labelled patches (default 1.0; the paper 0.5)")
     group.add_argument("--selection", choices=["batch", "case", "none"],
                        help="muduo: which unlabelled patches count: the better-agreeing half of each batch (batch, "
-                            "the paper's), all with cases ranked by teacher agreement each round (case), all (none)")
+                            "the paper's), all with cases ranked by teacher agreement each round (case), all (none, default)")
     group.add_argument("--low-agreement-weight", type=float, metavar="W",
                        help="muduo --selection case: weight of the cases outside the best-agreeing --keep-fraction")
     group.add_argument("--ignore-disagreement", action=argparse.BooleanOptionalAction, default=None,
                        help="muduo: voxels where the CT and PET teachers disagree do not count")
     group.add_argument("--confidence-weight", action=argparse.BooleanOptionalAction, default=None,
-                       help="muduo: weight unlabelled voxels by the teachers' predicted IoU (LiteMedSAM's IoU head)")
+                       help="muduo: weight unlabelled voxels by the teachers' predicted IoU (LiteMedSAM's IoU head; "
+                            "default on, the paper off)")
     group.add_argument("--pseudo-loss", dest="loss", choices=["dice", "dicece"],
-                       help="muduo: loss towards the pseudo-label: soft Dice (the paper's) or CE + soft Dice")
+                       help="muduo: loss towards the pseudo-label: soft Dice (the paper's) or CE + soft Dice (dicece, default)")
     rounds = parser.add_argument_group("teacher rounds (every distillation strategy)")
     rounds.add_argument("--teacher-grid", choices=["native", "student"],
                         help="what grid the teachers see: each modality's own (native, default) or the student's")
@@ -69,5 +70,6 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
                              "reaches S x the best component's (0: keep all, 1: only the best; default 0)")
     rounds.add_argument("--tune-teachers", type=int, metavar="STEPS",
                         help="tune each teacher's prompt encoder + mask decoder + IoU head on the labelled cases "
-                             "first (jittered and negative boxes; embeddings reused), STEPS steps (default 0: off)")
+                             "first (jittered and negative boxes; embeddings reused), STEPS steps (muduo default 200, "
+                             "tskd: --teacher-steps; others 0: off)")
     rounds.add_argument("--tune-seed", type=int, metavar="SEED", help="seed of the teacher tuning (default 0)")

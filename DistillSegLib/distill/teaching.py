@@ -257,8 +257,9 @@ class TeachingSettings:
     tune_seed: int = 0
 
     @classmethod
-    def from_args(cls, args) -> "TeachingSettings":
-        """From ``distillseg train``'s options (:mod:`.options`); unset options keep the defaults."""
+    def from_args(cls, args, tune_steps: int | None = None) -> "TeachingSettings":
+        """From ``distillseg train``'s options (:mod:`.options`); unset options keep the defaults
+        (``tune_steps``: a strategy's own default of ``--tune-teachers``)."""
         from dataclasses import replace
 
         from ..teachers.auto_prompt import AutoPromptSettings
@@ -275,7 +276,8 @@ class TeachingSettings:
                                  grid=_given(args, "teacher_grid", defaults.round.grid),
                                  prompts=_given(args, "teacher_prompts", defaults.round.prompts),
                                  confirm=_given(args, "confirm_components", defaults.round.confirm))
-        return cls(round_settings, _given(args, "tune_teachers", defaults.tune_steps),
+        tune_default = defaults.tune_steps if tune_steps is None else int(tune_steps)
+        return cls(round_settings, _given(args, "tune_teachers", tune_default),
                    _given(args, "tune_seed", defaults.tune_seed))
 
     def to_dict(self) -> dict[str, Any]:
