@@ -55,9 +55,10 @@ def test_muduo_fusion_weight_in_unit_interval_and_seeded():
     torch.testing.assert_close(fused[:, 0, 0, 0, 0], alpha * 0.9 + (1 - alpha) * 0.1)
     _, again = muduo.random_fusion(p_ct, p_pet, torch.Generator().manual_seed(3))
     torch.testing.assert_close(alpha, again)
-    # The consistency term uses the thresholded fusion of the kept samples only.
+    # The consistency term uses the thresholded fusion of the kept samples only (the paper's selection).
     student = torch.rand(64, 1, 2, 2, 2, requires_grad=True)
-    terms = muduo.muduo_consistency(student, p_ct, p_pet, muduo.MuDuoConfig(), generator=torch.Generator().manual_seed(3))
+    terms = muduo.muduo_consistency(student, p_ct, p_pet, muduo.MuDuoConfig(selection="batch"),
+                                    generator=torch.Generator().manual_seed(3))
     assert len(terms.kept) == 32
     torch.testing.assert_close(terms.pseudo_label[:, 0, 0, 0, 0], (alpha * 0.8 + 0.1 > 0.5).float())
     terms.loss.backward()
