@@ -17,10 +17,11 @@ teacher rounds cost minutes per unlabelled case, so runs are cut with the option
 every departure from the protocol is written to the JSON under ``cuts`` with the reason.
 
     .venv/bin/python benchmarks/distillation.py --out benchmarks/results/distillation
-    # the CPU run of benchmarks/results/distillation.json (MuDuo, all 15 unlabelled cases):
-    .venv/bin/python benchmarks/distillation.py --out /tmp/bench/final --seeds 0,1,2 --strategies muduo \\
-        --steps 600 --warmup-steps 200 --refresh-every 400 --teacher-cases 0 \\
-        --strategy-options "--consistency 0.5 --rampup-fraction 0.25"
+    # the CPU runs of benchmarks/results/distillation_muduo_weighted.json (MuDuo's defaults)
+    # and distillation_tskd.json (--strategies tskd); the strategy options of the older
+    # runs are in each JSON's "command":
+    .venv/bin/python benchmarks/distillation.py --out /tmp/bench/muduo --seeds 0,1,2 --strategies muduo \\
+        --steps 600 --warmup-steps 200 --refresh-every 200 --max-unlabelled-cases 6 --teacher-cases 0 --threads 1
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ cases): the issue's 4 rounds (5 -> 25) would need 5 validation cases in the trai
 
     DISTILLSEG_DATA=../shared/data DISTILLSEG_CACHE=/work/cache DISTILLSEG_EMBEDDING_DISK_GB=40 \\
         .venv/bin/python benchmarks/refinement_loop.py --seeds 0,1 --arms supervised
-    ... --seeds 0,1 --arms distillation --strategy muduo --strategy-options "--consistency 0.5 --rampup-fraction 0.25"
+    ... --seeds 0,1 --arms distillation --strategy tskd --scratch-arms ""   # the run in the README
     ... --summarise      # table, benchmarks/results/refinement_loop.json and .png from every record
 """
 
