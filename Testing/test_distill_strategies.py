@@ -9,6 +9,8 @@ and its teachers must really have been prompted.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -52,10 +54,11 @@ def warm_weights(tiny_cases):
     return {k: v.detach().clone() for k, v in trainer.network.state_dict().items()}
 
 
-def run_strategy(strategy, tiny_cases, warm_weights, steps: int = 2):
+def run_strategy(strategy, tiny_cases, warm_weights, steps: int = 2, progress=None):
     labelled, unlabelled = tiny_cases
     options = TrainingOptions(steps=steps, batch_size=2, seed=1, val_every=1000, checkpoint_every=1000, refresh_every=100)
-    trainer = Trainer(CONFIG, options, strategy, [labelled], [unlabelled], init_weights=warm_weights)
+    trainer = Trainer(CONFIG, options, strategy, [labelled], [unlabelled], init_weights=warm_weights,
+                      progress=progress)
     trainer.train()
     changed = [k for k, v in trainer.network.state_dict().items()
                if v.is_floating_point() and not torch.equal(v, warm_weights[k])]
@@ -64,13 +67,18 @@ def run_strategy(strategy, tiny_cases, warm_weights, steps: int = 2):
     return trainer
 
 
-def test_muduo_runs_with_two_litemedsam_views(tiny_cases, warm_weights, tmp_path):
+def test_muduo_runs_with_two_litemedsam_views(tiny_cases, warm_weights, tmp_path, capsys):
     from DistillSegLib.distill.muduo import MuDuoStrategy
-
     from DistillSegLib.distill.teaching import TeachingSettings
+    from DistillSegLib.progress import Progress
 
     strategy = MuDuoStrategy(cache_dir=tmp_path, teaching=TeachingSettings(tune_steps=2))  # tuned first, as by default
-    trainer = run_strategy(strategy, tiny_cases, warm_weights)
+    trainer = run_strategy(strategy, tiny_cases, warm_weights, progress=Progress(json_lines=True))
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    for modality in ("CT", "PET"):  # the tuning shows its own progress (minutes on an empty cache)
+        steps = [r["step"] for r in records if r.get("stage") == f"tuning the {modality} teacher"]
+        assert steps[0] == 0 and steps[-1] == 2, steps
+    assert records[-1]["stage"] == "train"  # and training's bar comes back
     case_id = tiny_cases[1].case_id
     p_ct, p_pet = strategy.outputs.probability["p_ct"][case_id], strategy.outputs.probability["p_pet"][case_id]
     assert strategy.outputs.has_prompt[case_id], "the warmed-up student gave the teachers no prompt"

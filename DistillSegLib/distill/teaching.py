@@ -354,8 +354,15 @@ class DistillationStrategy(Strategy):
                     image = teacher_image(case, trainer.config, modality, self.teaching.round.grid)
                     images.append(labelled_image(copy_, image, teacher_label(case, image), modality))
                 config = DecoderTuningConfig(steps=self.teaching.tune_steps)
-                losses = tune_decoder(copy_, images, config, seed=self.teaching.tune_seed,
-                                      on_step=lambda step, loss: trainer.cancel.check())
+                # A bar of its own: on an empty cache each step may first embed its slices (minutes).
+                trainer.progress.start(f"tuning the {modality} teacher", config.steps)
+
+                def on_step(step: int, loss: float) -> None:
+                    trainer.cancel.check()
+                    trainer.progress.update(step, loss)
+
+                losses = tune_decoder(copy_, images, config, seed=self.teaching.tune_seed, on_step=on_step)
+                trainer.progress.close()
                 self.tuning[key] = {"steps": len(losses), "loss_first": losses[0] if losses else None,
                                     "loss_last": losses[-1] if losses else None, **config.to_dict()}
                 self._decoders[key] = decoder_state(copy_)
