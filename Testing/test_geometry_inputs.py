@@ -58,3 +58,36 @@ def test_predict_on_a_sheared_ct_is_one_error_line_and_writes_nothing(case, tiny
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "sheared" in lines[0], result.stderr
     assert not out.exists()
+
+
+def reordered(volume, order, flip_first: bool):
+    """The same image stored with its index axes in ``order`` (and the first stored axis flipped)."""
+    from DistillSegLib.io.volume import Volume
+
+    array = volume.array.transpose(order)
+    axes = volume.affine[:3, list(order)]
+    affine = np.eye(4)
+    affine[:3, :3], affine[:3, 3] = axes, volume.affine[:3, 3]
+    if flip_first:
+        array = array[::-1]
+        affine[:3, 3] += axes[:, 0] * (array.shape[0] - 1)
+        affine[:3, 0] = -axes[:, 0]
+    return Volume(np.ascontiguousarray(array), affine, dict(volume.meta))
+
+
+@pytest.mark.parametrize("order, flip", [((2, 0, 1), True), ((1, 0, 2), False), ((0, 1, 2), True)])
+def test_the_student_gives_the_same_mask_whatever_the_axis_order(sts_001, order, flip, torch_one_thread):
+    from DistillSegLib.io.case import Case
+    from DistillSegLib.student.catalogue import resolve_model
+    from DistillSegLib.student.inference import predict_case
+    from DistillSegLib.student.model_file import load_model
+
+    model = load_model(resolve_model("sts-petct-crop"))
+    reference = predict_case(model, sts_001, roi="all", device="cpu").label.array
+    stored = Case("STS_001", reordered(sts_001.ct, order, flip), reordered(sts_001.pet, order, not flip))
+    label = predict_case(model, stored, roi="all", device="cpu").label
+    assert label.shape == stored.ct.shape and np.allclose(label.affine, stored.ct.affine)
+    back = label.array[::-1] if flip else label.array
+    back = back.transpose(np.argsort(order))
+    assert reference.sum() > 1000
+    assert np.count_nonzero(back != reference) == 0

@@ -1,9 +1,13 @@
 """From a :class:`~DistillSegLib.io.case.Case` to the student's input and back.
 
-A case is brought onto a grid with the student's spacing (same orientation and extent as
-the CT, see :func:`~DistillSegLib.io.resample.resample_to_spacing`): CT and PET become the two
-channels of one ``(2, I, J, K)`` float32 array, the label a ``(I, J, K)`` uint8 array.
-Predictions on that grid go back onto the CT grid through the affines.
+A case is brought onto a grid with the student's spacing (same extent as the CT, see
+:func:`~DistillSegLib.io.resample.resample_to_spacing`) whose index axes always run in one
+anatomical orientation, ``STUDENT_ORIENTATION``, whatever the order and direction in which
+the file stores its axes (as nnU-Net and MONAI's ``Orientationd`` do): a network is not
+invariant to transposes and flips, so a CT stored as ``(k, i, j)`` gave 466 mL instead of
+430 mL on STS_001. CT and PET become the two channels of one ``(2, I, J, K)`` float32
+array, the label a ``(I, J, K)`` uint8 array. Predictions on that grid go back onto the
+file's own CT grid through the affines (world coordinates), which undoes the reorientation.
 """
 
 from __future__ import annotations
@@ -20,6 +24,32 @@ from ..io.volume import Volume, crop_volume
 from .config import StudentConfig
 
 AIR_HU = -1000.0
+# Axis codes of the student grid: index axes increasing towards Left, Posterior, Superior. The
+# orientation of every training case (sts-petct, and DICOM axial series), so for them the
+# reorientation is the identity and trained students see what they were trained on.
+STUDENT_ORIENTATION = "LPS"
+
+
+def to_student_orientation(volume: Volume, orientation: str = STUDENT_ORIENTATION) -> Volume:
+    """The same voxels with index axes reordered and flipped to ``orientation`` (no interpolation).
+
+    Args:
+        volume: any grid; its axes are matched to the nearest anatomical axes (nibabel
+            ``io_orientation``), so an oblique grid keeps its obliquity.
+        orientation: three axis codes, e.g. ``"LPS"``.
+
+    Returns:
+        A Volume whose ``array[i, j, k]`` is the same voxel as before at the same world
+        position (the affine is updated); ``volume`` itself when already in ``orientation``.
+    """
+    import nibabel.orientations as nio
+
+    transform = nio.ornt_transform(nio.io_orientation(volume.affine), nio.axcodes2ornt(tuple(orientation)))
+    if np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):
+        return volume
+    array = np.ascontiguousarray(nio.apply_orientation(volume.array, transform))
+    affine = volume.affine @ nio.inv_ornt_aff(transform, volume.shape)
+    return Volume(array, affine, dict(volume.meta))
 
 
 @dataclass
@@ -92,8 +122,9 @@ def prepare_case(
 
     The PET is resampled straight from its native grid onto the student grid (one
     interpolation instead of two through the CT grid); 0 SUV outside its field of view.
+    The student grid's axes run in ``STUDENT_ORIENTATION`` whatever the CT file's axis order.
     """
-    ct = case.ct if box is None else crop_volume(case.ct, box)
+    ct = to_student_orientation(case.ct if box is None else crop_volume(case.ct, box))
     ct_small = resample_to_spacing(ct, config.spacing, "linear", fill=AIR_HU)
     pet_small = resample_to(case.pet, ct_small, "linear", fill=0.0)
     label = None
