@@ -91,3 +91,80 @@ def test_the_student_gives_the_same_mask_whatever_the_axis_order(sts_001, order,
     back = back.transpose(np.argsort(order))
     assert reference.sum() > 1000
     assert np.count_nonzero(back != reference) == 0
+
+
+# ----------------------------------------------------------------------------- PET coverage
+
+
+def test_covered_fraction_is_the_exact_voxel_count_through_any_rotation(sts_001):
+    from scipy.spatial.transform import Rotation
+
+    from DistillSegLib.io.resample import covered_fraction
+    from DistillSegLib.io.volume import Volume, apply_affine
+
+    ct, pet = sts_001.ct, sts_001.pet
+    affine = pet.affine.copy()
+    affine[:3, :3] = Rotation.from_euler("xz", [20, 45], degrees=True).as_matrix() @ affine[:3, :3]
+    rotated = Volume(pet.array, affine)
+    index = np.argwhere(np.ones(ct.shape, bool)).astype(float)
+    in_pet = apply_affine(np.linalg.inv(affine) @ ct.affine, index)
+    brute = np.mean(np.all((in_pet >= -0.5) & (in_pet <= np.array(pet.shape) - 0.5), axis=1))
+    assert 0.1 < brute < 0.9
+    assert covered_fraction(ct, rotated) == pytest.approx(brute, abs=1e-9)
+
+
+def test_a_rotated_pet_whose_box_meets_the_ct_but_whose_voxels_cover_none_is_refused(sts_001):
+    from DistillSegLib.io.case import Case
+    from DistillSegLib.io.resample import overlap_fraction
+    from DistillSegLib.io.volume import Volume
+
+    ct, pet = sts_001.ct, sts_001.pet
+    n, spacing = 40, 4.0
+    diamond = np.eye(4)
+    c, s = np.cos(np.pi / 4), np.sin(np.pi / 4)
+    diamond[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) * spacing
+    half = n * spacing / 2 * np.sqrt(2)  # centre to a tip of the diamond
+    low, high = ct.world_bounds()
+    centre = np.array([high[0] + 0.6 * half, high[1] + 0.6 * half, (low[2] + high[2]) / 2])
+    diamond[:3, 3] = centre - diamond[:3, :3] @ np.full(3, (n - 1) / 2)
+    rotated = Volume(pet.array[:n, :n, :n].copy() if min(pet.shape) >= n else np.ones((n, n, n), np.float32),
+                     diamond, {"path": "rotated PET"})
+    assert overlap_fraction(ct, rotated) > 0  # the boxes meet: the old check let it through
+    with pytest.raises(DistillSegError, match="do not overlap in space \\(no voxel of either lies inside the other\\)"):
+        Case("STS_001", ct, rotated)
+
+
+def cropped_pet(pet, axis: int, keep: int):
+    from DistillSegLib.io.volume import crop_volume
+
+    box = [slice(0, n) for n in pet.shape]
+    box[axis] = slice(0, keep)
+    return crop_volume(pet, tuple(box))
+
+
+def test_a_pet_covering_a_fifth_of_the_ct_is_warned_with_the_fraction(sts_001, caplog):
+    from DistillSegLib.io.case import Case
+
+    pet = cropped_pet(sts_001.pet, 2, int(sts_001.pet.shape[2] * 0.22))
+    Case("STS_001", sts_001.ct, pet)
+    assert "covers only 2" in caplog.text and "% of the CT" in caplog.text
+    caplog.clear()
+    Case("STS_001", sts_001.ct, sts_001.pet)
+    assert "covers only" not in caplog.text  # the real crop (99%) is not warned about
+
+
+def test_a_lesion_cut_by_the_pet_edge_is_named_in_the_lesion_table(sts_001, caplog):
+    from DistillSegLib.metrics.lesions import format_lesion_table, lesion_table
+
+    label = sts_001.label_on_ct
+    voxels = np.argwhere(label.array > 0)
+    centre_world = label.affine @ np.append(voxels.mean(axis=0), 1.0)
+    k_centre = int(round((np.linalg.inv(sts_001.pet.affine) @ centre_world)[2]))
+    pet = cropped_pet(sts_001.pet, 2, k_centre)  # the PET ends halfway up the tumour
+    whole = lesion_table(label, sts_001.pet).rows[0]
+    cut = lesion_table(label, pet).rows[0]
+    assert whole["pet_coverage"] == 1.0
+    assert 0.3 < cut["pet_coverage"] < 0.7 and cut["mtv_ml"] == whole["mtv_ml"]
+    assert "outside the PET's field of view" in caplog.text
+    text = format_lesion_table(lesion_table(label, pet))
+    assert f"only {100 * cut['pet_coverage']:.0f}% of it lies inside the PET's field of view" in text

@@ -59,6 +59,7 @@ DEFAULT_CLASSES = {
 TABLE_COLUMNS = {
     "lesion": ("Lesion", ""), "class": ("Class", ""), "mtv_ml": ("MTV", "mL"), "suv_max": ("SUVmax", "g/mL"),
     "suv_mean": ("SUVmean", "g/mL"), "suv_peak": ("SUVpeak", "g/mL"), "tlg": ("TLG", "g"),
+    "pet_coverage": ("Inside PET", "fraction"),
 }
 
 # ``dicomFiles(sopInstanceUid) -> file path or None`` (in Slicer: ``slicer.dicomDatabase.fileForInstance``).
