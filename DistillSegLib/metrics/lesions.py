@@ -51,7 +51,7 @@ PEAK_RADIUS_MM = (3.0 * PEAK_SPHERE_ML * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0) 
 # of a clinical PET (4-5.5 mm x 3.3 mm here), too small for any PET figure to mean much.
 DEFAULT_MIN_LESION_ML = 0.1
 COLUMNS = ["lesion", "label", "class", "mtv_ml", "suv_max", "suv_mean", "suv_peak", "tlg",
-           "centroid_r_mm", "centroid_a_mm", "centroid_s_mm", "voxels", "pet_voxels", "pet_coverage"]
+           "centroid_r_mm", "centroid_a_mm", "centroid_s_mm", "voxels", "pet_voxels", "pet_coverage", "overlaps_with"]
 SUV_COLUMNS = ("suv_max", "suv_mean", "suv_peak", "tlg")
 
 METHOD = {
@@ -65,6 +65,8 @@ METHOD = {
                  "voxels whose centres lie within the radius of a lesion PET voxel's centre (IBSI global intensity "
                  "peak 0F91; voxels outside the PET image left out)"),
     "tlg": "MTV x SUVmean",
+    "overlaps_with": ("ROIs of an RTSTRUCT/SEG that overlap: each is measured on its own whole mask (never on the "
+                      "part left to it in a label map), so their rows share voxels; the other ROIs' names"),
     "pet_coverage": ("fraction of the lesion's voxels whose centres lie inside the PET's field of view; below 1 the "
                      "lesion is cut by the PET's edge and its SUV figures and TLG describe the covered part only"),
 }
@@ -195,9 +197,16 @@ def lesion_table(
     # Work inside each value's, then each component's bounding box: a whole-body map with
     # many values, or thousands of specks, stays fast.
     value_boxes = ndimage.find_objects(label.array.astype(np.int32)) if values and min(values) > 0 else None
+    own_masks = {int(v): m for v, m in (label.meta.get("own_masks") or {}).items() if m.shape == label.shape}
+    overlaps = {int(v): [int(o) for o in others] for v, others in (label.meta.get("overlaps_with") or {}).items()}
+    values = sorted(set(values) | set(own_masks))  # an ROI wholly covered by a smaller one too
     for value in values:
-        region = crop_volume(label, value_boxes[value - 1]) if value_boxes else label
-        components, _ = ndimage.label(region.array == value, structure=np.ones((3, 3, 3), bool))
+        if value in own_masks:  # an overlapping ROI: its own whole mask, not the ring the label map kept
+            region, inside = label, own_masks[value]
+        else:
+            region = crop_volume(label, value_boxes[value - 1]) if value_boxes else label
+            inside = region.array == value
+        components, _ = ndimage.label(inside, structure=np.ones((3, 3, 3), bool))
         sizes = np.bincount(components.ravel())
         for index, box in enumerate(ndimage.find_objects(components), start=1):
             mtv = float(sizes[index] * voxel_ml)
@@ -219,6 +228,7 @@ def lesion_table(
                 "centroid_s_mm": float(centroid[2]),
                 "voxels": int(sizes[index]),
                 "pet_coverage": pet_coverage(lesion, pet),
+                "overlaps_with": ", ".join(names.get(o, f"label {o}") for o in overlaps.get(value, [])),
             })
             row = table.rows[-1]
             if row["pet_voxels"] == 0:
@@ -260,6 +270,9 @@ def format_lesion_table(table: LesionTable) -> str:
     if not table.rows:
         lines.append("(no lesion)")
     for row in table.rows:
+        if row.get("overlaps_with"):
+            lines.append(f"lesion {row['lesion']} ({row['class']}) overlaps {row['overlaps_with']}: each ROI is measured "
+                         "on its own whole mask, so their rows share voxels (do not add their MTVs)")
         if row.get("pet_coverage", 1.0) < 1.0:
             lines.append(f"lesion {row['lesion']}: only {100 * row['pet_coverage']:.0f}% of it lies inside the PET's "
                          "field of view (cut by its edge): SUV figures and TLG describe the covered part only")
