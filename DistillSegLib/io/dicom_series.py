@@ -281,6 +281,9 @@ def realign_in_plane(
     out = np.empty((rows + extra[1], cols + extra[0], count), np.float32)
     for k in range(count):
         start = (low - offsets_mm[k]) / pixel  # source (col, row) index of the new grid's corner
+        # Whole-pixel shifts stay exact: DS rounding of the positions (~1e-4 mm) must not push an
+        # edge row a hair outside its slice, where it would become background.
+        start = np.where(np.abs(start - np.round(start)) < 1e-3, np.round(start), start)
         out[..., k] = ndimage.affine_transform(
             slices[..., k], np.eye(2), offset=(start[1], start[0]), output_shape=out.shape[:2],
             order=1, mode="constant", cval=fill,
