@@ -75,8 +75,10 @@ def reordered(volume, order, flip_first: bool):
     return Volume(np.ascontiguousarray(array), affine, dict(volume.meta))
 
 
-@pytest.mark.parametrize("order, flip", [((2, 0, 1), True), ((1, 0, 2), False), ((0, 1, 2), True)])
-def test_the_student_gives_the_same_mask_whatever_the_axis_order(sts_001, order, flip, torch_one_thread):
+@pytest.mark.parametrize("order, flip, pet_flip", [((2, 0, 1), True, True), ((1, 0, 2), False, False),
+                                                   ((0, 1, 2), True, True), ((0, 1, 2), False, True)])
+def test_the_student_gives_the_same_mask_whatever_the_axis_order(sts_001, order, flip, pet_flip, torch_one_thread,
+                                                                  tmp_path):
     from DistillSegLib.io.case import Case
     from DistillSegLib.student.catalogue import resolve_model
     from DistillSegLib.student.inference import predict_case
@@ -84,13 +86,22 @@ def test_the_student_gives_the_same_mask_whatever_the_axis_order(sts_001, order,
 
     model = load_model(resolve_model("sts-petct-crop"))
     reference = predict_case(model, sts_001, roi="all", device="cpu").label.array
-    stored = Case("STS_001", reordered(sts_001.ct, order, flip), reordered(sts_001.pet, order, not flip))
+    # Through NIfTI files, as a user hands them over (the sform is float32: the flipped affine is rounded).
+    files = []
+    for volume, flipped, name in ((sts_001.ct, flip, "ct"), (sts_001.pet, pet_flip, "pet")):
+        moved = reordered(volume, order, flipped)
+        files.append(tmp_path / f"{name}.nii.gz")
+        nibabel.save(nibabel.Nifti1Image(moved.array, moved.affine), str(files[-1]))
+    stored = Case("STS_001", read_image(files[0]), read_image(files[1]))
     label = predict_case(model, stored, roi="all", device="cpu").label
     assert label.shape == stored.ct.shape and np.allclose(label.affine, stored.ct.affine)
     back = label.array[::-1] if flip else label.array
     back = back.transpose(np.argsort(order))
     assert reference.sum() > 1000
-    assert np.count_nonzero(back != reference) == 0
+    # Exact, but for the float32 sform: a flipped file's origin is rounded by ~1e-5 mm, which
+    # flips a few voxels whose probability is 0.5 to within that (16 of 137,938 here; the
+    # file's own axis order used to change the mask by 10%: 466 mL against 430 mL).
+    assert np.count_nonzero(back != reference) <= 1e-3 * reference.sum()
 
 
 # ----------------------------------------------------------------------------- PET coverage

@@ -52,6 +52,18 @@ def to_student_orientation(volume: Volume, orientation: str = STUDENT_ORIENTATIO
     return Volume(array, affine, dict(volume.meta))
 
 
+def from_student_orientation(array: np.ndarray, like: Volume, orientation: str = STUDENT_ORIENTATION) -> np.ndarray:
+    """Inverse of :func:`to_student_orientation`: ``array`` on ``to_student_orientation(like)``'s grid
+    -> the same voxels in ``like``'s own index order (transposes and flips only, exact)."""
+    import nibabel.orientations as nio
+
+    transform = nio.ornt_transform(nio.axcodes2ornt(tuple(orientation)), nio.io_orientation(like.affine))
+    out = np.ascontiguousarray(nio.apply_orientation(array, transform))
+    if out.shape != like.shape:
+        raise AssertionError(f"reorientation gave {out.shape}, expected {like.shape}")
+    return out
+
+
 @dataclass
 class PreparedCase:
     """One case at the student's spacing, held in memory for training or inference.
@@ -126,7 +138,7 @@ def prepare_case(
     """
     ct = to_student_orientation(case.ct if box is None else crop_volume(case.ct, box))
     ct_small = resample_to_spacing(ct, config.spacing, "linear", fill=AIR_HU)
-    pet_small = resample_to(case.pet, ct_small, "linear", fill=0.0)
+    pet_small = resample_to(to_student_orientation(case.pet), ct_small, "linear", fill=0.0)
     label = None
     if (with_label or audit) and case.label is not None:
         label_on_ct = case.label_on_ct if box is None else crop_volume(case.label_on_ct, box)
@@ -181,21 +193,25 @@ def probabilities_to_ct_grid(
         likely foreground class (``1 - P(background)``), both exactly on the CT grid.
     """
     num_classes = probabilities.shape[0]
+    # Onto the CT grid in the student's orientation, then back to the file's own index order by
+    # exact transposes and flips: the resampling itself is the same whatever order the file
+    # stores its axes in.
+    target = to_student_orientation(ct)
     # Linear interpolation of each class's probability, then argmax on the fine grid:
     # smoother borders than nearest-neighbour upsampling of the coarse label map. With one
     # foreground class, interpolation keeps P(bg) + P(fg) = 1, so argmax is P(fg) > 0.5 and
     # one channel is enough (half the resampling of a whole-body study).
     if num_classes == 2:
-        foreground = resample_to(prepared.grid(probabilities[1].astype(np.float32)), ct, "linear", fill=0.0).array
-        foreground = foreground.clip(0.0, 1.0).astype(np.float32)
+        foreground = resample_to(prepared.grid(probabilities[1].astype(np.float32)), target, "linear", fill=0.0).array
+        foreground = from_student_orientation(foreground.clip(0.0, 1.0).astype(np.float32), ct)
         label = (foreground > 0.5).astype(np.uint8)
     else:
         channels = [
-            resample_to(prepared.grid(probabilities[c].astype(np.float32)), ct, "linear",
+            resample_to(prepared.grid(probabilities[c].astype(np.float32)), target, "linear",
                         fill=1.0 if c == 0 else 0.0).array
             for c in range(num_classes)
         ]
-        stacked = np.stack(channels)
+        stacked = np.stack([from_student_orientation(channel, ct) for channel in channels])
         label = np.argmax(stacked, axis=0).astype(np.uint8)
         foreground = (1.0 - stacked[0]).clip(0.0, 1.0).astype(np.float32)
     if box is not None:
