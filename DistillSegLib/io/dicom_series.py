@@ -70,7 +70,8 @@ def read_dicom_series(path: Path | str, modality: str | None = None) -> Volume:
         Volume ``(columns, rows, slices)`` float32; meta: ``path``, ``modality``,
         ``units``, ``frame_of_reference_uid``, ``series_instance_uid``,
         ``study_instance_uid``, ``dicom_files`` (str paths in slice order),
-        ``slice_positions_mm`` (acquired, along the normal), ``slice_regularisation`` (see
+        ``slice_positions_mm`` (acquired, along the normal), ``in_plane_realignment`` (see
+        :func:`realign_in_plane`: gantry tilt), ``slice_regularisation`` (see
         :func:`regularise_slices`) and for PET ``suv`` (the facts used, see :mod:`.suv`).
 
     Raises:
