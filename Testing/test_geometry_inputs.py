@@ -179,3 +179,20 @@ def test_a_lesion_cut_by_the_pet_edge_is_named_in_the_lesion_table(sts_001, capl
     assert "outside the PET's field of view" in caplog.text
     text = format_lesion_table(lesion_table(label, pet))
     assert f"only {100 * cut['pet_coverage']:.0f}% of it lies inside the PET's field of view" in text
+
+
+def test_an_roi_half_outside_the_pet_is_named(sts_001, tmp_path, cli):
+    from DistillSegLib.io.volume import write_image
+    from DistillSegLib.student.inference import roi_from_mask
+
+    label = sts_001.label_on_ct
+    centre = label.affine @ np.append(np.argwhere(label.array > 0).mean(axis=0), 1.0)
+    k_centre = int(round((np.linalg.inv(sts_001.pet.affine) @ centre)[2]))
+    pet = tmp_path / "pet_cut.nii.gz"
+    write_image(cropped_pet(sts_001.pet, 2, k_centre), pet)
+    low, high = roi_from_mask(label, 0.0)
+    roi = ",".join(f"{v:.2f}" for v in [*low, *high])
+    result = cli("predict", "--model", "sts-petct-crop", "--ct", sts_001.ct.meta["path"], "--pet", pet,
+                 f"--roi={roi}", "--out", tmp_path / "label.nii.gz", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    assert "the region of interest lies" in result.stderr and "outside the PET's field of view" in result.stderr

@@ -85,15 +85,17 @@ PROBABILITY_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 def resolve_roi(args: argparse.Namespace, case):
     """The ROI from --roi / --roi-from (None when neither is given)."""
-    from ..student.inference import parse_roi, roi_from_mask
+    from ..io.case import load_label, warn_if_region_outside_pet
+    from ..student.inference import parse_roi, roi_from_mask, roi_to_index_box
 
+    roi = None
     if args.roi:
-        return parse_roi(args.roi)
-    if args.roi_from:
-        from ..io.case import load_label
-
-        return roi_from_mask(load_label(args.roi_from, case.ct, case.pet), args.roi_margin)
-    return None
+        roi = parse_roi(args.roi)
+    elif args.roi_from:
+        roi = roi_from_mask(load_label(args.roi_from, case.ct, case.pet), args.roi_margin)
+    if isinstance(roi, tuple):
+        warn_if_region_outside_pet(case.ct, case.pet, roi_to_index_box(roi, case.ct), "the region of interest")
+    return roi
 
 
 def check_arguments(args: argparse.Namespace) -> list:

@@ -100,6 +100,18 @@ def require_pet_covers_ct(ct: Volume, pet: Volume, case_id: str = "") -> float:
     return fraction
 
 
+def warn_if_region_outside_pet(ct: Volume, pet: Volume, box: tuple[slice, slice, slice], what: str) -> float:
+    """Fraction of a CT region (an ROI's index box) inside the PET's field of view; a warning
+    naming the region when less than ``PET_COVERAGE_WARNING`` of it is."""
+    from .volume import crop_volume
+
+    fraction = covered_fraction(crop_volume(ct, box), pet)
+    if fraction < PET_COVERAGE_WARNING:
+        log.warning("%s lies %.0f%% outside the PET's field of view (%s): there SUV is 0, so results in it see "
+                    "no uptake", what, 100 * (1 - fraction), pet.describe())
+    return fraction
+
+
 def same_grid(a: Volume, b: Volume, tolerance_mm: float = 1e-3) -> bool:
     """True when two volumes share shape and affine (to ``tolerance_mm``)."""
     return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, atol=tolerance_mm))
