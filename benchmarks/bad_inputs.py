@@ -482,6 +482,12 @@ def build(work: Path, timeout: float) -> list[BadInput]:  # noqa: C901 - one cat
     add("predict --stats with the PET cut at the lesion", r, "warn", "the lesion named in the warning",
         ["predict", "--model", MODEL, "--ct", ct, "--pet", half_pet, "--roi", "all", "--out", work / "cut.nii.gz",
          "--stats", work / "cut.csv", "--threads", "1"], "outside the PET's field of view")
+    lesion_voxels = np.argwhere(label_volume.array > 0)
+    corners = (label_volume.affine @ np.c_[[lesion_voxels.min(axis=0), lesion_voxels.max(axis=0)], np.ones(2)].T).T[:, :3]
+    roi = ",".join(f"{v:.1f}" for v in [*corners.min(axis=0), *corners.max(axis=0)])
+    add("predict --roi around a lesion the PET ends halfway up", r, "warn", "the region named in a warning",
+        ["predict", "--model", MODEL, "--ct", ct, "--pet", half_pet, f"--roi={roi}", "--out", work / "cut_roi.nii.gz",
+         "--threads", "1"], "region of interest lies")
     add("--prompt-segment=0", r, "refuse", "refused (0 is the background)",
         ["predict", "--teacher", "litemedsam", "--ct", ct, "--pet", pet, "--out", work / "seg0.nii.gz",
          "--prompt-mask", label, "--prompt-points=-70,-12,-791,-", "--prompt-segment=0"], "--prompt-segment")
