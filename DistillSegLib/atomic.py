@@ -99,7 +99,26 @@ def check_output_path(
         if source is not None and same_file(path, source):
             raise DistillSegError(f"{option} {path} is also an input ({source}): it would be overwritten")
     check_writable_folder(path.parent, f"{option} {path}")
+    check_name_length(path, option)
     return path
+
+
+def check_name_length(path: Path, option: str = "--out") -> None:
+    """Refuse a file name the file system cannot hold, counting the temporary name it is written
+    under first (an ITK error after the whole computation otherwise)."""
+    existing = Path(os.path.abspath(path.parent))
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # Windows, or no limit reported
+        limit = 255
+    longest = max(len(os.fsencode(path.name)), len(os.fsencode(_temporary_name(path).name)))
+    if longest > limit:
+        raise DistillSegError(
+            f"{option} {path}: the file name is too long ({len(os.fsencode(path.name))} bytes; this file system "
+            f"takes {limit}, and DistillSeg writes under a temporary name {longest - len(os.fsencode(path.name))} "
+            "bytes longer first): choose a shorter name")
 
 
 def check_writable_folder(folder: Path, what: str) -> None:

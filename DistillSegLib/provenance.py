@@ -17,7 +17,10 @@
 
 (``student`` for a student's result; ``teacher`` and ``prompt`` for a teacher's.) "Add to
 training set" in the Slicer module records it with the case, so a training set says which
-labels a radiologist drew or corrected from which suggestion.
+labels a radiologist drew or corrected from which suggestion. What goes into a training set
+passes :func:`for_training_set` first: file names at most, never folders (a folder such as
+``Doe^Jane_19700101_MRN12345/`` names the patient) nor node names, which users name after
+patients too.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
 
 from . import __version__
 from .atomic import write_json_atomic
@@ -44,6 +48,34 @@ def provenance_path(label_path: str | os.PathLike) -> Path:
             name = name[: -len(suffix)]
             break
     return path.with_name(name + SUFFIX)
+
+
+# Keys whose values name MRML nodes or the user's inputs wholesale: never copied into a training set.
+NOT_FOR_TRAINING_SET = ("segmentation", "node", "node_name", "inputs", "outputs")
+
+
+def file_name_only(text: str) -> str:
+    """The last component of a POSIX or Windows path (``/a/b/c.nii.gz`` -> ``c.nii.gz``); other text as is."""
+    if "/" not in text and "\\" not in text:
+        return text
+    return PureWindowsPath(text).name if "\\" in text else PurePosixPath(text).name
+
+
+def for_training_set(record: Any) -> Any:
+    """A copy of a provenance record fit for a training set that may be shared.
+
+    Every string that holds a folder is cut to its file name (``prompt_from``,
+    ``previous.path``, ``student.model``, ``teacher.checkpoint``, ``init_from.path`` and any
+    other field, at any depth); the fields of :data:`NOT_FOR_TRAINING_SET` (node names, the
+    input paths) are dropped. Hashes, versions, boxes and points are kept.
+    """
+    if isinstance(record, dict):
+        return {k: for_training_set(v) for k, v in record.items() if k not in NOT_FOR_TRAINING_SET}
+    if isinstance(record, (list, tuple)):
+        return [for_training_set(v) for v in record]
+    if isinstance(record, str):
+        return file_name_only(record)
+    return record
 
 
 def provenance_payload(record: dict) -> dict:

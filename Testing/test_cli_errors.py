@@ -24,7 +24,7 @@ import torch
 from conftest import ROOT, require_data
 from DistillSegLib.student.config import StudentConfig
 from DistillSegLib.student.model_file import _file_digest, save_model, weights_sha256
-from DistillSegLib.io.volume import read_image, write_image
+from DistillSegLib.io.volume import crop_volume, read_image, write_image
 from DistillSegLib.student.network import build_student
 
 TINY = StudentConfig(spacing=(4.0, 4.0, 4.0), channels=(8, 16, 32), strides=(2, 2), num_res_units=1,
@@ -59,6 +59,9 @@ def files(tmp_path_factory, sts_case_dir):
     negative = label.array.astype(np.int16)
     negative[0, 0, 0] = -1
     write_image(label.with_array(negative), folder / "negative_label.nii.gz")
+    ct = read_image(sts_case_dir("STS_001") / "CT_image.nii.gz")
+    write_image(crop_volume(ct, (slice(0, ct.shape[0]), slice(0, ct.shape[1]), slice(30, 31))),
+                folder / "one_slice_ct.nii.gz")
     preds = folder / "preds"
     preds.mkdir()
     shutil.copy(folder / "text.nii.gz", preds / "STS_001.nii.gz")
@@ -97,6 +100,19 @@ BAD_INPUTS = {
                                    "--out", f["dir"] / "m.pt"], "--lr"),
     "predict: a missing option": (lambda f: ["predict", "--model", f["model"], "--ct", f["ct"], "--pet", f["pet"]],
                                   "--out"),
+    "predict: --prompt-segment=-1": (
+        lambda f: ["predict", "--teacher", "litemedsam", "--ct", f["ct"], "--pet", f["pet"], "--out", f["dir"] / "o.nii.gz",
+                   "--prompt-mask", f["label"], "--prompt-points=-70,-12,-791,-", "--prompt-segment=-1"],
+        "--prompt-segment must be a label value from 1"),
+    "predict: zero-size --prompt-box": (
+        lambda f: ["predict", "--teacher", "litemedsam", "--ct", f["ct"], "--pet", f["pet"], "--out", f["dir"] / "o.nii.gz",
+                   "--prompt-box=-80,-20,-800,-80,0,-780"], "zero extent"),
+    "predict: a 246-character output name": (
+        lambda f: ["predict", "--model", f["model"], "--ct", f["ct"], "--pet", f["pet"], "--roi", "all",
+                   "--out", f["dir"] / ("x" * 246 + ".nii.gz")], "file name is too long"),
+    "predict: a one-slice CT": (
+        lambda f: ["predict", "--model", f["model"], "--ct", f["dir"] / "one_slice_ct.nii.gz", "--pet", f["pet"],
+                   "--roi", "all", "--out", f["dir"] / "o.nii.gz"], "single voxel thick along axis k"),
 }
 
 
@@ -106,6 +122,22 @@ def test_bad_input_is_one_error_line(files, case, cli):
     result = cli(*make_args(files))
     assert_one_error_line(result, fragment)
     assert not (files["dir"] / "o.nii.gz").exists()
+
+
+def test_a_second_predict_on_the_same_output_is_refused_while_the_first_runs(files, tmp_path, cli):
+    """Two runs on one --out would each replace it atomically: one result silently lost, or one
+    run's label map beside the other's provenance. The lock of a running predict is held here."""
+    from DistillSegLib.atomic import exclusive_lock
+
+    out = tmp_path / "label.nii.gz"
+    with exclusive_lock(out, "output"):
+        result = cli("predict", "--model", files["model"], "--ct", files["ct"], "--pet", files["pet"],
+                     "--out", out, "--roi", "all", "--threads", "1")
+    assert_one_error_line(result, f"is writing the output {out}")
+    assert not out.exists()
+    result = cli("predict", "--model", files["model"], "--ct", files["ct"], "--pet", files["pet"],
+                 "--out", out, "--roi", "all", "--threads", "1")
+    assert result.returncode == 0 and out.exists()  # the lock went with its holder
 
 
 def test_an_output_that_is_an_input_is_refused(files, tmp_path, cli):

@@ -197,3 +197,49 @@ def test_the_engine_reads_jobs_from_plain_pipes(tmp_path):
     assert events[0] == "ready" and events[-1] == "bye"
     assert next(m for m in messages if m.get("event") == "error")["fatal"] is False
     assert next(m for m in messages if m.get("event") == "finished")["exit_code"] == 0
+
+
+def engine_replies(text: str) -> tuple[list[dict], bool]:
+    """Feed ``text`` to an engine's reader (in this process, no jobs run); its replies, and whether it stopped."""
+    import io
+
+    from DistillSegLib.engine.server import Engine
+
+    out = io.StringIO()
+    engine = Engine(out)
+    engine.read(io.StringIO(text))
+    return [protocol.decode(line) for line in out.getvalue().splitlines()], engine._stopping
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"job": "a", "argv": ["info"], "background": "false"}', '"background" must be true or false'),
+    ('{"job": "a", "argv": "predict --ct x"}', '"argv" must be a non-empty list of strings'),
+    ('{"job": "a", "argv": ["predict", {"x": 1}]}', '"argv" must be a non-empty list of strings'),
+    ('{"job": ["a"], "argv": ["info"]}', '"job" must be a string or an integer'),
+    ('{"cancel": "never-submitted"}', "no job 'never-submitted' to cancel"),
+    ('{"cancel": {"a": 1}}', '"cancel" must name a job id'),
+    ('[1, 2, 3]', "not a JSON object"),
+    ('"shutdown"', "not a JSON object"),
+    ('{"shutdown": "yes"}', '"shutdown" must be true'),
+])
+def test_every_line_gets_an_answer_and_the_reader_survives_it(line, fragment):
+    replies, stopped = engine_replies(line + "\n" + '{"cancel": "after"}\n')
+    assert fragment in replies[0]["message"] and replies[0]["event"] == "error" and replies[0]["fatal"] is False
+    assert "no job 'after' to cancel" in replies[1]["message"]  # the next line is still read
+    assert stopped  # the end of input stops the engine
+
+
+def test_a_deeply_nested_line_neither_hangs_the_engine_nor_keeps_it_alive_after_its_input_closes():
+    process = subprocess.Popen([sys.executable, "-m", "DistillSegLib", "serve", "--threads", "1"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=engine_env())
+    try:
+        out, _ = process.communicate("[" * 100_000 + "]" * 100_000 + "\n" + '{"shutdown": true}\n', timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    messages = [protocol.decode(line) for line in out.splitlines()]
+    assert [m.get("event") for m in messages] == ["ready", "error", "bye"]
+    assert "nested too deeply" in messages[1]["message"]

@@ -575,3 +575,33 @@ def test_progress_lines_are_parsed():
     assert progress.fraction == pytest.approx(40 / 1200)
     assert Progress.parse("WARNING: something on stdout") is None
     assert Progress.parse("[1, 2]") is None
+
+
+def test_the_training_set_provenance_keeps_file_names_only(study, logic, tmp_path):
+    """A correction's provenance names the previous label, the prompt and the model by path, and
+    the segmentation node is named after the patient: none of the folders or names may reach
+    ``labelsTr/<case>.provenance.json``."""
+    from DistillSegLib.provenance import read_provenance
+    from DistillSegModuleLib import Prompts
+
+    folder, ct, pet = study
+    segmentation = logic.importLabelmap(folder / "CT_mask.nii.gz", ct)
+    segmentation.SetName("Doe^Jane MRN12345 corrected")
+    patient = "/data/Doe^Jane_19700101_MRN12345"
+    made = {"format": "distillseg-provenance/1", "source": "teacher",
+            "inputs": {"ct": f"{patient}/CT.nii.gz", "pet": f"{patient}/PET.nii.gz"},
+            "teacher": {"name": "litemedsam", "weights_sha256": "ab" * 32, "checkpoint": f"{patient}/sam.pth"},
+            "student": {"model": "C:\\Users\\Doe^Jane_19700101_MRN12345\\student.pt"},
+            "prompt": {"kind": "correction", "prompt_from": f"{patient}/student.pt", "box_ras_mm": [1, 2, 3, 4, 5, 6],
+                       "previous": {"path": f"{patient}/prev_label.nii.gz", "segment": 1, "sha256": "cd" * 32}}}
+    segmentation.SetAttribute(Prompts.PROVENANCE_ATTRIBUTE, json.dumps(made))
+    dataset = tmp_path / "training-set"
+    case_id = logic.addToTrainingSet(dataset, ct, pet, segmentation)
+    text = (dataset / "labelsTr" / f"{case_id}.provenance.json").read_text()
+    assert "Doe^Jane" not in text and "MRN12345" not in text and "/" not in text.replace("distillseg-provenance/1", "")
+    record = read_provenance(dataset / "labelsTr" / f"{case_id}.nii.gz")
+    prompt = record["made_by"]["prompt"]
+    assert prompt["previous"] == {"path": "prev_label.nii.gz", "segment": 1, "sha256": "cd" * 32}
+    assert prompt["prompt_from"] == "student.pt" and prompt["box_ras_mm"] == [1, 2, 3, 4, 5, 6]
+    assert record["made_by"]["teacher"]["checkpoint"] == "sam.pth"
+    assert record["made_by"]["student"]["model"] == "student.pt"

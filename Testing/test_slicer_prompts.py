@@ -122,7 +122,7 @@ def test_box_and_click_segment_then_a_click_corrects_only_that_segment_and_the_l
     case_id = logic.addToTrainingSet(tmp_path / "training", ct, pet, segmentation)
     record = read_provenance(tmp_path / "training" / "labelsTr" / f"{case_id}.nii.gz")
     assert record["made_by"]["teacher"]["name"] == "litemedsam"
-    assert record["segmentation"] == segmentation.GetName()
+    assert "segmentation" not in record  # node names often name the patient: never in a training set
 
 
 def test_prompts_that_cannot_work_are_refused_and_change_nothing(prompted, engine):

@@ -91,3 +91,20 @@ def test_summary_leaves_undefined_hd95_out_of_the_mean():
     assert mean["dice"] == pytest.approx(0.5)
     assert mean["hd95_mm"] == 0.0 and mean["hd95_undefined"] == 1
     assert (mean["lesions"]["tp"], mean["lesions"]["fn"]) == (1, 1)
+
+
+def test_mean_hd95_leaves_out_and_names_cases_where_a_mask_is_empty():
+    from DistillSegLib.commands.evaluate import format_table
+
+    blob = box((12, 12, 12), (3, 3, 3), (5, 5, 5))
+    shifted = box((12, 12, 12), (5, 3, 3), (7, 5, 5))
+    empty = np.zeros_like(blob)
+    cases = [{"case_id": "A", **evaluate_masks(shifted, blob, (1, 1, 1))},
+             {"case_id": "B", **evaluate_masks(empty, empty, (1, 1, 1))},
+             {"case_id": "C", **evaluate_masks(empty, blob, (1, 1, 1))}]
+    mean = summarise(cases)
+    assert mean["hd95_mm"] == pytest.approx(cases[0]["hd95_mm"])  # not halved by B's 0 "distance"
+    assert mean["hd95_cases"] == 1
+    assert mean["hd95_left_out"] == {"one_mask_empty": ["C"], "both_masks_empty": ["B"]}
+    text = format_table({"cases": cases, "mean": mean})
+    assert "mean HD95 over 1 of 3 cases; left out: one mask empty, HD95 undefined: C; both masks empty: B" in text

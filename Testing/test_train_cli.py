@@ -105,3 +105,19 @@ def test_two_runs_on_one_model_file(data, tmp_path, cli):
     assert cli("train", "--data", data, "--labelled", "STS_001", "--steps", "1", "--out", out,
                "--threads", "1", *TINY_ARGS).returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student.checkpoint.pt", "student.pt"]  # no lock file
+
+
+def test_a_model_records_the_file_name_it_started_from_never_its_folder(data, trained, tmp_path, cli):
+    from DistillSegLib.student.model_file import read_payload
+
+    folder = tmp_path / "Doe^Jane_19700101_MRN12345"
+    folder.mkdir()
+    start = folder / "start.pt"
+    start.write_bytes(trained[0].read_bytes())
+    out = tmp_path / "continued.pt"
+    result = cli("train", "--data", data, "--labelled", "STS_001", "--steps", "1", "--init", start, "--out", out,
+                 "--threads", "1", *TINY_ARGS)
+    assert result.returncode == 0, result.stderr
+    metadata = read_payload(out)["metadata"]
+    assert metadata["init_from"]["path"] == "start.pt"
+    assert "Doe^Jane" not in json.dumps(metadata)

@@ -59,6 +59,7 @@ DEFAULT_CLASSES = {
 TABLE_COLUMNS = {
     "lesion": ("Lesion", ""), "class": ("Class", ""), "mtv_ml": ("MTV", "mL"), "suv_max": ("SUVmax", "g/mL"),
     "suv_mean": ("SUVmean", "g/mL"), "suv_peak": ("SUVpeak", "g/mL"), "tlg": ("TLG", "g"),
+    "pet_coverage": ("Inside PET", "fraction"),
 }
 
 # ``dicomFiles(sopInstanceUid) -> file path or None`` (in Slicer: ``slicer.dicomDatabase.fileForInstance``).
@@ -776,15 +777,16 @@ class SceneLogic:
     def _recordProvenance(labelPath: Path, segmentationNode) -> None:
         """``labelsTr/<case>.provenance.json``: where the label came from (the student or the
         teacher and prompt that made the segmentation, when DistillSeg made it), and that it is
-        the segmentation as saved from Slicer, with the radiologist's corrections."""
-        from DistillSegLib.provenance import write_provenance
+        the segmentation as saved from Slicer, with the radiologist's corrections. File names
+        at most, never folders or the node's name (both often name the patient)."""
+        from DistillSegLib.provenance import for_training_set, write_provenance
 
         made = json.loads(segmentationNode.GetAttribute(Prompts.PROVENANCE_ATTRIBUTE) or "null")
-        record = {"source": "3D Slicer segmentation", "segmentation": segmentationNode.GetName(),
+        record = {"source": "3D Slicer segmentation",
                   "edited_in_slicer": "the label is the segmentation as it was when added, corrections included",
                   "made_by": {k: v for k, v in made.items() if k not in ("format", "created", "inputs", "outputs")}
                   if made else "drawn or imported in Slicer (not made by DistillSeg)"}
-        write_provenance(labelPath, record)
+        write_provenance(labelPath, for_training_set(record))
 
     @staticmethod
     def teacherArguments(strategy: str, teacher: str | None, checkpoint: str | os.PathLike | None) -> list[str]:

@@ -141,6 +141,12 @@ def format_table(result: dict) -> str:
     m = result["mean"]
     lines.append(f"{'mean':<14}{f(m['dice']):>7}{f(m['hd95_mm'], 1):>9}{f(m['surface_dice_2mm']):>8}"
                  f"{f(m['fp_volume_ml'], 1):>9}{f(m['fn_volume_ml'], 1):>9}{f(m['lesions']['f1'], 2):>6}")
+    left_out = m.get("hd95_left_out") or {}
+    if left_out.get("one_mask_empty") or left_out.get("both_masks_empty"):
+        parts = [f"{label}: {', '.join(left_out[key])}" for key, label in
+                 (("one_mask_empty", "one mask empty, HD95 undefined"), ("both_masks_empty", "both masks empty"))
+                 if left_out.get(key)]
+        lines.append(f"mean HD95 over {m.get('hd95_cases', 0)} of {m['cases']} cases; left out: {'; '.join(parts)}")
     return "\n".join(lines)
 
 

@@ -85,23 +85,26 @@ PROBABILITY_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 def resolve_roi(args: argparse.Namespace, case):
     """The ROI from --roi / --roi-from (None when neither is given)."""
-    from ..student.inference import parse_roi, roi_from_mask
+    from ..io.case import load_label, warn_if_region_outside_pet
+    from ..student.inference import parse_roi, roi_from_mask, roi_to_index_box
 
+    roi = None
     if args.roi:
-        return parse_roi(args.roi)
-    if args.roi_from:
-        from ..io.case import load_label
-
-        return roi_from_mask(load_label(args.roi_from, case.ct, case.pet), args.roi_margin)
-    return None
+        roi = parse_roi(args.roi)
+    elif args.roi_from:
+        roi = roi_from_mask(load_label(args.roi_from, case.ct, case.pet), args.roi_margin)
+    if isinstance(roi, tuple):
+        warn_if_region_outside_pet(case.ct, case.pet, roi_to_index_box(roi, case.ct), "the region of interest")
+    return roi
 
 
 def check_arguments(args: argparse.Namespace) -> list:
     """Everything that needs no model and no image, before any loading: the output paths
     (suffix, writable, not an input, distinct), a DICOM CT for a .dcm output, the ROI's
     syntax, the device. Returns the output paths ``[out, prob?, stats?]``."""
-    from ..atomic import check_output_path, same_file
+    from ..atomic import check_name_length, check_output_path, same_file
     from ..errors import DistillSegError
+    from ..provenance import provenance_path
     from ..io.segmentation_export import LABEL_SUFFIXES
     from ..student.inference import parse_roi, resolve_device
     from .prompt_options import check_prompt_arguments
@@ -109,6 +112,7 @@ def check_arguments(args: argparse.Namespace) -> list:
     check_prompt_arguments(args)
     inputs = (args.ct, args.pet, args.model, args.prompt_from, args.roi_from, args.checkpoint, args.prompt_mask)
     outputs = [check_output_path(args.out, "--out", LABEL_SUFFIXES, inputs)]
+    check_name_length(provenance_path(outputs[0]), "--out (its .provenance.json sidecar)")
     if args.prob:
         outputs.append(check_output_path(args.prob, "--prob", PROBABILITY_SUFFIXES, inputs))
     if args.stats:
@@ -129,6 +133,9 @@ def check_arguments(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
+    from ..atomic import exclusive_lock
     from ..progress import CancelToken, Progress
 
     outputs = check_arguments(args)
@@ -138,7 +145,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     progress = Progress(json_lines=args.json_progress)
     cancel = CancelToken()
-    with cancel.on_signals():
+    with ExitStack() as locks, cancel.on_signals():
+        # Two runs writing one --out would each replace it atomically, and the label map of
+        # one could end up beside the other's provenance or table: the second run is refused.
+        for path in outputs:
+            locks.enter_context(exclusive_lock(path, "output"))
         label, probability, case, classes, seconds = (
             _predict_teacher(args, progress, cancel) if args.teacher else _predict_student(args, progress, cancel)
         )
@@ -167,7 +178,7 @@ def _predict_student(args, progress, cancel):
     """Student inference: ``(label, probability, case, classes, seconds)``."""
     from ..provenance import student_record
     from ..student.catalogue import resolve_model
-    from ..student.inference import predict_case, require_roi_for_crop_model
+    from ..student.inference import predict_case, require_a_volume, require_roi_for_crop_model, roi_to_index_box
     from ..student.model_file import load_model
 
     model = load_model(resolve_model(args.model))
@@ -176,6 +187,7 @@ def _predict_student(args, progress, cancel):
     case = _load_case(args)
     roi = resolve_roi(args, case)
     require_roi_for_crop_model(model, roi)
+    require_a_volume(case.ct, None if roi in (None, "all") else roi_to_index_box(roi, case.ct))
     progress.start("predict", 3)  # only now: an input error stays the one line on stderr
     progress.update(1)
     prediction = predict_case(model, case, roi, args.device, cancel)

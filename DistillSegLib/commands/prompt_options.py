@@ -51,6 +51,9 @@ def check_prompt_arguments(args: argparse.Namespace) -> None:
                               "--prompt-box/--prompt-points (the radiologist's)")
     if args.prompt_mask and not args.prompt_points and not args.prompt_box:
         raise DistillSegError("--prompt-mask corrects a result with clicks: add --prompt-points (or a --prompt-box)")
+    if not 1 <= args.prompt_segment <= 65535:
+        raise DistillSegError(f"--prompt-segment must be a label value from 1 to 65535 (0 is the background), "
+                              f"got {args.prompt_segment}")
     if args.prompt_box:
         parse_box(args.prompt_box)
     if args.prompt_points:
@@ -61,9 +64,14 @@ def parse_box(text: str):
     """``"x0,y0,z0,x1,y1,z1"`` -> ``(low, high)`` RAS corners in mm."""
     import numpy as np
 
+    from ..errors import DistillSegError
+
     values = _numbers(text, 6, "--prompt-box must be six numbers x0,y0,z0,x1,y1,z1 in RAS mm")
     a, b = np.array(values[:3]), np.array(values[3:])
-    return np.minimum(a, b), np.maximum(a, b)
+    low, high = np.minimum(a, b), np.maximum(a, b)
+    if np.any(high - low <= 0):  # as --roi: a flat box holds no voxel, the result would be 0 mL
+        raise DistillSegError(f"--prompt-box {text!r} has zero extent along an axis")
+    return low, high
 
 
 def parse_points(text: str):

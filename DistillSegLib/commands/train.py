@@ -296,7 +296,8 @@ def _train(args, out, checkpoint, labelled_src, unlabelled_src, val_src, device,
         payload = read_payload(args.init)
         config = model_config(payload, args.init)
         init_weights = payload["weights"]
-        metadata["init_from"] = {"path": str(args.init), "weights_sha256": payload["metadata"]["weights_sha256"]}
+        # The file name only: a model is shared, and a folder can name a patient or a user.
+        metadata["init_from"] = {"path": Path(args.init).name, "weights_sha256": payload["metadata"]["weights_sha256"]}
     if args.resume:
         check_resume(checkpoint, args, config, labelled_src, unlabelled_src, val_src)
     options = TrainingOptions(

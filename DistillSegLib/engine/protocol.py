@@ -44,6 +44,10 @@ Rules:
   engine that dies (crash, killed) writes ``{"event": "error", "fatal": true, ...}`` when it
   still can; a client treats the end of stdout without ``bye`` as a crash: every job that
   had not finished is reported failed, and the next job starts a new engine.
+* Every line gets an answer: a line that is not one JSON object, is nested too deeply, has
+  fields of the wrong type (``"background": "false"`` is a string, not false) or cancels a
+  job the engine does not hold is answered with ``{"event": "error", "fatal": false, ...}``
+  (with ``job`` where the line named one), and the engine goes on reading.
 * Anything else the engine's libraries print goes to its stderr, never into this protocol.
 """
 
@@ -67,6 +71,34 @@ PREEMPTED = "paused: another job came first"
 def encode(message: dict[str, Any]) -> str:
     """One protocol line (no newline)."""
     return json.dumps(message, default=str, separators=(",", ":"))
+
+
+def message_problem(message: dict[str, Any]) -> str | None:
+    """What is wrong with a client message (``None``: a valid job, cancel or shutdown).
+
+    Types are checked, never coerced: ``"background": "false"`` is a string, not False.
+    """
+    expected = 'expected {"job": ID, "argv": [...]}, {"cancel": ID} or {"shutdown": true}'
+    if "shutdown" in message:
+        return None if message["shutdown"] is True and len(message) == 1 else \
+            f'"shutdown" must be true and alone in its message; {expected}'
+    if "cancel" in message:
+        if not isinstance(message["cancel"], (str, int)) or isinstance(message["cancel"], bool):
+            return f'"cancel" must name a job id (a string or an integer); {expected}'
+        return None
+    if "job" not in message or "argv" not in message:
+        return expected
+    if not isinstance(message["job"], (str, int)) or isinstance(message["job"], bool):
+        return '"job" must be a string or an integer'
+    argv = message["argv"]
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        return '"argv" must be a non-empty list of strings'
+    if not isinstance(message.get("background", False), bool):
+        return f'"background" must be true or false, got {message["background"]!r}'
+    unknown = sorted(set(message) - {"job", "argv", "background"})
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)} in a job message"
+    return None
 
 
 def decode(line: str) -> dict[str, Any]:

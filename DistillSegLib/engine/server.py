@@ -125,30 +125,53 @@ class Engine:
 
     # ------------------------------------------------------------------ protocol in (reader thread)
     def read(self, stdin: TextIO) -> None:
-        """Handle every line of ``stdin``; its end shuts the engine down."""
-        for line in stdin:
-            if line.strip():
-                self.handle(line)
-        self.stop("the client closed the engine's input")
+        """Handle every line of ``stdin``; its end (or a failure to read it) shuts the engine down.
+
+        No line can stop the reader: anything a line raises is answered with an ``error``
+        event, since a dead reader would leave an engine that ignores shutdown and outlives
+        its client.
+        """
+        try:
+            for line in _lines(stdin):
+                if line is None:
+                    self.send({"event": "error", "fatal": False, "message": "a line that is not UTF-8 text was ignored"})
+                elif line.strip():
+                    try:
+                        self.handle(line)
+                    except Exception as exc:  # noqa: BLE001 - the reader must outlive any line
+                        traceback.print_exc(file=sys.stderr)
+                        self.send({"event": "error", "fatal": False,
+                                   "message": f"could not handle a line ({type(exc).__name__}: {exc})"})
+        finally:
+            self.stop("the client closed the engine's input")
 
     def handle(self, line: str) -> None:
         try:
             message = protocol.decode(line)
+        except RecursionError:
+            self.send({"event": "error", "fatal": False, "message": "a line nested too deeply to read was ignored"})
+            return
         except ValueError as exc:
             self.send({"event": "error", "fatal": False, "message": f"not a JSON object: {exc}: {line.strip()[:200]}"})
             return
-        if message.get("shutdown"):
+        problem = protocol.message_problem(message)
+        if problem:
+            self.send({"event": "error", "fatal": False,
+                       **({"job": str(message["job"])} if isinstance(message.get("job"), (str, int)) else {}),
+                       "message": problem})
+        elif message.get("shutdown") is True:
             self.stop("shutdown requested")
         elif "cancel" in message:
             self.cancel(str(message["cancel"]))
-        elif "job" in message and isinstance(message.get("argv"), list):
-            self.submit(Job(str(message["job"]), [str(a) for a in message["argv"]], bool(message.get("background"))))
         else:
-            self.send({"event": "error", "fatal": False, **({"job": str(message["job"])} if "job" in message else {}),
-                       "message": "expected {\"job\": ID, \"argv\": [...]}, {\"cancel\": ID} or {\"shutdown\": true}"})
+            self.submit(Job(str(message["job"]), list(message["argv"]), message.get("background", False)))
 
     def submit(self, job: Job) -> None:
         with self._changed:
+            if self._known(job.job_id):
+                self.send({"event": "error", "fatal": False, "job": job.job_id,
+                           "message": f"job id {job.job_id!r} is already queued or running: not run again"})
+                return
             if self._stopping:
                 self.finish(job, protocol.EXIT_CANCELLED, 0.0, "the engine is shutting down")
                 return
@@ -168,6 +191,14 @@ class Engine:
                         return
             if self._running is not None and self._running.job_id == job_id:
                 self._running.token.cancel("cancelled by the client")
+                return
+        self.send({"event": "error", "fatal": False, "job": job_id,
+                   "message": f"no job {job_id!r} to cancel: unknown, or already finished"})
+
+    def _known(self, job_id: str) -> bool:
+        running = self._running
+        return (running is not None and running.job_id == job_id) or any(
+            job.job_id == job_id for queue in (self._foreground, self._background) for job in queue)
 
     def stop(self, reason: str) -> None:
         """Cancel everything and let :meth:`serve` end."""
@@ -249,6 +280,20 @@ class Engine:
     def finish(self, job: Job, code: int, seconds: float, message: str | None) -> None:
         self.send({"job": job.job_id, "event": "finished", "exit_code": code, "seconds": round(seconds, 3),
                    **({"message": message} if message else {})})
+
+
+def _lines(stdin: TextIO):
+    """The lines of ``stdin`` as text; ``None`` for a line that is not UTF-8 (reading bytes when
+    the stream has them, so that one bad byte does not end the text decoder and the reader)."""
+    binary = getattr(stdin, "buffer", None)
+    if binary is None:
+        yield from stdin
+        return
+    for raw in binary:
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield None
 
 
 @functools.lru_cache(maxsize=None)

@@ -34,6 +34,8 @@ NON_IMAGE_MODALITIES = {"RTSTRUCT", "SEG", "RTPLAN", "RTDOSE", "RTRECORD", "SR",
 SPACING_TOLERANCE_MM = 0.01
 # Slices this close (fraction of the spacing) to a regular grid are placed on it as they are.
 SNAP_FRACTION = 0.05
+# In-plane offsets between slices (gantry tilt) up to this fraction of a pixel are DS rounding.
+IN_PLANE_TOLERANCE_FRACTION = 0.05
 
 
 @dataclass
@@ -68,7 +70,8 @@ def read_dicom_series(path: Path | str, modality: str | None = None) -> Volume:
         Volume ``(columns, rows, slices)`` float32; meta: ``path``, ``modality``,
         ``units``, ``frame_of_reference_uid``, ``series_instance_uid``,
         ``study_instance_uid``, ``dicom_files`` (str paths in slice order),
-        ``slice_positions_mm`` (acquired, along the normal), ``slice_regularisation`` (see
+        ``slice_positions_mm`` (acquired, along the normal), ``in_plane_realignment`` (see
+        :func:`realign_in_plane`: gantry tilt), ``slice_regularisation`` (see
         :func:`regularise_slices`) and for PET ``suv`` (the facts used, see :mod:`.suv`).
 
     Raises:
@@ -164,6 +167,10 @@ def load_series(series: DicomSeries, source: Path) -> Volume:
         "dicom_files": [str(f) for f in files],
         "slice_positions_mm": positions.tolist(),
     }
+    in_plane = geometry.in_plane_offsets(order)  # (K, 2) mm along the row and column directions
+    slices, corner, meta["in_plane_realignment"] = realign_in_plane(
+        slices, in_plane, geometry.column_spacing, geometry.row_spacing, str(source)
+    )
     if series.modality == "PT":
         from .suv import suv_scale_factor
 
@@ -180,8 +187,9 @@ def load_series(series: DicomSeries, source: Path) -> Volume:
     affine_lps[:3, 0] = geometry.row_direction * geometry.column_spacing
     affine_lps[:3, 1] = geometry.column_direction * geometry.row_spacing
     affine_lps[:3, 2] = geometry.normal * spacing_k
-    # Origin: the in-plane corner of the first slice, moved along the normal to the grid start.
-    first_position = geometry.ipp[order[0]]
+    # Origin: the in-plane corner of the realigned grid (the first slice's unless tilted), moved
+    # along the normal to the grid start.
+    first_position = geometry.ipp[order[0]] + geometry.row_direction * corner[0] + geometry.column_direction * corner[1]
     affine_lps[:3, 3] = first_position + geometry.normal * (grid_positions[0] - positions[0])
     array = np.ascontiguousarray(slices.transpose(1, 0, 2), dtype=np.float32)  # (cols, rows, k)
     return Volume(array, LPS_TO_RAS @ affine_lps, meta)
@@ -239,6 +247,56 @@ def regularise_slices(
     return grid, out.astype(np.float32), "interpolated"
 
 
+def realign_in_plane(
+    slices: np.ndarray, offsets_mm: np.ndarray, column_spacing: float, row_spacing: float, source: str
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Put slices that are shifted in-plane against each other (gantry tilt) where they are.
+
+    A grid along the slice normal assumes every slice's corner (ImagePositionPatient) lies on
+    the normal through the first one. On a tilted-gantry CT it does not: stacking the
+    slices there would move the last one by the whole tilt (34 mm on a 70-slice series
+    shifted 0.5 mm a slice). Each slice is instead resampled (linear, as Slicer's acquisition
+    geometry regularisation does) onto one in-plane grid that covers all slices; voxels no
+    slice reaches get the series' minimum (air or no uptake).
+
+    Args:
+        slices: ``(rows, cols, K)`` values, sorted by position.
+        offsets_mm: ``(K, 2)`` each slice's corner relative to the first slice's, in mm along
+            the row direction (columns) and the column direction (rows), normal removed.
+        column_spacing, row_spacing: mm between columns and between rows.
+
+    Returns:
+        ``(slices, corner_mm, how)``: the realigned ``(rows', cols', K)`` values, the new
+        grid's corner relative to the first slice's ``(along rows, along columns)`` in mm,
+        and a description for the volume's meta.
+    """
+    pixel = np.array([column_spacing, row_spacing])
+    if len(offsets_mm) < 2 or np.max(np.abs(offsets_mm)) <= IN_PLANE_TOLERANCE_FRACTION * pixel.min():
+        return slices, np.zeros(2), "none"
+    from scipy import ndimage
+
+    low = offsets_mm.min(axis=0)
+    extra = np.ceil((offsets_mm.max(axis=0) - low) / pixel - 1e-6).astype(int)  # (cols, rows) added
+    rows, cols, count = slices.shape
+    fill = float(slices.min())
+    out = np.empty((rows + extra[1], cols + extra[0], count), np.float32)
+    for k in range(count):
+        start = (low - offsets_mm[k]) / pixel  # source (col, row) index of the new grid's corner
+        # Whole-pixel shifts stay exact: DS rounding of the positions (~1e-4 mm) must not push an
+        # edge row a hair outside its slice, where it would become background.
+        start = np.where(np.abs(start - np.round(start)) < 1e-3, np.round(start), start)
+        out[..., k] = ndimage.affine_transform(
+            slices[..., k], np.eye(2), offset=(start[1], start[0]), output_shape=out.shape[:2],
+            order=1, mode="constant", cval=fill,
+        )
+    shift = float(np.max(np.linalg.norm(offsets_mm, axis=1)))
+    log.warning(
+        "%s: slices are shifted in-plane against each other by up to %.2f mm (gantry tilt or irregular "
+        "ImagePositionPatient): each slice resampled where it really is", source, shift,
+    )
+    return out, low, f"slices shifted in-plane by up to {shift:.2f} mm (gantry tilt): resampled where they are"
+
+
 @dataclass
 class _Geometry:
     row_direction: np.ndarray
@@ -248,6 +306,11 @@ class _Geometry:
     column_spacing: float
     ipp: np.ndarray  # (K, 3) ImagePositionPatient, file order
     positions: np.ndarray  # (K,) along the normal
+
+    def in_plane_offsets(self, order: np.ndarray) -> np.ndarray:
+        """``(K, 2)`` mm: each slice's corner (in ``order``) relative to the first, along rows and columns."""
+        relative = self.ipp[order] - self.ipp[order[0]]
+        return np.stack([relative @ self.row_direction, relative @ self.column_direction], axis=1)
 
 
 def _slice_geometry(series: DicomSeries, source: Path) -> _Geometry:

@@ -25,6 +25,33 @@ _INTERPOLATORS = {
 }
 
 
+def covered_fraction(a: Volume, b: Volume) -> float:
+    """Fraction of ``a``'s voxel centres that lie inside ``b``'s field of view (its voxel edges).
+
+    Exact, through both affines (any rotation): along every row of ``a`` (fixed ``j, k``) the
+    centres inside ``b`` form one interval of ``i``, found from the three pairs of planes
+    that bound ``b``. A rotated PET whose axis-aligned box meets the CT's may hold none of
+    its voxels; a box test would call them overlapping.
+    """
+    to_b = np.linalg.inv(b.affine) @ a.affine  # a's index -> b's index
+    ni, nj, nk = a.shape
+    j, k = np.meshgrid(np.arange(nj, dtype=float), np.arange(nk, dtype=float), indexing="ij")
+    low = np.full(j.shape, 0.0)
+    high = np.full(j.shape, ni - 1.0)
+    for axis, size in enumerate(b.shape):
+        slope = to_b[axis, 0]
+        start = to_b[axis, 1] * j + to_b[axis, 2] * k + to_b[axis, 3]  # b's index at i = 0
+        lo_edge, hi_edge = -0.5 - start, size - 0.5 - start  # slope * i must lie in [lo_edge, hi_edge]
+        if abs(slope) < 1e-12:
+            outside = (lo_edge > 0) | (hi_edge < 0)
+            high = np.where(outside, -1.0, high)
+            continue
+        first, last = np.minimum(lo_edge / slope, hi_edge / slope), np.maximum(lo_edge / slope, hi_edge / slope)
+        low, high = np.maximum(low, first), np.minimum(high, last)
+    count = np.clip(np.floor(high + 1e-9) - np.ceil(low - 1e-9) + 1, 0, None)
+    return float(count.sum() / (ni * nj * nk))
+
+
 def overlap_fraction(a: Volume, b: Volume) -> float:
     """Fraction of the smaller axis-aligned physical extent that the two volumes share."""
     a_lo, a_hi = a.world_bounds()
@@ -35,12 +62,16 @@ def overlap_fraction(a: Volume, b: Volume) -> float:
 
 
 def require_overlap(a: Volume, b: Volume, what: str = "CT and PET") -> None:
-    """Raise a clear error when two volumes do not share any physical space."""
-    if overlap_fraction(a, b) <= 0.0:
+    """Raise a clear error when neither volume holds a voxel centre inside the other's field of view.
+
+    Real voxel overlap (:func:`covered_fraction`), not axis-aligned boxes: a rotated PET
+    whose box meets the CT's but whose voxels cover none of the CT is refused.
+    """
+    if overlap_fraction(a, b) <= 0.0 or (covered_fraction(a, b) <= 0.0 and covered_fraction(b, a) <= 0.0):
         a_lo, a_hi = a.world_bounds()
         b_lo, b_hi = b.world_bounds()
         raise DistillSegError(
-            f"{what} do not overlap in space: {a.describe()} spans RAS {np.round(a_lo, 1).tolist()}"
+            f"{what} do not overlap in space (no voxel of either lies inside the other): {a.describe()} spans RAS {np.round(a_lo, 1).tolist()}"
             f"..{np.round(a_hi, 1).tolist()} mm, {b.describe()} spans {np.round(b_lo, 1).tolist()}"
             f"..{np.round(b_hi, 1).tolist()} mm"
         )

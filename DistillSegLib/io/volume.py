@@ -127,7 +127,8 @@ def volume_from_sitk(image: sitk.Image, **meta: Any) -> Volume:
 
 
 def volume_to_sitk(volume: Volume) -> sitk.Image:
-    """Convert a :class:`Volume` to a SimpleITK image with LPS geometry."""
+    """Convert a :class:`Volume` to a SimpleITK image with LPS geometry (orthogonal axes only)."""
+    require_orthogonal(volume)
     affine_lps = LPS_TO_RAS @ volume.affine
     spacing = np.linalg.norm(affine_lps[:3, :3], axis=0)
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.transpose(2, 1, 0)))
@@ -161,6 +162,7 @@ def read_image(path: str | os.PathLike, **meta: Any) -> Volume:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise DistillSegError(f"cannot read image {path}: {reason}") from exc
     check_finite(volume)
+    require_orthogonal(volume)
     return volume
 
 
@@ -176,6 +178,36 @@ def _read_nifti(path: Path, **meta: Any) -> Volume:
     if array.ndim != 3:
         raise DistillSegError(f"expected a 3D image, got shape {array.shape} ({path})")
     return Volume(np.ascontiguousarray(array), image.affine, {"path": str(path), **meta})
+
+
+# Largest |cosine| between two voxel axes still counted as a right angle (float32 sform rounding
+# is ~1e-7; 1e-3 is 0.06 degrees).
+ORTHOGONAL_TOLERANCE = 1e-3
+
+
+def require_orthogonal(volume: Volume) -> None:
+    """Refuse an affine whose voxel axes are not at right angles (a sheared grid) or degenerate.
+
+    Everything downstream (SimpleITK, Slicer, NRRD/MHA output) holds a grid as spacing plus
+    an orthonormal direction: a sheared NIfTI affine would be written back with another
+    geometry (the far corner moved by centimetres) after an ITK warning.
+    """
+    axes = volume.affine[:3, :3]
+    lengths = np.linalg.norm(axes, axis=0)
+    if not np.all(np.isfinite(axes)) or np.any(lengths <= 0):
+        raise DistillSegError(f"{volume.describe()}: the affine has a zero or non-finite voxel size "
+                              f"({np.round(lengths, 4).tolist()} mm)")
+    unit = axes / lengths
+    cosines = np.abs(unit.T @ unit - np.eye(3))
+    worst = np.unravel_index(int(np.argmax(cosines)), cosines.shape)
+    if cosines[worst] > ORTHOGONAL_TOLERANCE:
+        angle = float(np.degrees(np.arccos(np.clip(unit[:, worst[0]] @ unit[:, worst[1]], -1, 1))))
+        names = "ijk"
+        raise DistillSegError(
+            f"{volume.describe()}: the affine is sheared (voxel axes {names[worst[0]]} and {names[worst[1]]} "
+            f"meet at {angle:.2f} degrees, not 90): sheared grids are not supported; resample the image "
+            "onto a grid with orthogonal axes first (e.g. 3D Slicer: Resample Scalar/Vector/DWI Volume)"
+        )
 
 
 def check_finite(volume: Volume) -> None:

@@ -51,7 +51,7 @@ PEAK_RADIUS_MM = (3.0 * PEAK_SPHERE_ML * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0) 
 # of a clinical PET (4-5.5 mm x 3.3 mm here), too small for any PET figure to mean much.
 DEFAULT_MIN_LESION_ML = 0.1
 COLUMNS = ["lesion", "label", "class", "mtv_ml", "suv_max", "suv_mean", "suv_peak", "tlg",
-           "centroid_r_mm", "centroid_a_mm", "centroid_s_mm", "voxels", "pet_voxels"]
+           "centroid_r_mm", "centroid_a_mm", "centroid_s_mm", "voxels", "pet_voxels", "pet_coverage", "overlaps_with"]
 SUV_COLUMNS = ("suv_max", "suv_mean", "suv_peak", "tlg")
 
 METHOD = {
@@ -65,6 +65,10 @@ METHOD = {
                  "voxels whose centres lie within the radius of a lesion PET voxel's centre (IBSI global intensity "
                  "peak 0F91; voxels outside the PET image left out)"),
     "tlg": "MTV x SUVmean",
+    "overlaps_with": ("ROIs of an RTSTRUCT/SEG that overlap: each is measured on its own whole mask (never on the "
+                      "part left to it in a label map), so their rows share voxels; the other ROIs' names"),
+    "pet_coverage": ("fraction of the lesion's voxels whose centres lie inside the PET's field of view; below 1 the "
+                     "lesion is cut by the PET's edge and its SUV figures and TLG describe the covered part only"),
 }
 
 
@@ -131,6 +135,16 @@ def suv_peak(pet: np.ndarray, centres: np.ndarray, spacing: tuple[float, float, 
     return float(np.max(sums[index] / counts[index]))
 
 
+def pet_coverage(lesion: Volume, pet: Volume) -> float:
+    """Fraction of ``lesion``'s non-zero voxels whose centres lie inside ``pet``'s field of view (voxel edges)."""
+    voxels = np.argwhere(lesion.array > 0)
+    if not len(voxels):
+        return 1.0
+    index = apply_affine(np.linalg.inv(pet.affine) @ lesion.affine, voxels)
+    inside = np.all((index >= -0.5) & (index <= np.asarray(pet.shape) - 0.5), axis=1)
+    return float(inside.mean())
+
+
 def lesion_on_pet(lesion: Volume, pet: Volume) -> np.ndarray:
     """``(N, 3)`` PET voxel indices that belong to ``lesion`` (a 0/1 mask on any grid, see :data:`METHOD`).
 
@@ -183,9 +197,16 @@ def lesion_table(
     # Work inside each value's, then each component's bounding box: a whole-body map with
     # many values, or thousands of specks, stays fast.
     value_boxes = ndimage.find_objects(label.array.astype(np.int32)) if values and min(values) > 0 else None
+    own_masks = {int(v): m for v, m in (label.meta.get("own_masks") or {}).items() if m.shape == label.shape}
+    overlaps = {int(v): [int(o) for o in others] for v, others in (label.meta.get("overlaps_with") or {}).items()}
+    values = sorted(set(values) | set(own_masks))  # an ROI wholly covered by a smaller one too
     for value in values:
-        region = crop_volume(label, value_boxes[value - 1]) if value_boxes else label
-        components, _ = ndimage.label(region.array == value, structure=np.ones((3, 3, 3), bool))
+        if value in own_masks:  # an overlapping ROI: its own whole mask, not the ring the label map kept
+            region, inside = label, own_masks[value]
+        else:
+            region = crop_volume(label, value_boxes[value - 1]) if value_boxes else label
+            inside = region.array == value
+        components, _ = ndimage.label(inside, structure=np.ones((3, 3, 3), bool))
         sizes = np.bincount(components.ravel())
         for index, box in enumerate(ndimage.find_objects(components), start=1):
             mtv = float(sizes[index] * voxel_ml)
@@ -206,10 +227,17 @@ def lesion_table(
                 "centroid_a_mm": float(centroid[1]),
                 "centroid_s_mm": float(centroid[2]),
                 "voxels": int(sizes[index]),
+                "pet_coverage": pet_coverage(lesion, pet),
+                "overlaps_with": ", ".join(names.get(o, f"label {o}") for o in overlaps.get(value, [])),
             })
-            if table.rows[-1]["pet_voxels"] == 0:
+            row = table.rows[-1]
+            if row["pet_voxels"] == 0:
                 log.warning("lesion %d (%s) lies outside the PET's field of view: its SUV figures are 0",
-                            len(table.rows), table.rows[-1]["class"])
+                            len(table.rows), row["class"])
+            elif row["pet_coverage"] < 1.0:
+                log.warning("lesion %d (%s): %.0f%% of its %.2f mL lies outside the PET's field of view: its "
+                            "SUVmax, SUVmean, SUVpeak and TLG describe the covered part only",
+                            len(table.rows), row["class"], 100 * (1 - row["pet_coverage"]), mtv)
     return table
 
 
@@ -241,6 +269,13 @@ def format_lesion_table(table: LesionTable) -> str:
                      f"{row['centroid_r_mm']:.1f}, {row['centroid_a_mm']:.1f}, {row['centroid_s_mm']:.1f}")
     if not table.rows:
         lines.append("(no lesion)")
+    for row in table.rows:
+        if row.get("overlaps_with"):
+            lines.append(f"lesion {row['lesion']} ({row['class']}) overlaps {row['overlaps_with']}: each ROI is measured "
+                         "on its own whole mask, so their rows share voxels (do not add their MTVs)")
+        if row.get("pet_coverage", 1.0) < 1.0:
+            lines.append(f"lesion {row['lesion']}: only {100 * row['pet_coverage']:.0f}% of it lies inside the PET's "
+                         "field of view (cut by its edge): SUV figures and TLG describe the covered part only")
     lines.append(f"{table.left_out} component(s) under {table.min_lesion_ml:g} mL left out "
                  f"({table.left_out_ml:.2f} mL in all; --min-lesion-ml)")
     lines.append("SUV from the native PET grid; PET voxel in a lesion when the trilinearly interpolated mask >= 0.5 "

@@ -11,7 +11,8 @@ empty ground truth     0.0    None       0.0               pred   0      0.0
 =====================  =====  =========  ================  =====  =====  ==========
 
 ``None`` (undefined: no surface to measure a distance to) is left out of means and
-counted separately. HD95 and surface Dice come from MONAI (``compute_hausdorff_distance``
+counted separately; so is the HD95 of 0 of a case where both masks are empty (no distance
+was measured): the summary names the cases left out of the mean HD95. HD95 and surface Dice come from MONAI (``compute_hausdorff_distance``
 with ``percentile=95``; ``compute_surface_dice``, Nikolov et al. 2021) with the voxel
 spacing. FP/FN volumes follow the autoPET challenge (Gatidis et al., Nature Machine
 Intelligence 2024; lab-midas/autoPET ``val_script.py``): the volume of predicted connected
@@ -149,13 +150,25 @@ def summarise(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
         values = [c[key] for c in cases if c.get(key) is not None]
         return float(np.mean(values)) if values else None
 
+    def name(n: int, case: dict[str, Any]) -> str:
+        return str(case.get("case_id", f"case {n + 1}"))
+
+    def both_empty(case: dict[str, Any]) -> bool:
+        return case.get("pred_volume_ml") == 0 and case.get("gt_volume_ml") == 0
+
+    one_empty = [name(n, c) for n, c in enumerate(cases) if c.get("hd95_mm") is None]
+    nothing = [name(n, c) for n, c in enumerate(cases) if c.get("hd95_mm") is not None and both_empty(c)]
+    distances = [c["hd95_mm"] for c in cases if c.get("hd95_mm") is not None and not both_empty(c)]
+
     tp = sum(c["lesions"]["tp"] for c in cases)
     fp = sum(c["lesions"]["fp"] for c in cases)
     fn = sum(c["lesions"]["fn"] for c in cases)
     return {
         "dice": mean("dice"),
-        "hd95_mm": mean("hd95_mm"),
-        "hd95_undefined": sum(1 for c in cases if c.get("hd95_mm") is None),
+        "hd95_mm": float(np.mean(distances)) if distances else None,
+        "hd95_cases": len(distances),
+        "hd95_undefined": len(one_empty),
+        "hd95_left_out": {"one_mask_empty": one_empty, "both_masks_empty": nothing},
         "surface_dice_2mm": mean("surface_dice_2mm"),
         "fp_volume_ml": mean("fp_volume_ml"),
         "fn_volume_ml": mean("fn_volume_ml"),

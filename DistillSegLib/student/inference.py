@@ -158,6 +158,7 @@ def predict_case(
     start = time.perf_counter()
     require_roi_for_crop_model(model, roi)
     box = None if roi in (None, "all") else roi_to_index_box(roi, case.ct)  # type: ignore[arg-type]
+    require_a_volume(case.ct, box)
     if cancel is not None:
         cancel.check()
     prepared = prepare_case(case, model.config, box=box, with_label=False)
@@ -168,6 +169,17 @@ def predict_case(
     label, foreground = probabilities_to_ct_grid(probabilities.numpy(), prepared, case.ct, box)
     label.meta = {"label_names": model.config.class_names, "modality": "SEG"}
     return Prediction(label, foreground, box, time.perf_counter() - start)
+
+
+def require_a_volume(ct: Volume, box: IndexBox | None) -> None:
+    """A 3D student never runs silently on a single slice (it would see one slice and padding)."""
+    shape = ct.shape if box is None else tuple(s.stop - s.start for s in box)
+    thin = [axis for axis, n in zip("ijk", shape) if n < 2]
+    if thin:
+        where = "the CT" if box is None else "the region of interest"
+        raise DistillSegError(
+            f"{where} ({ct.describe()}, {' x '.join(map(str, shape))} voxels) is a single voxel thick along axis "
+            f"{', '.join(thin)}: the student segments 3D volumes; give a CT volume (or a larger --roi)")
 
 
 def require_roi_for_crop_model(model: StudentModel, roi) -> None:

@@ -1,9 +1,13 @@
 """From a :class:`~DistillSegLib.io.case.Case` to the student's input and back.
 
-A case is brought onto a grid with the student's spacing (same orientation and extent as
-the CT, see :func:`~DistillSegLib.io.resample.resample_to_spacing`): CT and PET become the two
-channels of one ``(2, I, J, K)`` float32 array, the label a ``(I, J, K)`` uint8 array.
-Predictions on that grid go back onto the CT grid through the affines.
+A case is brought onto a grid with the student's spacing (same extent as the CT, see
+:func:`~DistillSegLib.io.resample.resample_to_spacing`) whose index axes always run in one
+anatomical orientation, ``STUDENT_ORIENTATION``, whatever the order and direction in which
+the file stores its axes (as nnU-Net and MONAI's ``Orientationd`` do): a network is not
+invariant to transposes and flips, so a CT stored as ``(k, i, j)`` gave 466 mL instead of
+430 mL on STS_001. CT and PET become the two channels of one ``(2, I, J, K)`` float32
+array, the label a ``(I, J, K)`` uint8 array. Predictions on that grid go back onto the
+file's own CT grid through the affines (world coordinates), which undoes the reorientation.
 """
 
 from __future__ import annotations
@@ -20,6 +24,44 @@ from ..io.volume import Volume, crop_volume
 from .config import StudentConfig
 
 AIR_HU = -1000.0
+# Axis codes of the student grid: index axes increasing towards Left, Posterior, Superior. The
+# orientation of every training case (sts-petct, and DICOM axial series), so for them the
+# reorientation is the identity and trained students see what they were trained on.
+STUDENT_ORIENTATION = "LPS"
+
+
+def to_student_orientation(volume: Volume, orientation: str = STUDENT_ORIENTATION) -> Volume:
+    """The same voxels with index axes reordered and flipped to ``orientation`` (no interpolation).
+
+    Args:
+        volume: any grid; its axes are matched to the nearest anatomical axes (nibabel
+            ``io_orientation``), so an oblique grid keeps its obliquity.
+        orientation: three axis codes, e.g. ``"LPS"``.
+
+    Returns:
+        A Volume whose ``array[i, j, k]`` is the same voxel as before at the same world
+        position (the affine is updated); ``volume`` itself when already in ``orientation``.
+    """
+    import nibabel.orientations as nio
+
+    transform = nio.ornt_transform(nio.io_orientation(volume.affine), nio.axcodes2ornt(tuple(orientation)))
+    if np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):
+        return volume
+    array = np.ascontiguousarray(nio.apply_orientation(volume.array, transform))
+    affine = volume.affine @ nio.inv_ornt_aff(transform, volume.shape)
+    return Volume(array, affine, dict(volume.meta))
+
+
+def from_student_orientation(array: np.ndarray, like: Volume, orientation: str = STUDENT_ORIENTATION) -> np.ndarray:
+    """Inverse of :func:`to_student_orientation`: ``array`` on ``to_student_orientation(like)``'s grid
+    -> the same voxels in ``like``'s own index order (transposes and flips only, exact)."""
+    import nibabel.orientations as nio
+
+    transform = nio.ornt_transform(nio.axcodes2ornt(tuple(orientation)), nio.io_orientation(like.affine))
+    out = np.ascontiguousarray(nio.apply_orientation(array, transform))
+    if out.shape != like.shape:
+        raise AssertionError(f"reorientation gave {out.shape}, expected {like.shape}")
+    return out
 
 
 @dataclass
@@ -92,10 +134,11 @@ def prepare_case(
 
     The PET is resampled straight from its native grid onto the student grid (one
     interpolation instead of two through the CT grid); 0 SUV outside its field of view.
+    The student grid's axes run in ``STUDENT_ORIENTATION`` whatever the CT file's axis order.
     """
-    ct = case.ct if box is None else crop_volume(case.ct, box)
+    ct = to_student_orientation(case.ct if box is None else crop_volume(case.ct, box))
     ct_small = resample_to_spacing(ct, config.spacing, "linear", fill=AIR_HU)
-    pet_small = resample_to(case.pet, ct_small, "linear", fill=0.0)
+    pet_small = resample_to(to_student_orientation(case.pet), ct_small, "linear", fill=0.0)
     label = None
     if (with_label or audit) and case.label is not None:
         label_on_ct = case.label_on_ct if box is None else crop_volume(case.label_on_ct, box)
@@ -150,21 +193,25 @@ def probabilities_to_ct_grid(
         likely foreground class (``1 - P(background)``), both exactly on the CT grid.
     """
     num_classes = probabilities.shape[0]
+    # Onto the CT grid in the student's orientation, then back to the file's own index order by
+    # exact transposes and flips: the resampling itself is the same whatever order the file
+    # stores its axes in.
+    target = to_student_orientation(ct)
     # Linear interpolation of each class's probability, then argmax on the fine grid:
     # smoother borders than nearest-neighbour upsampling of the coarse label map. With one
     # foreground class, interpolation keeps P(bg) + P(fg) = 1, so argmax is P(fg) > 0.5 and
     # one channel is enough (half the resampling of a whole-body study).
     if num_classes == 2:
-        foreground = resample_to(prepared.grid(probabilities[1].astype(np.float32)), ct, "linear", fill=0.0).array
-        foreground = foreground.clip(0.0, 1.0).astype(np.float32)
+        foreground = resample_to(prepared.grid(probabilities[1].astype(np.float32)), target, "linear", fill=0.0).array
+        foreground = from_student_orientation(foreground.clip(0.0, 1.0).astype(np.float32), ct)
         label = (foreground > 0.5).astype(np.uint8)
     else:
         channels = [
-            resample_to(prepared.grid(probabilities[c].astype(np.float32)), ct, "linear",
+            resample_to(prepared.grid(probabilities[c].astype(np.float32)), target, "linear",
                         fill=1.0 if c == 0 else 0.0).array
             for c in range(num_classes)
         ]
-        stacked = np.stack(channels)
+        stacked = np.stack([from_student_orientation(channel, ct) for channel in channels])
         label = np.argmax(stacked, axis=0).astype(np.uint8)
         foreground = (1.0 - stacked[0]).clip(0.0, 1.0).astype(np.float32)
     if box is not None:
