@@ -137,7 +137,17 @@ def teacher_image(case: PreparedCase, config, modality: str, grid: str) -> Volum
 
 def teacher_label(case: PreparedCase, image: Volume) -> np.ndarray:
     """A labelled case's tumour mask on ``image``'s grid (bool): the CT label itself on the CT,
-    the label resampled (linear, >= 0.5) onto a native PET, the student-grid label otherwise."""
+    the label resampled (linear, >= 0.5) onto a native PET, the student-grid label otherwise.
+
+    Raises:
+        DistillSegError: when ``case`` has no training label (an unlabelled case: its
+            ``audit_label``, if any, is for scoring pseudo-labels only).
+    """
+    if case.label is None:
+        from ..errors import DistillSegError
+
+        raise DistillSegError(f"case {case.case_id} has no training label: only labelled cases may be read "
+                              "as teacher targets (an unlabelled case's audit label is for scoring only)")
     source = case.source
     if source is not None and source.label is not None:
         label = source.label_on_ct if case.box is None else crop_volume(source.label_on_ct, case.box)
