@@ -52,6 +52,9 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--confidence-weight", action=argparse.BooleanOptionalAction, default=None,
                        help="muduo: weight unlabelled voxels by the teachers' predicted IoU (LiteMedSAM's IoU head; "
                             "default on, the paper off); selftrain: by the student's own expected IoU of its slice")
+    group.add_argument("--views", choices=["both", "CT", "PET"],
+                       help="muduo: teachers on both views (default, the method) or one view only (the ablation: "
+                            "what the second view adds)")
     group.add_argument("--pseudo-loss", dest="loss", choices=["dice", "dicece"],
                        help="muduo, selftrain: loss towards the pseudo-label: soft Dice (the paper's) or CE + soft Dice (dicece, default)")
     rounds = parser.add_argument_group("teacher rounds (every distillation strategy)")

@@ -342,7 +342,9 @@ def audit_round(cases, outputs: RoundOutputs, pseudo_labels: Mapping[str, np.nda
     """Pseudo-label quality of a round against the unlabelled cases' ``audit_label``.
 
     Dice on the valid region of the student grid of: the prompting student (``>= 0.5``),
-    each teacher (``>= 0.5``) and ``pseudo_labels`` (the strategy's own pseudo-label, bool).
+    each teacher (``>= 0.5``) and ``pseudo_labels`` (the strategy's own pseudo-label, bool; or a
+    list of equally likely bool maps when the label trained on is drawn at random, as MuDuo's
+    fusion: then their mean Dice, and its minimum and maximum).
     Also, per component offered, whether it touches the tumour (for choosing ``confirm``
     on these cases, never on the validation cases). None when no case has an audit label.
     """
@@ -356,7 +358,13 @@ def audit_round(cases, outputs: RoundOutputs, pseudo_labels: Mapping[str, np.nda
         for key, maps in outputs.probability.items():
             row[key] = dice_score(maps[case.case_id][valid] >= 0.5, truth)
         if case.case_id in pseudo_labels:
-            row["pseudo_label"] = dice_score(np.asarray(pseudo_labels[case.case_id])[valid], truth)
+            label = pseudo_labels[case.case_id]
+            if isinstance(label, (list, tuple)):  # equally likely draws (a random fusion): their mean Dice
+                draws = [dice_score(np.asarray(d)[valid], truth) for d in label]
+                row["pseudo_label"] = float(np.mean(draws))
+                row["pseudo_label_min"], row["pseudo_label_max"] = float(np.min(draws)), float(np.max(draws))
+            else:
+                row["pseudo_label"] = dice_score(np.asarray(label)[valid], truth)
         per_case[case.case_id] = {k: round(v, 4) for k, v in row.items()}
         if case.case_id in outputs.components:
             components = outputs.component_maps[case.case_id]
