@@ -30,6 +30,11 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pet-teacher", metavar="NAME",
                        help="muduo PET teacher: litemedsam (default) or seganypet (default with --pet-teacher-checkpoint)")
     group.add_argument("--pet-teacher-checkpoint", metavar="FILE", help="muduo PET teacher weights (SegAnyPET)")
+    group.add_argument("--prompt-from", choices=["best", "fused"],
+                       help="knowsam: the network that prompts the teacher each round: the fusion head (fused, the "
+                            "paper's) or whichever of U-Net, co-student and fusion is best on the labelled cases "
+                            "(best, default: the untrained fusion of a warm U-Net and a fresh co-student left "
+                            "most first-round prompts empty)")
     group.add_argument("--teacher-steps", type=int, metavar="N",
                        help="teacher fine-tuning steps: tskd stage 1 in total (default 200), knowsam per round (default 4)")
     group.add_argument("--temperature", type=float, metavar="T",
