@@ -40,7 +40,7 @@ from .Nodes import (DICOM_UIDS_ATTRIBUTE, HU_UNITS, MODALITY_ATTRIBUTE, SERIES_U
                     orientedImageFromArray, requireOverlap, volumeFromNode, volumeModality)
 from .ProcessRunner import ProcessResult, ProcessRunner, SubprocessRunner, python_executable
 
-STRATEGIES = ("supervised", "muduo", "knowsam", "tskd")
+STRATEGIES = ("supervised", "selftrain", "muduo", "knowsam", "tskd")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Slicer terminology entry string: "context~category~type~typeModifier~anatomicContext~region~regionModifier",
@@ -814,7 +814,9 @@ class SceneLogic:
                      initModel: str | os.PathLike | None = None, steps: int | None = None,
                      extra: Sequence[str] = ()) -> list[str]:
         """``python -m DistillSegLib train ...``; distillation strategies also learn from the
-        training set's unlabelled studies (``--unlabelled rest``)."""
+        training set's unlabelled studies (``--unlabelled rest``). Without ``initModel`` the
+        engine first warms the student up supervised (``--warmup-steps``, 200 by default), so
+        the first round is not prompted by an untrained network."""
         from DistillSegLib.commands.train import distil_arguments
 
         if strategy not in STRATEGIES:

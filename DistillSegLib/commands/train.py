@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from .options import add_allow_implausible, positive_float, positive_int
+from .options import add_allow_implausible, non_negative_int, positive_float, positive_int
 
 HELP = "train a student network on PET/CT cases (supervised baseline or a distillation strategy)"
 DESCRIPTION = """\
@@ -52,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint (with the arguments it was started with)")
     parser.add_argument("--init", metavar="MODEL", help="start from an existing student's weights (same configuration)")
+    parser.add_argument("--warmup-steps", type=non_negative_int, metavar="N",
+                        help="supervised steps on the labelled cases before a strategy's first round, with their own "
+                             "optimiser and schedule; --steps then counts the strategy's steps (default: 200 for "
+                             "every strategy but supervised when no --init is given, else 0: a round prompted by "
+                             "an untrained student is wasted)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--json-progress", action="store_true", help="JSON progress lines on stdout")
     parser.add_argument("--threads", type=int, default=0, metavar="N",
@@ -287,6 +292,7 @@ def _train(args, out, checkpoint, labelled_src, unlabelled_src, val_src, device,
     from ..student.preprocess import prepare_case
     from ..distill import get_strategy_class
     from ..distill.trainer import Trainer, TrainingOptions
+    from ..distill.warmup import warm_up, warmup_steps_for
 
     strategy_class = get_strategy_class(args.strategy)
     progress = Progress(json_lines=args.json_progress, enabled=rank == 0)
@@ -317,6 +323,11 @@ def _train(args, out, checkpoint, labelled_src, unlabelled_src, val_src, device,
         labelled = prepared[: len(labelled_src)]
         unlabelled = prepared[len(labelled_src): len(labelled_src) + len(unlabelled_src)]
         validation = prepared[len(labelled_src) + len(unlabelled_src):]
+        warmup = warmup_steps_for(args.strategy, args.warmup_steps, bool(args.init))
+        if warmup and not args.resume:  # a resumed run's checkpoint already holds the warmed-up weights
+            init_weights, metadata["warmup"] = warm_up(
+                config, labelled, warmup, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                device=device, progress=progress, cancel=cancel, init_weights=init_weights)
         strategy = strategy_class.from_args(args)
         if args.skd:
             from ..distill.skd import with_skd
