@@ -58,3 +58,34 @@ def test_a_strategy_without_init_is_warmed_up_first(data, tmp_path, cli):
     assert first[0] > first[1] + 0.05, first
     result = cli("train", "--data", data, "--strategy", "selftrain", "--warmup-steps", "-1", "--out", tmp_path / "x.pt")
     assert result.returncode == 2 and "--warmup-steps" in result.stderr
+
+
+def test_preset_paper_sets_the_papers_options_and_explicit_ones_win():
+    import argparse
+
+    from DistillSegLib.demo.run import strategy_instance
+    from DistillSegLib.distill.muduo import MuDuoConfig
+    from DistillSegLib.distill.options import add_distillation_arguments
+    from DistillSegLib.distill.presets import apply_preset
+    from DistillSegLib.errors import DistillSegError
+
+    paper = strategy_instance("muduo", ("--preset", "paper"))
+    assert paper.config == MuDuoConfig(consistency=0.1, rampup_fraction=1.0, supervised_weight=0.5,
+                                       selection="batch", confidence_weight=False, loss="dice")
+    assert paper.teaching.tune_steps == 0
+    assert strategy_instance("muduo", ("--preset", "paper", "--consistency", "0.3")).config.consistency == 0.3
+    assert strategy_instance("knowsam", ("--preset", "paper")).config.prompt_from == "fused"
+    assert strategy_instance("knowsam", ("--preset", "paper")).config.teacher_tuning == "lora"
+    assert strategy_instance("tskd", ("--preset", "paper")).config.tuning == "lora"
+    assert strategy_instance("muduo").config == MuDuoConfig()  # no preset: the defaults
+    parser = argparse.ArgumentParser()
+    add_distillation_arguments(parser)
+    caveats = apply_preset(parser.parse_args(["--preset", "paper"]), "muduo")
+    assert any("SAM-Med3D" in c for c in caveats)  # what the preset cannot restore is said
+    with pytest.raises(DistillSegError, match="no paper configuration"):
+        strategy_instance("selftrain", ("--preset", "paper"))
+
+
+def test_preset_paper_for_a_strategy_without_a_paper_is_refused_before_loading(data, tmp_path, cli):
+    result = cli("train", "--data", data, "--strategy", "selftrain", "--preset", "paper", "--out", tmp_path / "x.pt")
+    assert result.returncode == 2 and "no paper configuration" in result.stderr and result.stdout == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -263,6 +264,10 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(checkpoint, "--checkpoint", inputs=(args.init, args.data, out))
     if args.resume and not checkpoint.exists():
         raise DistillSegError(f"--resume: no checkpoint at {checkpoint} to resume from")
+    from ..distill.presets import apply_preset
+
+    for caveat in apply_preset(args, args.strategy):  # before any case is loaded
+        print(f"note: --preset {args.preset}: {caveat}", file=sys.stderr)
     labelled_src, unlabelled_src, val_src = select_cases(args)
 
     import torch

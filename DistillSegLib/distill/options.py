@@ -12,6 +12,9 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
     """Options read by the ``muduo``, ``knowsam`` and ``tskd`` strategies and ``--skd``."""
     group = parser.add_argument_group(
         "distillation (strategies muduo, knowsam, tskd; teachers default to the embedded LiteMedSAM)")
+    from .presets import add_preset_argument
+
+    add_preset_argument(group)
     group.add_argument("--skd", action="store_true",
                        help="add KnowSAM's SAM-induced KD (KL at T=10) to the strategy (knowsam has it built in)")
     group.add_argument("--teacher", metavar="NAME",
