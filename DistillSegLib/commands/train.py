@@ -21,6 +21,13 @@ MODEL's name with .checkpoint.pt; --resume continues from it. SIGINT/SIGTERM sto
 cleanly: the last checkpoint stays usable and an existing MODEL is left untouched.
 Under torchrun the run is data-parallel (DDP; gloo on CPU, nccl on CUDA).
 
+Strategies: supervised; selftrain (the control: the distillation schedule with the student's
+own pseudo-labels, no teacher); muduo, knowsam, tskd (foundation-model teachers). Their
+defaults depart from the papers (teachers asked in rounds, tuned LiteMedSAM teachers, other
+loss weights; muduo at its defaults is closer to a dual-view TS-KD than to MuDuo):
+docs/methods.md lists every departure and how it was chosen; --preset paper restores what
+an option can. Without --init a strategy first warms up supervised (--warmup-steps 200).
+
 example:
   distillseg train --data ../shared/data/sts-petct --labelled STS_001,STS_002,STS_003,STS_004,STS_005 \\
                    --val STS_006,STS_008 --steps 400 --seed 0 --out student.pt

@@ -1,5 +1,6 @@
-"""``distillseg train --strategy X`` without ``--init`` warms the student up supervised before
-the strategy's first round (a round prompted by an untrained student is wasted)."""
+"""`distillseg train`'s defaults for users: a strategy without ``--init`` warms the student up
+supervised first; ``--preset paper`` runs the papers' configurations; the help says where the
+defaults depart."""
 
 from __future__ import annotations
 
@@ -89,3 +90,18 @@ def test_preset_paper_sets_the_papers_options_and_explicit_ones_win():
 def test_preset_paper_for_a_strategy_without_a_paper_is_refused_before_loading(data, tmp_path, cli):
     result = cli("train", "--data", data, "--strategy", "selftrain", "--preset", "paper", "--out", tmp_path / "x.pt")
     assert result.returncode == 2 and "no paper configuration" in result.stderr and result.stdout == ""
+
+
+def test_help_and_methods_page_name_every_strategy_and_its_departures(cli):
+    from conftest import ROOT
+    from DistillSegLib.distill import strategy_names
+    from DistillSegLib.distill.presets import PAPER_OPTIONS
+
+    page = (ROOT / "docs" / "methods.md").read_text()
+    for name in strategy_names():
+        assert f"## `{name}`" in page, name
+    for name in PAPER_OPTIONS:  # every preset has its table of departures
+        section = page.split(f"## `{name}`")[1].split("\n## ")[0]
+        assert "`--preset paper`" in section and "| setting |" in section
+    result = cli("train", "--help")
+    assert "docs/methods.md" in result.stdout and "--preset" in result.stdout and "--warmup-steps" in result.stdout
