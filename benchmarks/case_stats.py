@@ -13,8 +13,8 @@ the choice of cases does. These statistics treat the validation case as the unit
 Input: the ``runs`` of ``benchmarks/distillation.py``'s JSON (``per_case_dice`` per method and
 seed). Gains are in Dice points (100 x Dice difference).
 
-    python benchmarks/case_stats.py benchmarks/results/distillation_muduo_weighted.json --arm muduo
-    python benchmarks/case_stats.py A.json --arm muduo --baseline-file B.json --baseline selftrain
+    python benchmarks/case_stats.py benchmarks/results/distillation_muduo_weighted.json:muduo
+    python benchmarks/case_stats.py A.json:muduo:selftrain:B.json --out stats.json
 """
 
 from __future__ import annotations
@@ -115,19 +115,36 @@ def describe(name: str, baseline: str, stats: Mapping[str, Any]) -> str:
             f"{stats['cases_positive']}/{stats['n_cases']} cases gain)")
 
 
+def compare(spec: str, draws: int = 10000) -> dict[str, Any]:
+    """One comparison ``FILE:ARM[:BASELINE[:BASELINE_FILE]]`` (baseline default ``supervised``
+    from the same file): the statistics, with where the numbers came from."""
+    parts = spec.split(":")
+    file, arm = parts[0], parts[1]
+    baseline = parts[2] if len(parts) > 2 and parts[2] else "supervised"
+    base_file = parts[3] if len(parts) > 3 else file
+    runs = json.loads(Path(file).read_text())["runs"]
+    base_runs = runs if base_file == file else json.loads(Path(base_file).read_text())["runs"]
+    stats = case_statistics(per_case_dice(runs, arm), per_case_dice(base_runs, baseline), draws)
+    return {"arm": arm, "arm_file": file, "baseline": baseline, "baseline_file": base_file, **stats}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("file", help="a benchmarks/distillation.py JSON")
-    parser.add_argument("--arm", required=True)
-    parser.add_argument("--baseline", default="supervised")
-    parser.add_argument("--baseline-file", help="take the baseline from this JSON (same protocol and seeds)")
+    parser.add_argument("comparisons", nargs="+", metavar="FILE:ARM[:BASELINE[:BASELINE_FILE]]",
+                        help="a benchmarks/distillation.py JSON, the arm, the baseline (default supervised) and the "
+                             "JSON it comes from (default the same; same protocol and seeds)")
     parser.add_argument("--draws", type=int, default=10000)
+    parser.add_argument("--out", help="write every comparison to this JSON")
     args = parser.parse_args(argv)
-    runs = json.loads(Path(args.file).read_text())["runs"]
-    base_runs = json.loads(Path(args.baseline_file).read_text())["runs"] if args.baseline_file else runs
-    stats = case_statistics(per_case_dice(runs, args.arm), per_case_dice(base_runs, args.baseline), args.draws)
-    print(describe(args.arm, args.baseline, stats))
-    print(json.dumps(stats, indent=1))
+    results = [compare(spec, args.draws) for spec in args.comparisons]
+    for result in results:
+        print(describe(result["arm"], result["baseline"], result) + f"  [{result['arm_file']}]")
+    if args.out:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from DistillSegLib.atomic import write_json_atomic
+
+        write_json_atomic(Path(args.out), {"benchmark": "case_stats", "command": " ".join([sys.executable, *sys.argv]),
+                                           "comparisons": results})
     return 0
 
 
