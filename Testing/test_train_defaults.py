@@ -105,3 +105,8 @@ def test_help_and_methods_page_name_every_strategy_and_its_departures(cli):
         assert "`--preset paper`" in section and "| setting |" in section
     result = cli("train", "--help")
     assert "docs/methods.md" in result.stdout and "--preset" in result.stdout and "--warmup-steps" in result.stdout
+
+
+def test_a_strategy_without_unlabelled_cases_is_refused_before_the_warm_up(data, tmp_path, cli):
+    result = cli("train", "--data", data, "--labelled", "STS_001", "--strategy", "selftrain", "--out", tmp_path / "x.pt")
+    assert result.returncode == 2 and "--unlabelled" in result.stderr and result.stdout == ""

@@ -276,6 +276,9 @@ def run(args: argparse.Namespace) -> int:
     for caveat in apply_preset(args, args.strategy):  # before any case is loaded
         print(f"note: --preset {args.preset}: {caveat}", file=sys.stderr)
     labelled_src, unlabelled_src, val_src = select_cases(args)
+    if args.strategy != "supervised" and not unlabelled_src:  # before a warm-up that would be wasted
+        raise DistillSegError(f"strategy {args.strategy!r} learns from unlabelled cases: give --unlabelled CASES "
+                              "(or --unlabelled rest)")
 
     import torch
 
