@@ -101,3 +101,17 @@ def test_selftrain_learns_from_the_students_own_mask_with_muduos_loss(cases, war
     restored = SelfTrainStrategy()
     restored.load_state_dict(strategy.state_dict())
     assert restored.rounds == strategy.rounds and restored.config == SelfTrainConfig()
+
+
+def test_with_an_ema_copy_labelling_the_audit_also_scores_the_evaluated_student(cases, warm):
+    from DistillSegLib.distill.selftrain import SelfTrainStrategy
+
+    labelled, unlabelled = cases
+    options = TrainingOptions(steps=2, batch_size=2, seed=1, val_every=1000, checkpoint_every=1000,
+                              refresh_every=1, ema_decay=0.5)
+    strategy = SelfTrainStrategy()
+    trainer = Trainer(CONFIG, options, strategy, [labelled], [unlabelled], init_weights=warm)
+    trainer.train()
+    second = strategy.rounds[1]
+    assert "evaluated" in second["mean"] and "student" in second["mean"]  # the EMA labelled, the student is saved
+    assert 0.0 <= second["mean"]["evaluated"] <= 1.0

@@ -485,7 +485,7 @@ class KnowSAMStrategy(DistillationStrategy):
         teachers = {"p_sam": (self.sam, self.modality)}
         outputs = self.run_round(trainer, teachers, network=network)
         self.labelled_outputs = run_labelled_round(trainer, teachers, self.cache, self.teaching.round, network)
-        self.audit(trainer, outputs, {c: p >= 0.5 for c, p in outputs.probability["p_sam"].items()})
+        self.audit(trainer, outputs, {c: p >= 0.5 for c, p in outputs.probability["p_sam"].items()}, network)
 
     def prompting_network(self, trainer) -> torch.nn.Module:
         """The network that prompts the teacher this round (``KnowSAMConfig.prompt_from``); the

@@ -379,6 +379,23 @@ def audit_round(cases, outputs: RoundOutputs, pseudo_labels: Mapping[str, np.nda
             "seconds": round(outputs.seconds, 1)}
 
 
+def evaluated_network_dice(trainer, record: dict[str, Any]) -> None:
+    """Add the Dice of the trainer's own student (the network that is evaluated and saved)
+    on each audited case to an :func:`audit_round` record, as ``evaluated``."""
+    from .teaching import student_foreground
+
+    for case in trainer.unlabelled:
+        row = record["cases"].get(case.case_id)
+        if row is None or case.audit_label is None:
+            continue
+        valid = tuple(slice(0, n) for n in case.valid_shape)
+        foreground = student_foreground(trainer, case, trainer.network)
+        row["evaluated"] = round(dice_score(foreground[valid] >= 0.5, case.audit_label[valid] > 0), 4)
+    scores = [row["evaluated"] for row in record["cases"].values() if "evaluated" in row]
+    if scores:
+        record["mean"]["evaluated"] = round(float(np.mean(scores)), 4)
+
+
 def describe_audit(audit: Mapping[str, Any]) -> str:
     """One log line: mean Dice of the student, the teachers and the pseudo-label."""
     parts = [f"{k} {v:.3f}" for k, v in audit["mean"].items()]

@@ -111,7 +111,7 @@ class SelfTrainStrategy(Strategy):
         return cls(SelfTrainConfig(**values))
 
     def on_round_start(self, trainer, step: int) -> None:
-        from .pseudo_labels import audit_round, describe_audit
+        from .pseudo_labels import audit_round, describe_audit, evaluated_network_dice
 
         start = time.perf_counter()
         network = trainer.prompting_network()
@@ -134,6 +134,8 @@ class SelfTrainStrategy(Strategy):
         record = audit_round(trainer.unlabelled, outputs, {c: m > 0 for c, m in self.pseudo.items()},
                              trainer.step + 1) or {"step": trainer.step + 1, "seconds": round(outputs.seconds, 1)}
         record.pop("components", None)
+        if "mean" in record and network is not trainer.network:  # the EMA copy labelled: score the student too
+            evaluated_network_dice(trainer, record)
         self.rounds.append(record)
         if "mean" in record:
             trainer.progress.message(describe_audit(record))
