@@ -67,3 +67,20 @@ def test_recorded_muduo_figures_match_the_issue(tmp_path):
     assert stats["mean_points"] == pytest.approx(5.40, abs=0.01)
     assert stats["median_case_points"] == pytest.approx(3.2, abs=0.05)
     assert stats["t_ci95_over_cases"] == pytest.approx([0.1, 10.7], abs=0.05)
+
+
+def test_runs_of_several_files_are_joined_and_must_agree(tmp_path):
+    import json
+
+    a = [{"method": "supervised", "seed": 0, "per_case_dice": {"x": 0.5}},
+         {"method": "selftrain", "seed": 0, "per_case_dice": {"x": 0.6}}]
+    b = [{"method": "supervised", "seed": 0, "per_case_dice": {"x": 0.5}},
+         {"method": "supervised", "seed": 1, "per_case_dice": {"x": 0.4}}]
+    (tmp_path / "a.json").write_text(json.dumps({"runs": a}))
+    (tmp_path / "b.json").write_text(json.dumps({"runs": b}))
+    runs = case_stats.load_runs(f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}")
+    assert sorted((r["method"], r["seed"]) for r in runs) == [("selftrain", 0), ("supervised", 0), ("supervised", 1)]
+    b[0]["per_case_dice"]["x"] = 0.51  # the same seed scored differently: not the same protocol
+    (tmp_path / "b.json").write_text(json.dumps({"runs": b}))
+    with pytest.raises(ValueError, match="differs"):
+        case_stats.load_runs(f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}")

@@ -115,6 +115,23 @@ def describe(name: str, baseline: str, stats: Mapping[str, Any]) -> str:
             f"{stats['cases_positive']}/{stats['n_cases']} cases gain)")
 
 
+def load_runs(files: str) -> list[dict]:
+    """The ``runs`` of one JSON, or of several (comma-separated: seeds run in separate
+    processes); a method and seed found twice must agree on every case, else ValueError."""
+    runs, seen = [], {}
+    for file in files.split(","):
+        for run in json.loads(Path(file).read_text())["runs"]:
+            key = (run.get("method"), run.get("seed"))
+            if key in seen and run.get("per_case_dice"):
+                if seen[key] != run["per_case_dice"]:
+                    raise ValueError(f"{key[0]} seed {key[1]} differs between the files {files}")
+                continue
+            if run.get("per_case_dice"):
+                seen[key] = run["per_case_dice"]
+            runs.append(run)
+    return runs
+
+
 def compare(spec: str, draws: int = 10000) -> dict[str, Any]:
     """One comparison ``FILE:ARM[:BASELINE[:BASELINE_FILE]]`` (baseline default ``supervised``
     from the same file): the statistics, with where the numbers came from."""
@@ -122,8 +139,8 @@ def compare(spec: str, draws: int = 10000) -> dict[str, Any]:
     file, arm = parts[0], parts[1]
     baseline = parts[2] if len(parts) > 2 and parts[2] else "supervised"
     base_file = parts[3] if len(parts) > 3 else file
-    runs = json.loads(Path(file).read_text())["runs"]
-    base_runs = runs if base_file == file else json.loads(Path(base_file).read_text())["runs"]
+    runs = load_runs(file)
+    base_runs = runs if base_file == file else load_runs(base_file)
     stats = case_statistics(per_case_dice(runs, arm), per_case_dice(base_runs, baseline), draws)
     return {"arm": arm, "arm_file": file, "baseline": baseline, "baseline_file": base_file, **stats}
 
@@ -131,7 +148,7 @@ def compare(spec: str, draws: int = 10000) -> dict[str, Any]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("comparisons", nargs="+", metavar="FILE:ARM[:BASELINE[:BASELINE_FILE]]",
-                        help="a benchmarks/distillation.py JSON, the arm, the baseline (default supervised) and the "
+                        help="a benchmarks/distillation.py JSON (or several, comma-separated), the arm, the baseline (default supervised) and the "
                              "JSON it comes from (default the same; same protocol and seeds)")
     parser.add_argument("--draws", type=int, default=10000)
     parser.add_argument("--out", help="write every comparison to this JSON")
