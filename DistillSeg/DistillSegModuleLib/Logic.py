@@ -794,8 +794,8 @@ class SceneLogic:
         (litemedsam or sam-med3d) and a PET teacher (litemedsam or seganypet), the one not
         selected staying LiteMedSAM (options of ``DistillSegLib/distill/options.py``).
         """
-        if strategy == "supervised" or not teacher or teacher == "litemedsam":
-            return []
+        if strategy in ("supervised", "selftrain") or not teacher or teacher == "litemedsam":
+            return []  # selftrain: the control without a teacher
         file = [str(checkpoint)] if checkpoint else []
         if not file:
             raise LogicError(f"teacher {teacher} needs its checkpoint file")
