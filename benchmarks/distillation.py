@@ -25,6 +25,10 @@ every departure from the protocol is written to the JSON under ``cuts`` with the
     # runs are in each JSON's "command":
     .venv/bin/python benchmarks/distillation.py --out /tmp/bench/muduo --seeds 0,1,2 --strategies muduo \\
         --steps 600 --warmup-steps 200 --refresh-every 200 --max-unlabelled-cases 6 --teacher-cases 0 --threads 1
+    # the control without a teacher, frozen protocol benchmarks/protocols/teacher_vs_selftrain.json
+    # (distillation_selftrain_seeds012.json + _seeds34.json; case statistics: benchmarks/case_stats.py)
+    .venv/bin/python benchmarks/distillation.py --out /tmp/bench/selftrain --seeds 0,1,2,3,4 --strategies selftrain \\
+        --steps 600 --warmup-steps 200 --refresh-every 200 --max-unlabelled-cases 6 --teacher-cases 0 --threads 1
 """
 
 from __future__ import annotations
