@@ -555,6 +555,7 @@ def test_run_writes_a_new_segmentation_and_keeps_an_edited_one(study, logic, sce
 def test_teacher_selection_becomes_train_options():
     arguments = SceneLogic.teacherArguments
     assert arguments("supervised", "sam", "sam.pth") == []
+    assert arguments("selftrain", "sam", "sam.pth") == []  # the control has no teacher
     assert arguments("knowsam", "litemedsam", None) == []
     assert arguments("tskd", "sam", "sam_vit_b_01ec64.pth") == ["--teacher", "sam", "--teacher-checkpoint",
                                                                  "sam_vit_b_01ec64.pth"]

@@ -6,7 +6,10 @@ teacher defaults (embedded LiteMedSAM), three training seeds. For each seed the
 supervised student is trained first; every distilled student starts from its weights
 after ``--warmup-steps`` and trains the remaining steps with its strategy (same total
 steps and labelled cases for all; see ``DistillSegLib.demo.run.train_students``).
-Validation Dice and HD95 come from the function behind ``distillseg evaluate``.
+Validation Dice and HD95 come from the function behind ``distillseg evaluate``. Every gain
+is also given at the case level (:mod:`case_stats`: a bootstrap over cases x seeds, the
+median case, leave-one-case-out), and, when ``selftrain`` runs, each distillation strategy
+is compared with it: the control with the same schedule and no teacher.
 
 The target of issue 6: a distilled student beating the supervised one by >= 3 Dice points
 (mean of three seeds) while running >= 20x faster per case than the LiteMedSAM teacher on
@@ -21,6 +24,10 @@ every departure from the protocol is written to the JSON under ``cuts`` with the
     # and distillation_tskd.json (--strategies tskd); the strategy options of the older
     # runs are in each JSON's "command":
     .venv/bin/python benchmarks/distillation.py --out /tmp/bench/muduo --seeds 0,1,2 --strategies muduo \\
+        --steps 600 --warmup-steps 200 --refresh-every 200 --max-unlabelled-cases 6 --teacher-cases 0 --threads 1
+    # the control without a teacher, frozen protocol benchmarks/protocols/teacher_vs_selftrain.json
+    # (distillation_selftrain_seeds012.json + _seeds34.json; case statistics: benchmarks/case_stats.py)
+    .venv/bin/python benchmarks/distillation.py --out /tmp/bench/selftrain --seeds 0,1,2,3,4 --strategies selftrain \\
         --steps 600 --warmup-steps 200 --refresh-every 200 --max-unlabelled-cases 6 --teacher-cases 0 --threads 1
 """
 
@@ -37,6 +44,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 # The full protocol: the reference supervised student of ../shared/DESIGN.md (1200
 # iterations), every validation and unlabelled case of the split, a teacher round every
@@ -233,6 +241,9 @@ def summarise(args, data, split, strategies, seeds, runs, suv, suv_eval, teacher
         for suffix, baseline in (("", "supervised"), ("+pp", "supervised+pp")):
             summary[name + suffix]["paired"] = paired_differences(runs, name + suffix, baseline)
             summary[name + suffix]["paired_dev"] = paired_differences(runs, name + suffix, baseline, "dev_")
+            summary[name + suffix]["case_stats"] = case_level(runs, name + suffix, baseline)
+            if "selftrain" in strategies and name != "selftrain":  # what the teacher adds over self-training
+                summary[name + suffix]["case_stats_vs_selftrain"] = case_level(runs, name + suffix, "selftrain" + suffix)
 
     result = {
         "benchmark": "distillation", "command": " ".join([sys.executable, *sys.argv]),
@@ -251,6 +262,18 @@ def summarise(args, data, split, strategies, seeds, runs, suv, suv_eval, teacher
     result["seeds_finished"] = done
     write_json_atomic(out / "distillation.json", result)
     return result
+
+
+def case_level(runs: list[dict], name: str, baseline: str) -> dict | None:
+    """Case-level statistics of ``name`` - ``baseline`` on the validation cases
+    (:mod:`case_stats`: case x seed bootstrap, median case, leave-one-case-out); None
+    before both arms have a seed in common."""
+    import case_stats
+
+    arm, base = case_stats.per_case_dice(runs, name), case_stats.per_case_dice(runs, baseline)
+    if not set(arm) & set(base):
+        return None
+    return {"baseline": baseline, **case_stats.case_statistics(arm, base)}
 
 
 def paired_differences(runs: list[dict], name: str, baseline: str = "supervised", prefix: str = "") -> dict:
@@ -298,8 +321,13 @@ def format_table(result: dict) -> str:
                 lines.append(f"  paired vs supervised on {where}, seeds {paired['seeds']}: Dice points "
                              + ", ".join(f"{d:+.1f}" for d in paired["dice_points"])
                              + f"; mean {paired['dice']['mean']:+.1f}"
-                             + (f" (95% CI {ci[0]:+.1f} .. {ci[1]:+.1f})" if ci else "")
+                             + (f" (95% CI over seeds {ci[0]:+.1f} .. {ci[1]:+.1f})" if ci else "")
                              + (f"; HD95 mm mean {paired['hd95']['mean']:+.1f}" if paired["hd95"]["mean"] is not None else ""))
+        for key in ("case_stats", "case_stats_vs_selftrain"):
+            if s.get(key):
+                import case_stats
+
+                lines.append("  " + case_stats.describe(name, s[key]["baseline"], s[key]))
     speed = result.get("teacher_speed")
     if speed:
         lines.append(f"teacher LiteMedSAM CT+PET {speed['teacher_seconds_per_case_ct_plus_pet']:.1f} s/case vs student "

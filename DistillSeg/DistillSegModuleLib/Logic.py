@@ -40,7 +40,7 @@ from .Nodes import (DICOM_UIDS_ATTRIBUTE, HU_UNITS, MODALITY_ATTRIBUTE, SERIES_U
                     orientedImageFromArray, requireOverlap, volumeFromNode, volumeModality)
 from .ProcessRunner import ProcessResult, ProcessRunner, SubprocessRunner, python_executable
 
-STRATEGIES = ("supervised", "muduo", "knowsam", "tskd")
+STRATEGIES = ("supervised", "selftrain", "muduo", "knowsam", "tskd")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Slicer terminology entry string: "context~category~type~typeModifier~anatomicContext~region~regionModifier",
@@ -796,8 +796,8 @@ class SceneLogic:
         (litemedsam or sam-med3d) and a PET teacher (litemedsam or seganypet), the one not
         selected staying LiteMedSAM (options of ``DistillSegLib/distill/options.py``).
         """
-        if strategy == "supervised" or not teacher or teacher == "litemedsam":
-            return []
+        if strategy in ("supervised", "selftrain") or not teacher or teacher == "litemedsam":
+            return []  # selftrain: the control without a teacher
         file = [str(checkpoint)] if checkpoint else []
         if not file:
             raise LogicError(f"teacher {teacher} needs its checkpoint file")
@@ -816,7 +816,9 @@ class SceneLogic:
                      initModel: str | os.PathLike | None = None, steps: int | None = None,
                      extra: Sequence[str] = ()) -> list[str]:
         """``python -m DistillSegLib train ...``; distillation strategies also learn from the
-        training set's unlabelled studies (``--unlabelled rest``)."""
+        training set's unlabelled studies (``--unlabelled rest``). Without ``initModel`` the
+        engine first warms the student up supervised (``--warmup-steps``, 200 by default), so
+        the first round is not prompted by an untrained network."""
         from DistillSegLib.commands.train import distil_arguments
 
         if strategy not in STRATEGIES:

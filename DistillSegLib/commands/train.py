@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Sequence
 
-from .options import add_allow_implausible, positive_float, positive_int
+from .options import add_allow_implausible, non_negative_int, positive_float, positive_int
 
 HELP = "train a student network on PET/CT cases (supervised baseline or a distillation strategy)"
 DESCRIPTION = """\
@@ -19,6 +20,13 @@ plus the optimiser state) is written atomically every --checkpoint-every steps t
 MODEL's name with .checkpoint.pt; --resume continues from it. SIGINT/SIGTERM stop
 cleanly: the last checkpoint stays usable and an existing MODEL is left untouched.
 Under torchrun the run is data-parallel (DDP; gloo on CPU, nccl on CUDA).
+
+Strategies: supervised; selftrain (the control: the distillation schedule with the student's
+own pseudo-labels, no teacher); muduo, knowsam, tskd (foundation-model teachers). Their
+defaults depart from the papers (teachers asked in rounds, tuned LiteMedSAM teachers, other
+loss weights; muduo at its defaults is closer to a dual-view TS-KD than to MuDuo):
+docs/methods.md lists every departure and how it was chosen; --preset paper restores what
+an option can. Without --init a strategy first warms up supervised (--warmup-steps 200).
 
 example:
   distillseg train --data ../shared/data/sts-petct --labelled STS_001,STS_002,STS_003,STS_004,STS_005 \\
@@ -52,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint (with the arguments it was started with)")
     parser.add_argument("--init", metavar="MODEL", help="start from an existing student's weights (same configuration)")
+    parser.add_argument("--warmup-steps", type=non_negative_int, metavar="N",
+                        help="supervised steps on the labelled cases before a strategy's first round, with their own "
+                             "optimiser and schedule; --steps then counts the strategy's steps (default: 200 for "
+                             "every strategy but supervised when no --init is given, else 0: a round prompted by "
+                             "an untrained student is wasted)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--json-progress", action="store_true", help="JSON progress lines on stdout")
     parser.add_argument("--threads", type=int, default=0, metavar="N",
@@ -258,7 +271,14 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(checkpoint, "--checkpoint", inputs=(args.init, args.data, out))
     if args.resume and not checkpoint.exists():
         raise DistillSegError(f"--resume: no checkpoint at {checkpoint} to resume from")
+    from ..distill.presets import apply_preset
+
+    for caveat in apply_preset(args, args.strategy):  # before any case is loaded
+        print(f"note: --preset {args.preset}: {caveat}", file=sys.stderr)
     labelled_src, unlabelled_src, val_src = select_cases(args)
+    if args.strategy != "supervised" and not unlabelled_src:  # before a warm-up that would be wasted
+        raise DistillSegError(f"strategy {args.strategy!r} learns from unlabelled cases: give --unlabelled CASES "
+                              "(or --unlabelled rest)")
 
     import torch
 
@@ -287,6 +307,7 @@ def _train(args, out, checkpoint, labelled_src, unlabelled_src, val_src, device,
     from ..student.preprocess import prepare_case
     from ..distill import get_strategy_class
     from ..distill.trainer import Trainer, TrainingOptions
+    from ..distill.warmup import warm_up, warmup_steps_for
 
     strategy_class = get_strategy_class(args.strategy)
     progress = Progress(json_lines=args.json_progress, enabled=rank == 0)
@@ -318,6 +339,11 @@ def _train(args, out, checkpoint, labelled_src, unlabelled_src, val_src, device,
         labelled = prepared[: len(labelled_src)]
         unlabelled = prepared[len(labelled_src): len(labelled_src) + len(unlabelled_src)]
         validation = prepared[len(labelled_src) + len(unlabelled_src):]
+        warmup = warmup_steps_for(args.strategy, args.warmup_steps, bool(args.init))
+        if warmup and not args.resume:  # a resumed run's checkpoint already holds the warmed-up weights
+            init_weights, metadata["warmup"] = warm_up(
+                config, labelled, warmup, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                device=device, progress=progress, cancel=cancel, init_weights=init_weights)
         strategy = strategy_class.from_args(args)
         if args.skd:
             from ..distill.skd import with_skd

@@ -203,6 +203,9 @@ def strategy_instance(name: str, options: Sequence[str] = ()):
     if unknown:
         raise DistillSegError(f"bad distillation options {' '.join(options)!r}: unknown {' '.join(unknown)} "
                               "(see distillseg train --help)")
+    from ..distill.presets import apply_preset
+
+    apply_preset(args, name)
     return cls.from_args(args)
 
 

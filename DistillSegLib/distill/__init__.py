@@ -3,6 +3,8 @@
 * :mod:`.trainer` — the loop (model, data, optimiser, checkpoints, validation, progress,
   DDP) and the :class:`~.trainer.Strategy` protocol; :mod:`.patches` — patch sampling.
 * :mod:`.supervised` — the supervised-only baseline every method is measured beside.
+* :mod:`.selftrain` — the control without a teacher: the distillation schedule and loss
+  with the student's own pseudo-labels.
 * :mod:`.muduo` — MuDuo: teacher agreement, selection, random fusion, consistency.
 * :mod:`.knowsam` — KnowSAM: second student, learned fusion, learnable prompt, SAM-induced KD.
 * :mod:`.tskd` — TS-KD: LoRA fine-tuning of the teacher, distillation on a transfer set.
@@ -29,6 +31,7 @@ STRATEGY_MODULES: dict[str, str] = {
     "muduo": "muduo:MuDuoStrategy",
     "knowsam": "knowsam:KnowSAMStrategy",
     "tskd": "tskd:TSKDStrategy",
+    "selftrain": "selftrain:SelfTrainStrategy",
 }
 
 

@@ -67,6 +67,29 @@ from .teaching import (DEFAULT_TEACHER, DistillationStrategy, TeachingSettings, 
 from .tskd import finetune_teacher
 
 
+PROMPT_SOURCES = ("best", "fused")
+
+
+def labelled_dice(trainer, network: torch.nn.Module, cases) -> float:
+    """Mean Dice of ``network``'s foreground (>= 0.5) against the training labels of ``cases``."""
+    from .pseudo_labels import dice_score
+
+    scores = []
+    for case in cases:
+        trainer.cancel.check()
+        valid = tuple(slice(0, n) for n in case.valid_shape)
+        foreground = student_foreground(trainer, case, network)
+        scores.append(dice_score(foreground[valid] >= 0.5, case.label[valid] > 0))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def best_prompting_network(trainer, candidates: Mapping[str, torch.nn.Module], cases) -> tuple[str, dict[str, float]]:
+    """``(name, {name: labelled Dice})``: the candidate with the best Dice on the labelled
+    ``cases`` (ties: the first listed)."""
+    scores = {name: round(labelled_dice(trainer, network, cases), 4) for name, network in candidates.items()}
+    return max(scores, key=lambda n: (scores[n], -list(scores).index(n))), scores
+
+
 @dataclass
 class KnowSAMConfig:
     """KnowSAM hyper-parameters (defaults from taozh2017/KnowSAM, see module docstring).
@@ -90,6 +113,16 @@ class KnowSAMConfig:
             (``mixed_iterations`` 12000 of ``max_iterations`` 50000 in ``train_semi_SAM.py``).
         mix_grid: cells of a patch along each axis for the mix-up (4 x 4 in 2D there).
         mix_top_k: cells exchanged per patch (``top_k=5`` there).
+        prompt_from: which network prompts the teacher each round: ``"fused"`` (the paper's:
+            the fusion head's output) or ``"best"`` (default): whichever of the U-Net, the
+            co-student and the fusion scores the best Dice on the labelled cases (training
+            labels only). The fusion head starts as the plain mean of the two students'
+            logits; next to a warm-started U-Net, the co-student is still background-biased
+            at the first round, and the mean of their logits left 4 of 6 unlabelled cases
+            without any foreground -- without a prompt -- in the benchmark
+            (``benchmarks/results/distillation_knowsam_seed0.json``: prompting Dice 0.223 at
+            the first round, 2 of 6 cases still empty at the second, against 0.645 for the
+            same warm-up U-Net alone).
     """
 
     temperature: float = 10.0
@@ -107,8 +140,11 @@ class KnowSAMConfig:
     mixed_after: float = 0.24
     mix_grid: tuple[int, int, int] = (4, 4, 2)
     mix_top_k: int = 5
+    prompt_from: str = "best"
 
     def __post_init__(self) -> None:
+        if self.prompt_from not in PROMPT_SOURCES:
+            raise ValueError(f"KnowSAM prompt_from must be one of {', '.join(PROMPT_SOURCES)}, got {self.prompt_from!r}")
         if self.teacher_tuning not in ("decoder", "lora"):
             raise ValueError(f"KnowSAM teacher tuning must be decoder or lora, got {self.teacher_tuning!r}")
 
@@ -318,6 +354,7 @@ class KnowSAMStrategy(DistillationStrategy):
         self.co_student_warm = False
         self._restored: Mapping[str, Any] | None = None
         self._images = None
+        self.prompt_choices: list[dict[str, Any]] = []
 
     @classmethod
     def from_args(cls, args) -> "KnowSAMStrategy":
@@ -328,6 +365,8 @@ class KnowSAMStrategy(DistillationStrategy):
             config.teacher_steps = int(args.teacher_steps)
         if getattr(args, "teacher_tuning", None):
             config.teacher_tuning = args.teacher_tuning
+        if getattr(args, "prompt_from", None):
+            config.prompt_from = args.prompt_from
         return cls(config, getattr(args, "teacher", None) or DEFAULT_TEACHER, getattr(args, "teacher_checkpoint", None),
                    getattr(args, "teacher_modality", None) or "CT", teaching=TeachingSettings.from_args(args))
 
@@ -442,11 +481,24 @@ class KnowSAMStrategy(DistillationStrategy):
             self.warm_co_student(trainer)
         self.co_student_warm = True
         self.teacher_losses = self.tune_teacher(trainer)
-        network = self.fused_network(trainer)
+        network = self.prompting_network(trainer)
         teachers = {"p_sam": (self.sam, self.modality)}
         outputs = self.run_round(trainer, teachers, network=network)
         self.labelled_outputs = run_labelled_round(trainer, teachers, self.cache, self.teaching.round, network)
-        self.audit(trainer, outputs, {c: p >= 0.5 for c, p in outputs.probability["p_sam"].items()})
+        self.audit(trainer, outputs, {c: p >= 0.5 for c, p in outputs.probability["p_sam"].items()}, network)
+
+    def prompting_network(self, trainer) -> torch.nn.Module:
+        """The network that prompts the teacher this round (``KnowSAMConfig.prompt_from``); the
+        choice and the candidates' labelled Dice are kept in ``prompt_choices``."""
+        fused = self.fused_network(trainer)
+        if self.config.prompt_from == "fused":
+            return fused
+        candidates = {"fused": fused, "unet": trainer.prompting_network(), "co-student": self.second}
+        chosen, scores = best_prompting_network(trainer, candidates, trainer.labelled)
+        self.prompt_choices.append({"step": trainer.step + 1, "chosen": chosen, "labelled_dice": scores})
+        trainer.progress.message(f"knowsam: the {chosen} network prompts the teacher (labelled Dice "
+                                 + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) + ")")
+        return candidates[chosen]
 
     def run_round(self, trainer, teachers, foregrounds=None, network=None):
         from .pseudo_labels import run_round
@@ -502,7 +554,8 @@ class KnowSAMStrategy(DistillationStrategy):
         return {"method": "KnowSAM (Huang et al., IEEE TMI 2025, arXiv:2412.13742)",
                 **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()},
                 "teacher": self.teacher_name, "teacher_modality": self.modality,
-                "second_student": "MONAI SegResNet", **self.teaching_metadata()}
+                "second_student": "MONAI SegResNet", "prompt_choices": list(self.prompt_choices),
+                **self.teaching_metadata()}
 
     def state_dict(self) -> dict[str, Any]:
         tuned = {k: v.detach().cpu() for k, v in self.sam.model.state_dict().items()
@@ -514,6 +567,7 @@ class KnowSAMStrategy(DistillationStrategy):
             "teacher": tuned,
             "teacher_optimizer": self.teacher_optimizer.state_dict(),
             "co_student_warm": self.co_student_warm,
+            "prompt_choices": list(self.prompt_choices),
             **self.teaching_state(),
         }
 
@@ -527,6 +581,7 @@ class KnowSAMStrategy(DistillationStrategy):
         if not state:
             return
         self.co_student_warm = bool(state.get("co_student_warm", True))
+        self.prompt_choices = list(state.get("prompt_choices", []))
         self.load_teaching_state(state)
         if hasattr(self, "sam"):
             self._load_teacher_state(state)

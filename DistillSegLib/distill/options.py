@@ -12,6 +12,9 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
     """Options read by the ``muduo``, ``knowsam`` and ``tskd`` strategies and ``--skd``."""
     group = parser.add_argument_group(
         "distillation (strategies muduo, knowsam, tskd; teachers default to the embedded LiteMedSAM)")
+    from .presets import add_preset_argument
+
+    add_preset_argument(group)
     group.add_argument("--skd", action="store_true",
                        help="add KnowSAM's SAM-induced KD (KL at T=10) to the strategy (knowsam has it built in)")
     group.add_argument("--teacher", metavar="NAME",
@@ -30,6 +33,11 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pet-teacher", metavar="NAME",
                        help="muduo PET teacher: litemedsam (default) or seganypet (default with --pet-teacher-checkpoint)")
     group.add_argument("--pet-teacher-checkpoint", metavar="FILE", help="muduo PET teacher weights (SegAnyPET)")
+    group.add_argument("--prompt-from", choices=["best", "fused"],
+                       help="knowsam: the network that prompts the teacher each round: the fusion head (fused, the "
+                            "paper's) or whichever of U-Net, co-student and fusion is best on the labelled cases "
+                            "(best, default: the untrained fusion of a warm U-Net and a fresh co-student left "
+                            "most first-round prompts empty)")
     group.add_argument("--teacher-steps", type=int, metavar="N",
                        help="teacher fine-tuning steps: tskd stage 1 in total (default 200), knowsam per round (default 4)")
     group.add_argument("--temperature", type=float, metavar="T",
@@ -37,11 +45,11 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--keep-fraction", type=float, metavar="F",
                        help="muduo: fraction of unlabelled patches kept by teacher agreement (default 0.5)")
     group.add_argument("--consistency", type=float, metavar="W",
-                       help="muduo: maximum weight of the ramped consistency loss (default 1.0; the paper 0.1)")
+                       help="muduo, selftrain: maximum weight of the ramped consistency loss (default 1.0; the paper 0.1)")
     group.add_argument("--rampup-fraction", type=float, metavar="F",
-                       help="muduo: the consistency weight ramps up over this fraction of the steps (default 0.25; the paper 1.0)")
+                       help="muduo, selftrain: the consistency weight ramps up over this fraction of the steps (default 0.25; the paper 1.0)")
     group.add_argument("--supervised-weight", type=float, metavar="W",
-                       help="muduo: weight of CE + Dice on the labelled patches (default 1.0; the paper 0.5)")
+                       help="muduo, selftrain: weight of CE + Dice on the labelled patches (default 1.0; the paper 0.5)")
     group.add_argument("--selection", choices=["batch", "case", "none"],
                        help="muduo: which unlabelled patches count: the better-agreeing half of each batch (batch, "
                             "the paper's), all with cases ranked by teacher agreement each round (case), all (none, default)")
@@ -51,9 +59,12 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
                        help="muduo: voxels where the CT and PET teachers disagree do not count")
     group.add_argument("--confidence-weight", action=argparse.BooleanOptionalAction, default=None,
                        help="muduo: weight unlabelled voxels by the teachers' predicted IoU (LiteMedSAM's IoU head; "
-                            "default on, the paper off)")
+                            "default on, the paper off); selftrain: by the student's own expected IoU of its slice")
+    group.add_argument("--views", choices=["both", "CT", "PET"],
+                       help="muduo: teachers on both views (default, the method) or one view only (the ablation: "
+                            "what the second view adds)")
     group.add_argument("--pseudo-loss", dest="loss", choices=["dice", "dicece"],
-                       help="muduo: loss towards the pseudo-label: soft Dice (the paper's) or CE + soft Dice (dicece, default)")
+                       help="muduo, selftrain: loss towards the pseudo-label: soft Dice (the paper's) or CE + soft Dice (dicece, default)")
     rounds = parser.add_argument_group("teacher rounds (every distillation strategy)")
     rounds.add_argument("--teacher-grid", choices=["native", "student"],
                         help="what grid the teachers see: each modality's own (native, default) or the student's")

@@ -137,7 +137,17 @@ def teacher_image(case: PreparedCase, config, modality: str, grid: str) -> Volum
 
 def teacher_label(case: PreparedCase, image: Volume) -> np.ndarray:
     """A labelled case's tumour mask on ``image``'s grid (bool): the CT label itself on the CT,
-    the label resampled (linear, >= 0.5) onto a native PET, the student-grid label otherwise."""
+    the label resampled (linear, >= 0.5) onto a native PET, the student-grid label otherwise.
+
+    Raises:
+        DistillSegError: when ``case`` has no training label (an unlabelled case: its
+            ``audit_label``, if any, is for scoring pseudo-labels only).
+    """
+    if case.label is None:
+        from ..errors import DistillSegError
+
+        raise DistillSegError(f"case {case.case_id} has no training label: only labelled cases may be read "
+                              "as teacher targets (an unlabelled case's audit label is for scoring only)")
     source = case.source
     if source is not None and source.label is not None:
         label = source.label_on_ct if case.box is None else crop_volume(source.label_on_ct, case.box)
@@ -332,7 +342,9 @@ def audit_round(cases, outputs: RoundOutputs, pseudo_labels: Mapping[str, np.nda
     """Pseudo-label quality of a round against the unlabelled cases' ``audit_label``.
 
     Dice on the valid region of the student grid of: the prompting student (``>= 0.5``),
-    each teacher (``>= 0.5``) and ``pseudo_labels`` (the strategy's own pseudo-label, bool).
+    each teacher (``>= 0.5``) and ``pseudo_labels`` (the strategy's own pseudo-label, bool; or a
+    list of equally likely bool maps when the label trained on is drawn at random, as MuDuo's
+    fusion: then their mean Dice, and its minimum and maximum).
     Also, per component offered, whether it touches the tumour (for choosing ``confirm``
     on these cases, never on the validation cases). None when no case has an audit label.
     """
@@ -346,7 +358,13 @@ def audit_round(cases, outputs: RoundOutputs, pseudo_labels: Mapping[str, np.nda
         for key, maps in outputs.probability.items():
             row[key] = dice_score(maps[case.case_id][valid] >= 0.5, truth)
         if case.case_id in pseudo_labels:
-            row["pseudo_label"] = dice_score(np.asarray(pseudo_labels[case.case_id])[valid], truth)
+            label = pseudo_labels[case.case_id]
+            if isinstance(label, (list, tuple)):  # equally likely draws (a random fusion): their mean Dice
+                draws = [dice_score(np.asarray(d)[valid], truth) for d in label]
+                row["pseudo_label"] = float(np.mean(draws))
+                row["pseudo_label_min"], row["pseudo_label_max"] = float(np.min(draws)), float(np.max(draws))
+            else:
+                row["pseudo_label"] = dice_score(np.asarray(label)[valid], truth)
         per_case[case.case_id] = {k: round(v, 4) for k, v in row.items()}
         if case.case_id in outputs.components:
             components = outputs.component_maps[case.case_id]
@@ -359,6 +377,23 @@ def audit_round(cases, outputs: RoundOutputs, pseudo_labels: Mapping[str, np.nda
     return {"step": step, "mean": mean, "cases": per_case,
             "components": {c: s for c, s in outputs.components.items() if c in per_case},
             "seconds": round(outputs.seconds, 1)}
+
+
+def evaluated_network_dice(trainer, record: dict[str, Any]) -> None:
+    """Add the Dice of the trainer's own student (the network that is evaluated and saved)
+    on each audited case to an :func:`audit_round` record, as ``evaluated``."""
+    from .teaching import student_foreground
+
+    for case in trainer.unlabelled:
+        row = record["cases"].get(case.case_id)
+        if row is None or case.audit_label is None:
+            continue
+        valid = tuple(slice(0, n) for n in case.valid_shape)
+        foreground = student_foreground(trainer, case, trainer.network)
+        row["evaluated"] = round(dice_score(foreground[valid] >= 0.5, case.audit_label[valid] > 0), 4)
+    scores = [row["evaluated"] for row in record["cases"].values() if "evaluated" in row]
+    if scores:
+        record["mean"]["evaluated"] = round(float(np.mean(scores)), 4)
 
 
 def describe_audit(audit: Mapping[str, Any]) -> str:

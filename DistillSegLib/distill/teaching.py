@@ -316,13 +316,19 @@ class DistillationStrategy(Strategy):
         """The round's teacher outputs (``--skd`` distils from them)."""
         return self.outputs.probability
 
-    def audit(self, trainer, outputs: RoundOutputs, pseudo_labels: Mapping[str, np.ndarray]) -> None:
+    def audit(self, trainer, outputs: RoundOutputs, pseudo_labels: Mapping[str, np.ndarray],
+              network: torch.nn.Module | None = None) -> None:
         """Record the round: its time, the components kept and, where the unlabelled cases
-        have held-out labels, the Dice of the student, each teacher and ``pseudo_labels``."""
-        from .pseudo_labels import audit_round, describe_audit
+        have held-out labels, the Dice of the prompting network (``student``), each teacher
+        and ``pseudo_labels``; and of the network that is evaluated (``evaluated``: the
+        trainer's student) when another one prompted (``network``, or the EMA copy)."""
+        from .pseudo_labels import audit_round, describe_audit, evaluated_network_dice
 
         record = audit_round(trainer.unlabelled, outputs, pseudo_labels, trainer.step + 1) or \
             {"step": trainer.step + 1, "seconds": round(outputs.seconds, 1)}
+        prompting = network if network is not None else trainer.prompting_network()
+        if "mean" in record and prompting is not trainer.network:
+            evaluated_network_dice(trainer, record)
         kept = [s["kept"] for summaries in outputs.components.values() for s in summaries]
         record["components"] = {"offered": len(kept), "kept": int(sum(kept)), "cases": record.get("components", {})}
         self.rounds.append(record)

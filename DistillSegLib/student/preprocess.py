@@ -12,6 +12,7 @@ file's own CT grid through the affines (world coordinates), which undoes the reo
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -151,9 +152,23 @@ def prepare_case(
     image = np.stack([normalise_ct(ct_small.array, config), normalise_pet(pet_small.array, config)])
     valid_shape = ct_small.shape
     image, label = pad_to_patch(image, label, config)
-    audit_label = None if with_label else label
+    # The audit holds its own copy; an unlabelled case keeps a source without its label, so
+    # nothing that reads ``source`` (the teachers' native grids) can reach the label.
+    audit_label = None if with_label or label is None else label.copy()
+    source = case if with_label else without_label(case)
     return PreparedCase(case.case_id, image, label if with_label else None, ct_small.affine, valid_shape,
-                        meta={"ct_shape": case.ct.shape, "box": box}, source=case, box=box, audit_label=audit_label)
+                        meta={"ct_shape": case.ct.shape, "box": box}, source=source, box=box, audit_label=audit_label)
+
+
+def without_label(case: Case) -> Case:
+    """A shallow copy of ``case`` with no label (images shared, the cached PET-on-CT kept)."""
+    if case.label is None:
+        return case
+    copy_ = copy.copy(case)
+    copy_.__dict__.pop("label_on_ct", None)
+    copy_.label = None
+    copy_.meta = {k: v for k, v in case.meta.items() if "label" not in k}
+    return copy_
 
 
 def pad_to_patch(
