@@ -132,10 +132,13 @@ def changedLoadedPackages(before: Mapping[str, str], after: Mapping[str, str],
 def runPip(python: str, arguments: Sequence[str], onLine: Callable[[str], None] | None = None,
            env: Mapping[str, str] | None = None) -> tuple[int, list[str]]:
     """Run ``python -m pip ARGUMENTS``; ``(exit status, output lines)``, each line also given
-    to ``onLine`` as it comes (Slicer: print it and keep the GUI alive)."""
+    to ``onLine`` as it comes (Slicer: print it and keep the GUI alive). On Windows pip's
+    console window is hidden, as ``slicer.util.launchConsoleProcess`` hides it."""
+    from DistillSegLib.engine.processes import background_options
+
     process = subprocess.Popen([python, "-m", "pip", *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, text=True, encoding="utf-8", errors="replace",
-                               env=dict(env) if env is not None else None)
+                               env=dict(env) if env is not None else None, **background_options(new_group=False))
     lines = []
     for line in process.stdout:
         lines.append(line.rstrip("\r\n"))

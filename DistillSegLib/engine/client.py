@@ -1,6 +1,7 @@
-"""A client of the warm engine over subprocess pipes (standard library only; Slicer imports it).
+"""A client of the warm engine over subprocess pipes (standard library, psutil where installed; Slicer imports it).
 
-:class:`EngineClient` starts ``python -m DistillSegLib serve`` in its own process group,
+:class:`EngineClient` starts ``python -m DistillSegLib serve`` in its own process group (no console
+window on Windows; killed with its whole process tree, :mod:`.processes`),
 submits jobs, delivers each job's messages to callbacks, cancels, restarts the engine when it
 dies or does not answer a cancel within :data:`~.protocol.CANCEL_GRACE_S` seconds, and
 shuts it down. Like the module's ``SubprocessRunner``, it reads the pipes on background
@@ -17,9 +18,7 @@ on the caller's thread, so callbacks may touch the MRML scene. Example::
 from __future__ import annotations
 
 import itertools
-import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from . import protocol
+from .processes import background_options, kill_tree
 
 
 @dataclass
@@ -120,8 +120,7 @@ class EngineClient:
             [self.python, "-m", "DistillSegLib", "serve", *self.engine_args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
             encoding="utf-8", env=self.env,
-            start_new_session=(os.name == "posix"),  # its own process group: a kill reaches its children
-            creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
+            **background_options(),  # its own process group; no console window on Windows
         )
         self._bye = False
         generation = self._generation
@@ -143,7 +142,7 @@ class EngineClient:
         return self.ready
 
     def kill(self) -> None:
-        """SIGKILL the engine's process group; pending jobs end with ``EXIT_ENGINE_DIED``."""
+        """Kill the engine's process tree; pending jobs end with ``EXIT_ENGINE_DIED``."""
         process = self._process
         if process is None:
             return
@@ -340,13 +339,9 @@ class EngineClient:
 
 
 def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        if os.name == "posix":
-            os.killpg(process.pid, signal.SIGKILL)
-        else:
-            process.kill()
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
+    """Kill the engine and every process under it (``PythonSlicer`` starts the interpreter
+    as its child: killing the launcher alone would leave the engine running)."""
+    kill_tree(process)
 
 
 def _last_error(lines) -> str:

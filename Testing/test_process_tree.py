@@ -1,0 +1,113 @@
+"""Every kill path of the engine reaches the interpreter behind a launcher, and the engine
+starts detached from Slicer's console.
+
+``PythonSlicer`` is a launcher: it starts the real interpreter as a child and forwards no
+signal. On Windows there is no process group a single kill could reach, so killing the
+launcher's process alone leaves the engine running. The launcher here starts the
+interpreter in a session of its own, outside the launcher's process group, as a Windows
+child is outside anything but its process tree: only a kill that walks the tree stops it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import ROOT
+from DistillSegLib.engine.client import EngineClient
+from DistillSegLib.engine.processes import background_options, kill_tree
+
+LAUNCHER_SOURCE = f"""#!{sys.executable}
+import subprocess, sys
+sys.exit(subprocess.call([{sys.executable!r}, *sys.argv[1:]], start_new_session=True))
+"""
+
+
+@pytest.fixture
+def launcher(tmp_path) -> Path:
+    path = tmp_path / "PythonLauncher"
+    path.write_text(LAUNCHER_SOURCE)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def interpreter_of(pid: int, timeout: float = 60.0) -> psutil.Process:
+    """The interpreter the launcher ``pid`` started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = psutil.Process(pid).children()
+        if children:
+            return children[0]
+        time.sleep(0.05)
+    raise TimeoutError("the launcher started no interpreter")
+
+
+def gone(process: psutil.Process, timeout: float = 10.0) -> bool:
+    try:
+        process.wait(timeout)
+        return True
+    except psutil.TimeoutExpired:
+        return False
+
+
+def engine_env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.parametrize("how", ["kill", "shutdown", "cancel"])
+def test_every_kill_path_stops_the_engine_behind_a_launcher(launcher, how):
+    engine = EngineClient(python=str(launcher), engine_args=["--threads", "1"], env=engine_env(), cancel_grace=0.5)
+    engine.start()
+    interpreter = interpreter_of(engine.pid)
+    try:
+        if how == "kill":
+            engine.kill()
+        elif how == "shutdown":
+            engine.wait_ready(timeout=300)
+            # An engine that does not answer: stopped, it neither reads nor exits; shutdown kills it.
+            interpreter.suspend()
+            engine.shutdown(timeout=1.0)
+        else:  # a cancel that is not answered in time kills the engine and restarts it
+            engine.wait_ready(timeout=300)
+            interpreter.suspend()
+            job = engine.submit(["teachers", "--json"])
+            engine.cancel(job)
+            result = engine.wait(job, timeout=60)
+            assert result.cancelled and "did not stop within" in result.message
+        assert gone(interpreter), f"{how}: the interpreter behind the launcher is still running"
+    finally:
+        if interpreter.is_running():
+            interpreter.kill()
+        engine.shutdown(timeout=5.0)
+
+
+def test_kill_tree_reaches_grandchildren_outside_the_process_group(launcher):
+    process = subprocess.Popen([str(launcher), "-c", "import time; time.sleep(600)"], **background_options())
+    interpreter = interpreter_of(process.pid)
+    assert os.getsid(interpreter.pid) != os.getsid(process.pid)  # outside the launcher's group
+    kill_tree(process)
+    assert process.wait(10) != 0
+    assert gone(interpreter)
+    kill_tree(process)  # already gone: no error
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX sessions")
+def test_the_engine_and_pip_start_detached_from_the_callers_terminal(tmp_path):
+    sys.path.insert(0, str(ROOT / "DistillSeg"))
+    from DistillSegModuleLib.Dependencies import runPip
+
+    engine = EngineClient(engine_args=["--threads", "1"], env=engine_env())
+    engine.start()
+    try:
+        assert os.getsid(engine.pid) == engine.pid  # a session of its own: no signal from Slicer's terminal
+    finally:
+        engine.kill()
+    code, lines = runPip(sys.executable, ["--version"])
+    assert code == 0 and lines[0].startswith("pip ")
