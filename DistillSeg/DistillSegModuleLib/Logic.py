@@ -34,7 +34,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from . import Pet, Prompts
+from . import Catalogue, Pet, Prompts
 from .Nodes import (DICOM_UIDS_ATTRIBUTE, HU_UNITS, MODALITY_ATTRIBUTE, SERIES_UID_ATTRIBUTE, SUV_UNITS,
                     LogicError, arrayFromImageData, ensureSegmentationConverters, ijkToRasArray,
                     orientedImageFromArray, requireOverlap, volumeFromNode, volumeModality)
@@ -503,7 +503,8 @@ class SceneLogic:
         command = self.engineCommand("predict", "--teacher", teacher, "--ct", str(ctPath), "--pet", str(petPath),
                                      "--out", str(outPath), "--json-progress", "--device", device)
         command += ["--modality", modality] if modality else []
-        command += ["--checkpoint", str(checkpoint)] if checkpoint else []
+        checkpoint = Catalogue.teacherCheckpoint(teacher, checkpoint)
+        command += ["--checkpoint", checkpoint] if checkpoint else []
         command += [f"--prompt-box={formatRoi(box)}"] if box is not None else []
         command += [Prompts.pointsOption(clicks)] if clicks else []
         command += ["--prompt-mask", str(previous), "--prompt-segment", str(segmentIndex + 1)] if previous else []
