@@ -302,6 +302,10 @@ def test_restart_is_asked_only_for_packages_already_imported():
     after = {"scipy": "1.13.1", "monai": "1.6.1", "nibabel": "5.4.2", "peft": "0.21.2"}
     assert Dependencies.changedLoadedPackages(before, after, {"monai", "numpy"}) == ["monai 1.5.0 -> 1.6.1"]
     assert Dependencies.changedLoadedPackages(before, after, {"numpy"}) == []
+    # A first installation: torch was not there before; the installer imported it afterwards.
+    assert Dependencies.changedLoadedPackages(before, {**after, "torch": "2.8.0"}, {"torch", "monai"}) == \
+        ["monai 1.5.0 -> 1.6.1"]
+    assert Dependencies.changedLoadedPackages({}, {"torch": "2.8.0", "peft": "0.21.2"}, {"torch", "peft"}) == []
 
 
 def test_pip_failure_is_reported_with_pips_own_message(tmp_path):

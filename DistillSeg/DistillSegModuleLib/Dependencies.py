@@ -116,7 +116,13 @@ def constraints(provided: Sequence[Requirement], installed: Mapping[str, str]) -
 def changedLoadedPackages(before: Mapping[str, str], after: Mapping[str, str],
                           loadedModules: Iterable[str] | None = None) -> list[str]:
     """``name old -> new`` for each distribution whose version changed while one of its
-    top-level modules is imported (then Slicer must be restarted)."""
+    top-level modules is imported (then Slicer must be restarted).
+
+    ``loadedModules``: the modules imported *before* the installation (default: those
+    imported now). A distribution that was not installed before cannot have had its old
+    code imported, so a first installation never needs a restart, even though the
+    installer imports what it installed (the PyTorch extension imports torch to check it).
+    """
     loaded = set(loadedModules if loadedModules is not None else sys.modules)
     owners: dict[str, set[str]] = {}
     for module, distributions in importlib.metadata.packages_distributions().items():
@@ -124,7 +130,7 @@ def changedLoadedPackages(before: Mapping[str, str], after: Mapping[str, str],
             owners.setdefault(canonical(distribution), set()).add(module)
     changed = []
     for name in sorted(set(before) | set(after)):
-        if before.get(name) != after.get(name) and owners.get(name, {name}) & loaded:
+        if name in before and before.get(name) != after.get(name) and owners.get(name, {name}) & loaded:
             changed.append(f"{name} {before.get(name, '(none)')} -> {after.get(name, '(removed)')}")
     return changed
 
