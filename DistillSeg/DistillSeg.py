@@ -156,11 +156,14 @@ class DistillSegTest(ScriptedLoadableModuleTest):
 
         self.assertTrue(Install.ensureDependencies(), "the engine's dependencies are not installed")
         logic = DistillSegLogic().sceneLogic
-        self.delayDisplay("Loading the sample PET/CT")
-        ct, pet, reference = Samples.downloadSample()
-        self.delayDisplay("Run, correct, add to the training set, distil, run again")
-        result = refinementLoop(logic, ct, pet, reference, Path(tempfile.mkdtemp(prefix="DistillSegTest-")),
-                                lambda start: self._wait(logic, start))
+        try:
+            self.delayDisplay("Loading the sample PET/CT")
+            ct, pet, reference = Samples.downloadSample()
+            self.delayDisplay("Run, correct, add to the training set, distil, run again")
+            result = refinementLoop(logic, ct, pet, reference, Path(tempfile.mkdtemp(prefix="DistillSegTest-")),
+                                    lambda start: self._wait(logic, start))
+        finally:
+            logic.cleanup()  # the test's own warm engine: not left running after each Test or Reload
         self.assertGreater(result.newSegmentationNode.GetSegmentation().GetNumberOfSegments(), 0)
         self.delayDisplay(f"DistillSeg self-test passed (bundled student Dice {result.dice:.3f})")
 

@@ -111,3 +111,49 @@ def test_the_engine_and_pip_start_detached_from_the_callers_terminal(tmp_path):
         engine.kill()
     code, lines = runPip(sys.executable, ["--version"])
     assert code == 0 and lines[0].startswith("pip ")
+
+
+def slow_launcher(folder: Path, seconds: float, script: str | None = None) -> Path:
+    """A launcher that takes ``seconds`` to start its interpreter (a cold PythonSlicer), which
+    runs ``script`` instead of the given arguments when one is given."""
+    arguments = "['-c', " + repr(script) + "]" if script is not None else "sys.argv[1:]"
+    path = folder / "SlowLauncher"
+    path.write_text(f"#!{sys.executable}\nimport subprocess, sys, time\ntime.sleep({seconds})\n"
+                    f"sys.exit(subprocess.call([{sys.executable!r}, *{arguments}]))\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_quitting_while_the_engine_starts_does_not_wait_for_it(tmp_path):
+    engine = EngineClient(python=str(slow_launcher(tmp_path, 20.0)), env=engine_env())
+    engine.start()
+    launcher = psutil.Process(engine.pid)
+    started = time.monotonic()
+    engine.shutdown()  # Slicer quits while the engine is still importing
+    assert time.monotonic() - started < 5.0
+    assert gone(launcher, 1.0) and not engine.is_alive()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_a_training_run_is_killed_when_the_module_shuts_down(tmp_path):
+    sys.path.insert(0, str(ROOT / "DistillSeg"))
+    from DistillSegModuleLib.EngineRunner import EngineRunner
+
+    stubborn = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                "print('training', flush=True)\ntime.sleep(600)")
+    runner = EngineRunner()
+    runner.fallback._grace_s = 1.0
+    lines, results = [], []
+    # ``train`` runs in its own process, not in the warm engine
+    runner.start([str(slow_launcher(tmp_path, 0.0, stubborn)), "-m", "DistillSegLib", "train"], lines.append,
+                 results.append)
+    deadline = time.monotonic() + 60
+    while not lines and time.monotonic() < deadline:
+        runner.poll()
+        time.sleep(0.05)
+    tree = [psutil.Process(pid) for pid in runner.fallback.process_ids()]
+    tree += [child for p in tree for child in p.children(recursive=True) if child.pid not in {q.pid for q in tree}]
+    assert len(tree) == 2  # the launcher and the training interpreter, which ignores SIGTERM
+    runner.shutdown()
+    assert all(gone(p, 1.0) for p in tree)
+    assert results and results[0].cancelled

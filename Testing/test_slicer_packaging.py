@@ -243,3 +243,14 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--write"]:
         rewrite_cmake_lists()
         print(f"updated {MODULE / 'CMakeLists.txt'}")
+
+
+def test_the_in_slicer_self_test_stops_the_engine_it_started():
+    """Each Test (or Reload and Test) makes a SceneLogic with its own warm engine: it must be
+    cleaned up in a ``finally``, or every run leaves an engine process behind."""
+    tree = ast.parse((MODULE / "DistillSeg.py").read_text())
+    test = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "test_refinement_loop_on_the_sample")
+    tries = [n for n in ast.walk(test) if isinstance(n, ast.Try)]
+    cleaned = [call for t in tries for node in t.finalbody for call in ast.walk(node)
+               if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "cleanup"]
+    assert cleaned, "DistillSegTest does not clean up its SceneLogic"

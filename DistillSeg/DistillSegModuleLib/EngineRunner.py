@@ -121,13 +121,18 @@ class EngineRunner:
                                           "--batch-size", "1"], background=True)
         return self._background
 
-    def shutdown(self) -> None:
-        """Stop the engine (and a running training process)."""
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the engine and a running training process (Slicer quits or the module is
+        reloaded): the training gets the gentle stop, its process tree is killed after the
+        runner's grace time, and this returns once it is gone (at most ``timeout`` s)."""
         if self.client is not None:
             self.client.shutdown()
         if self.fallback.is_running():
             self.fallback.cancel()
-            self.fallback.poll()
+            try:
+                self.fallback.wait(timeout)
+            except TimeoutError:
+                pass
 
     def _client(self, python: str, env: Mapping[str, str] | None):
         if self.client is None:

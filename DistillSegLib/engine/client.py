@@ -151,10 +151,18 @@ class EngineClient:
         self._engine_gone(f"the engine was killed (exit status {process.returncode})", restart_background=False)
 
     def shutdown(self, timeout: float = 30.0) -> int | None:
-        """Ask the engine to stop (pending jobs are cancelled), kill it after ``timeout``; its exit status."""
+        """Ask the engine to stop (pending jobs are cancelled), kill it after ``timeout``; its exit status.
+
+        An engine still starting (importing torch: no ``ready`` yet) is killed at once: it
+        has nothing to finish and would read the request only when its imports are done,
+        while the caller (Slicer quitting) waits.
+        """
         process = self._process
         if process is None:
             return None
+        self.poll()
+        if self.ready is None and process.poll() is None:
+            timeout = 0.0
         try:
             self._write({"shutdown": True})
             process.stdin.close()
