@@ -9,6 +9,7 @@ other modules and the tests construct ``DistillSegLogic()`` and ``DistillSegTest
 arguments (Base/Python/slicer/ScriptedLoadableModule.py). Not for clinical use.
 """
 
+import logging
 import os
 import sys
 
@@ -97,7 +98,7 @@ class DistillSegLogic(ScriptedLoadableModuleLogic):
     def __init__(self, sceneLogic=None):
         ScriptedLoadableModuleLogic.__init__(self)
         self.sceneLogic = sceneLogic if sceneLogic is not None else SceneLogic(
-            slicer.mrmlScene, EngineRunner(schedule=_qtSingleShot), python_executable(),
+            slicer.mrmlScene, EngineRunner(schedule=_qtSingleShot, onEngineStopped=_engineStopped), python_executable(),
             baseEnvironment=_startupEnvironment, dicomFiles=_dicomDatabaseFile)
 
 
@@ -105,6 +106,11 @@ def _qtSingleShot(seconds, function):
     import qt
 
     qt.QTimer.singleShot(int(seconds * 1000), function)
+
+
+def _engineStopped(reason):
+    """The engine died between jobs (it has been restarted): say so in Slicer's log."""
+    logging.warning(f"DistillSeg: {reason}")
 
 
 def _startupEnvironment():

@@ -41,20 +41,30 @@ def launcher(tmp_path) -> Path:
 def interpreter_of(pid: int, timeout: float = 60.0) -> psutil.Process:
     """The interpreter the launcher ``pid`` started."""
     deadline = time.monotonic() + timeout
+    launcher = psutil.Process(pid)
     while time.monotonic() < deadline:
-        children = psutil.Process(pid).children()
-        if children:
-            return children[0]
+        children = launcher.children()
+        try:  # once it runs the interpreter (not the launcher's fork before exec)
+            if children and children[0].cmdline() != launcher.cmdline():
+                return children[0]
+        except psutil.Error:
+            pass
         time.sleep(0.05)
     raise TimeoutError("the launcher started no interpreter")
 
 
 def gone(process: psutil.Process, timeout: float = 10.0) -> bool:
-    try:
-        process.wait(timeout)
-        return True
-    except psutil.TimeoutExpired:
-        return False
+    """Whether ``process`` ends within ``timeout`` s (a zombie, dead but not yet reaped, counts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def engine_env() -> dict:
@@ -157,3 +167,40 @@ def test_a_training_run_is_killed_when_the_module_shuts_down(tmp_path):
     runner.shutdown()
     assert all(gone(p, 1.0) for p in tree)
     assert results and results[0].cancelled
+
+
+def test_an_engine_that_dies_while_idle_is_noticed_and_restarted(tmp_path):
+    """Between jobs nothing polls the engine: a watch on the idle engine (Slicer's timer, here a
+    small event loop) notices when it dies and starts a new one before the next Run."""
+    import heapq
+    import itertools
+    import signal
+
+    sys.path.insert(0, str(ROOT / "DistillSeg"))
+    from DistillSegModuleLib.EngineRunner import EngineRunner
+
+    queue, counter = [], itertools.count()
+
+    def schedule(seconds, function):
+        heapq.heappush(queue, (time.monotonic() + seconds, next(counter), function))
+
+    def run_until(condition, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while queue and not condition() and time.monotonic() < deadline:
+            due, _, function = heapq.heappop(queue)
+            time.sleep(max(0.0, due - time.monotonic()))
+            function()
+
+    stopped = []
+    runner = EngineRunner(engine_args=["--threads", "1"], schedule=schedule, onEngineStopped=stopped.append)
+    runner.warmUp(sys.executable, engine_env())
+    first = runner.client.pid
+    os.kill(first, signal.SIGKILL)  # e.g. the system's out-of-memory killer, while no job runs
+    run_until(lambda: stopped)
+    try:
+        assert stopped and "stopped unexpectedly" in stopped[0] and "restarted" in stopped[0]
+        assert runner.client.is_alive() and runner.client.pid != first
+    finally:
+        runner.shutdown()
+    run_until(lambda: False, timeout=10.0)
+    assert not queue, "the watch ends with the engine"

@@ -101,6 +101,7 @@ class EngineClient:
         self._ids = itertools.count(1)
         self._generation = 0
         self._bye = False
+        self.lastEnded: str | None = None  # why the last engine ended
 
     # ------------------------------------------------------------------ process
     @property
@@ -321,6 +322,7 @@ class EngineClient:
         if self._process is None:
             return
         self._process = None
+        self.lastEnded = reason
         self._generation += 1
         for job in list(self._pending.values()):
             if job.background and job.cancel_deadline is None and restart_background and job.attempts < 2:
