@@ -575,3 +575,38 @@ def test_progress_lines_are_parsed():
     assert progress.fraction == pytest.approx(40 / 1200)
     assert Progress.parse("WARNING: something on stdout") is None
     assert Progress.parse("[1, 2]") is None
+
+
+def test_roi_and_segmentation_work_in_world_coordinates_under_parent_transforms(study, logic, scene):
+    """An ROI or a segmentation under a transform (a study that was registered): the ROI box
+    is placed in world coordinates and the segmentation is read where it is shown."""
+    import vtk
+
+    from DistillSegLib.student.inference import roi_from_mask
+
+    folder, ct, pet = study
+    reference = logic.importLabelmap(folder / "CT_mask.nii.gz", ct, name="reference")
+    expected = np.concatenate(roi_from_mask(logic.labelFromSegmentation(reference, ct)[0], Pet.ROI_MARGIN_MM))
+
+    turned = slicer.vtkMRMLLinearTransformNode()
+    scene.AddNode(turned)
+    rotation = vtk.vtkTransform()
+    rotation.Translate(30.0, -20.0, 15.0)
+    rotation.RotateZ(25.0)
+    turned.SetMatrixTransformToParent(rotation.GetMatrix())
+    roi = slicer.vtkMRMLMarkupsROINode()
+    scene.AddNode(roi)
+    roi.SetAndObserveTransformNodeID(turned.GetID())
+    logic.placeRoiAroundSegmentation(roi, reference, ct)
+    np.testing.assert_allclose(logic.roiBounds(roi), expected, atol=1e-3)
+
+    # The same segmentation moved by 10 mm in R, with the move in its parent transform: read on
+    # the CT grid, it is where it is shown, 10 mm further right.
+    shift = slicer.vtkMRMLLinearTransformNode()
+    scene.AddNode(shift)
+    moved = vtk.vtkTransform()
+    moved.Translate(10.0, 0.0, 0.0)
+    shift.SetMatrixTransformToParent(moved.GetMatrix())
+    reference.SetAndObserveTransformNodeID(shift.GetID())
+    logic.placeRoiAroundSegmentation(roi, reference, ct)
+    np.testing.assert_allclose(logic.roiBounds(roi), expected + [10, 0, 0, 10, 0, 0], atol=1.5)

@@ -633,6 +633,15 @@ class SceneLogic:
         geometry.SetExtent(ctNode.GetImageData().GetExtent())
         matrix = vtk.vtkMatrix4x4()
         ctNode.GetIJKToRASMatrix(matrix)
+        # The segments are stored in the segmentation node's coordinates: under a parent
+        # transform other than the CT's (a segmentation moved or registered onto the study),
+        # the CT grid is expressed in those coordinates first.
+        ctToSegmentation = vtk.vtkMatrix4x4()
+        if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
+                ctNode.GetParentTransformNode(), segmentationNode.GetParentTransformNode(), ctToSegmentation):
+            raise LogicError(f"the segmentation {segmentationNode.GetName()} is under a non-linear transform: "
+                             "harden it (Transforms module) first")
+        vtk.vtkMatrix4x4.Multiply4x4(ctToSegmentation, matrix, matrix)
         geometry.SetImageToWorldMatrix(matrix)
         merged = slicer.vtkOrientedImageData()
         if not segmentationNode.GenerateMergedLabelmapForAllSegments(
