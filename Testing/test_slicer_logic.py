@@ -610,3 +610,22 @@ def test_roi_and_segmentation_work_in_world_coordinates_under_parent_transforms(
     reference.SetAndObserveTransformNodeID(shift.GetID())
     logic.placeRoiAroundSegmentation(roi, reference, ct)
     np.testing.assert_allclose(logic.roiBounds(roi), expected + [10, 0, 0, 10, 0, 0], atol=1.5)
+
+
+def test_a_study_is_exported_for_the_engine_once_per_version_and_uncompressed(study, logic):
+    """Loading a study and every Run gave the engine the whole CT and PET again, gzipped, on
+    the GUI thread; now a volume is written once (plain NIfTI) until it changes."""
+    from DistillSegLib.io.volume import read_image
+
+    folder, ct, pet = study
+    first = logic.exportedVolume(ct)
+    written = first.stat().st_mtime_ns
+    assert first.suffix == ".nii" and logic.exportedVolume(ct) == first and first.stat().st_mtime_ns == written
+    np.testing.assert_array_equal(read_image(first).array, read_image(folder / "CT_image.nii.gz").array)
+    assert logic.exportedVolume(pet) != first
+    ct.GetImageData().GetPointData().GetScalars().SetValue(0, 1234)  # the voxels change
+    ct.GetImageData().Modified()
+    again = logic.exportedVolume(ct)
+    assert again != first and not first.exists() and read_image(again).array.flat[0] == 1234
+    logic.cleanup()
+    assert not again.exists()
