@@ -43,6 +43,8 @@ class DistillSeg(ScriptedLoadableModule):
             "segmentation foundation models (LiteMedSAM, SAM, SAM-Med3D, SegAnyPET). Load a CT and a PET "
             "(SUV), draw a region of interest for crop models, run the student, correct the result in the "
             "Segment Editor, add the corrected case to the training set and distil a better student.<br>"
+            "Runs in Slicer on Windows and Linux; not supported on macOS (Slicer's macOS Python gets no "
+            "PyTorch 2.8).<br>"
             'See the <a href="https://github.com/distillseg/SlicerDistillSeg#use-in-3d-slicer">documentation</a>.')
         self.parent.acknowledgementText = _(
             "Methods: MuDuo (mutual distillation of modality-specific SAM-Med3D and SegAnyPET teachers), "

@@ -108,6 +108,35 @@ def providedProblems(provided: Sequence[Requirement], installed: Mapping[str, st
             for r in missing(provided, installed) if r.name not in TORCH_PACKAGES]
 
 
+# Why DistillSeg cannot run in Slicer's Python on macOS (measured in a torch 2.2.2 stack on
+# Linux, README "Use in 3D Slicer"); shown by the installer and said in the module's help,
+# the README and the extension's description.
+MACOS_UNSUPPORTED = (
+    "DistillSeg does not run in 3D Slicer on macOS. Slicer's Python on macOS is x86_64 (Intel, or "
+    "Rosetta on Apple silicon), for which PyTorch publishes nothing newer than torch 2.2.2; the engine "
+    "needs torch 2.8 or later (monai 1.6). The newest stack that accepts torch 2.2 (monai 1.4.0) needs "
+    "numpy < 2, and torch 2.2.2 cannot exchange arrays with numpy 2 ('Numpy is not available'), while "
+    "Slicer 5.10 and later ship numpy 2, which DistillSeg never replaces. Use Slicer on Windows or Linux.")
+
+
+def platformProblem(system: str | None = None, machine: str | None = None,
+                    installed: Mapping[str, str] | None = None) -> str | None:
+    """Why the engine cannot be installed in this Slicer's Python, or None.
+
+    macOS on x86_64 (Slicer's macOS Python): no torch >= 2.8 exists there
+    (:data:`MACOS_UNSUPPORTED`), unless one is installed already.
+    """
+    import platform
+
+    system = system if system is not None else platform.system()
+    machine = machine if machine is not None else platform.machine()
+    if system != "Darwin" or machine.lower() not in ("x86_64", "amd64", "i386"):
+        return None
+    installed = installed if installed is not None else installedVersions(["torch"])
+    torch = Requirement("torch>=2.8")
+    return None if torch.satisfiedBy(installed.get("torch")) else MACOS_UNSUPPORTED
+
+
 def constraints(provided: Sequence[Requirement], installed: Mapping[str, str]) -> str:
     """A pip constraints file pinning every installed package of ``provided`` to its version."""
     return "".join(f"{r.name}=={installed[r.name]}\n" for r in provided if r.name in installed)

@@ -32,6 +32,10 @@ TORCH_REQUIREMENT = ">=2.8"
 
 def ensureDependencies() -> bool:
     """Install what is missing after asking the user; True when everything is ready."""
+    platformProblem = Dependencies.platformProblem()
+    if platformProblem:
+        slicer.util.errorDisplay(_(platformProblem))
+        return False
     required = Dependencies.readRequirements(Dependencies.resourceFile(Dependencies.REQUIREMENTS_NAME))
     provided = Dependencies.readRequirements(Dependencies.resourceFile(Dependencies.PROVIDED_NAME))
     installed = Dependencies.installedVersions()
