@@ -17,6 +17,11 @@ environment so that child processes (data loaders, ``torchrun`` workers, the mod
 engine) start with them. A variable already set by the user wins;
 ``DISTILLSEG_MALLOC_TUNING=0`` leaves glibc's defaults. Elsewhere (macOS, Windows, musl) it
 does nothing. Measured in ``benchmarks/allocator.py`` (README, "Speed").
+
+The price is that freed memory stays in the process: :func:`release_free_memory`
+(``malloc_trim``) hands it back after the large, rare phases (teacher tuning, each teacher
+round, each arm of the demo), and :func:`peak_rss_bytes` / :func:`rss_bytes` report the
+process's memory for the training log (``benchmarks/memory.py`` measures whole runs).
 """
 
 from __future__ import annotations

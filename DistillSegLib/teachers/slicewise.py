@@ -333,7 +333,7 @@ class SliceSession:
     The canonical frame is the teacher's (:data:`CANONICAL`): ``stack[k]`` is axial slice
     ``k`` as an ``(H, W)`` image (rows anterior to posterior, columns right to left); boxes
     are ``[x0, y0, x1, y1]`` in that slice's pixels (x = column). Slice embeddings come from
-    the teacher's store (keyed by ``encoder_sha256``) and are kept for the session.
+    the teacher's store (keyed by ``encoder_sha256``), bounded for all sessions together.
     """
 
     def __init__(self, teacher: SamSliceTeacher, image: Volume, modality: str | None = None) -> None:
