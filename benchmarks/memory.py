@@ -19,7 +19,8 @@ Workloads (the demo split of ``DistillSegLib/demo/split.py``: labelled STS_001-0
 * ``demo-quick``, ``demo``: ``distillseg demo --quick`` and the full ``distillseg demo``.
 
 A run longer than ``--time-limit`` is stopped and recorded as unfinished, with the figures
-up to then. Results are merged into ``benchmarks/results/memory.json`` under ``--label``.
+up to then (so is one that ends with a signal, e.g. the system's out-of-memory killer:
+``returncode`` -9). Memory figures are in GiB (2^30 bytes), like ``free -g``. Results are merged into ``benchmarks/results/memory.json`` under ``--label``.
 
     nice -n 10 .venv/bin/python benchmarks/memory.py --label after --workloads muduo
     nice -n 10 .venv/bin/python benchmarks/memory.py --label before --code /work/main --workloads muduo
@@ -150,7 +151,7 @@ def run(argv: list[str], code: Path, cache: Path, log: Path, time_limit: float, 
         if isinstance(record, dict) and record.get("stage") == "message":
             messages.append(record.get("message"))
     return {
-        "finished": finished, "returncode": child.returncode, "wall_s": round(wall, 1),
+        "finished": finished and child.returncode >= 0, "returncode": child.returncode, "wall_s": round(wall, 1),
         "cpu_s": round(sum(cpu.values()), 1), "peak_tree_rss_gb": round(peak_tree / GB, 3),
         "peak_process_rss_gb": round(peak_single / GB, 3),
         "load_start": round(start_load[0], 2), "load_end": round(os.getloadavg()[0], 2),
