@@ -52,7 +52,7 @@ def demo_split(code: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     script = ("import json, os; from DistillSegLib.demo.split import sts_split; "
               f"ids = sorted(d for d in os.listdir({str(DATA / 'sts-petct')!r}) if d.startswith('STS_')); "
               "s = sts_split(ids); print(json.dumps([s.labelled, s.unlabelled]))")
-    out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(code)},
+    out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(code)}, cwd=str(code),
                          check=True, capture_output=True, text=True).stdout
     labelled, unlabelled = json.loads(out.strip().splitlines()[-1])
     return tuple(labelled), tuple(unlabelled)
@@ -111,7 +111,8 @@ def run(argv: list[str], code: Path, cache: Path, log: Path, time_limit: float, 
     start_load = os.getloadavg()
     start = time.perf_counter()
     with open(log, "w") as out:
-        child = subprocess.Popen([sys.executable, "-m", "DistillSegLib", *argv], env=env, stdout=out,
+        # cwd: ``python -m`` puts the working folder first on sys.path, before PYTHONPATH
+        child = subprocess.Popen([sys.executable, "-m", "DistillSegLib", *argv], env=env, stdout=out, cwd=str(code),
                                  stderr=subprocess.STDOUT, start_new_session=True)
         root = psutil.Process(child.pid)
         peak_tree = peak_single = 0
