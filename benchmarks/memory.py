@@ -166,6 +166,8 @@ def summarise(results: dict[str, Any]) -> None:
     print(f"{'label':8} {'workload':11} {'done':5} {'wall min':>9} {'cpu min':>8} {'peak GB':>8} {'load':>5}")
     for label, runs in results.items():
         for name, r in runs.items():
+            if "wall_s" not in r:  # a run recorded by hand (see its note)
+                continue
             print(f"{label:8} {name:11} {str(r['finished']):5} {r['wall_s'] / 60:9.1f} {r['cpu_s'] / 60:8.1f} "
                   f"{r['peak_tree_rss_gb']:8.2f} {r['load_mean'] or 0:5.2f}")
 
