@@ -9,6 +9,7 @@ other modules and the tests construct ``DistillSegLogic()`` and ``DistillSegTest
 arguments (Base/Python/slicer/ScriptedLoadableModule.py). Not for clinical use.
 """
 
+import logging
 import os
 import sys
 
@@ -42,6 +43,8 @@ class DistillSeg(ScriptedLoadableModule):
             "segmentation foundation models (LiteMedSAM, SAM, SAM-Med3D, SegAnyPET). Load a CT and a PET "
             "(SUV), draw a region of interest for crop models, run the student, correct the result in the "
             "Segment Editor, add the corrected case to the training set and distil a better student.<br>"
+            "Runs in Slicer on Windows and Linux; not supported on macOS (Slicer's macOS Python gets no "
+            "PyTorch 2.8).<br>"
             'See the <a href="https://github.com/distillseg/SlicerDistillSeg#use-in-3d-slicer">documentation</a>.')
         self.parent.acknowledgementText = _(
             "Methods: MuDuo (mutual distillation of modality-specific SAM-Med3D and SegAnyPET teachers), "
@@ -97,7 +100,7 @@ class DistillSegLogic(ScriptedLoadableModuleLogic):
     def __init__(self, sceneLogic=None):
         ScriptedLoadableModuleLogic.__init__(self)
         self.sceneLogic = sceneLogic if sceneLogic is not None else SceneLogic(
-            slicer.mrmlScene, EngineRunner(schedule=_qtSingleShot), python_executable(),
+            slicer.mrmlScene, EngineRunner(schedule=_qtSingleShot, onEngineStopped=_engineStopped), python_executable(),
             baseEnvironment=_startupEnvironment, dicomFiles=_dicomDatabaseFile)
 
 
@@ -105,6 +108,11 @@ def _qtSingleShot(seconds, function):
     import qt
 
     qt.QTimer.singleShot(int(seconds * 1000), function)
+
+
+def _engineStopped(reason):
+    """The engine died between jobs (it has been restarted): say so in Slicer's log."""
+    logging.warning(f"DistillSeg: {reason}")
 
 
 def _startupEnvironment():
@@ -156,11 +164,14 @@ class DistillSegTest(ScriptedLoadableModuleTest):
 
         self.assertTrue(Install.ensureDependencies(), "the engine's dependencies are not installed")
         logic = DistillSegLogic().sceneLogic
-        self.delayDisplay("Loading the sample PET/CT")
-        ct, pet, reference = Samples.downloadSample()
-        self.delayDisplay("Run, correct, add to the training set, distil, run again")
-        result = refinementLoop(logic, ct, pet, reference, Path(tempfile.mkdtemp(prefix="DistillSegTest-")),
-                                lambda start: self._wait(logic, start))
+        try:
+            self.delayDisplay("Loading the sample PET/CT")
+            ct, pet, reference = Samples.downloadSample()
+            self.delayDisplay("Run, correct, add to the training set, distil, run again")
+            result = refinementLoop(logic, ct, pet, reference, Path(tempfile.mkdtemp(prefix="DistillSegTest-")),
+                                    lambda start: self._wait(logic, start))
+        finally:
+            logic.cleanup()  # the test's own warm engine: not left running after each Test or Reload
         self.assertGreater(result.newSegmentationNode.GetSegmentation().GetNumberOfSegments(), 0)
         self.delayDisplay(f"DistillSeg self-test passed (bundled student Dice {result.dice:.3f})")
 

@@ -17,12 +17,19 @@ environment so that child processes (data loaders, ``torchrun`` workers, the mod
 engine) start with them. A variable already set by the user wins;
 ``DISTILLSEG_MALLOC_TUNING=0`` leaves glibc's defaults. Elsewhere (macOS, Windows, musl) it
 does nothing. Measured in ``benchmarks/allocator.py`` (README, "Speed").
+
+The price is that freed memory stays in the process: :func:`release_free_memory`
+(``malloc_trim``) hands it back after the large, rare phases (teacher tuning, each teacher
+round, each arm of the demo), and :func:`peak_rss_bytes` / :func:`rss_bytes` report the
+process's memory for the training log (``benchmarks/memory.py`` measures whole runs).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from pathlib import Path
 
 SWITCH_ENV = "DISTILLSEG_MALLOC_TUNING"
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
@@ -62,6 +69,7 @@ def tune_allocator() -> dict[str, int]:
     return _applied
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc():
     """glibc through ctypes, or None (another platform or C library)."""
     if not sys.platform.startswith("linux"):
@@ -74,4 +82,55 @@ def _glibc():
     except (OSError, AttributeError):
         return None
     libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    libc.malloc_trim.argtypes = (ctypes.c_size_t,)
     return libc
+
+
+def release_free_memory() -> bool:
+    """Give the heap's free memory back to the kernel (glibc ``malloc_trim(0)``).
+
+    With the thresholds above, memory freed after a teacher round or teacher tuning stays
+    in the process and its RSS keeps the high-water mark of the largest round; trimming
+    at those points (not at every step: the next step would map it again) brings RSS back
+    to what is in use. True where it ran and released something; a no-op elsewhere
+    (macOS, Windows, musl).
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(libc.malloc_trim(0))
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set size in bytes (None where it cannot be read).
+
+    Linux: ``VmHWM`` of ``/proc/self/status`` (up to date, unlike ``ru_maxrss``); macOS:
+    ``getrusage`` (``ru_maxrss``, bytes); Windows: the peak working set (psutil).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+    try:
+        import resource
+    except ImportError:  # Windows
+        try:
+            import psutil
+
+            return int(psutil.Process().memory_info().peak_wset)
+        except (ImportError, AttributeError):
+            return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def rss_bytes() -> int | None:
+    """This process's resident set size now, in bytes (psutil; None without it)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.Process().memory_info().rss)

@@ -79,6 +79,14 @@ def test_muduo_runs_with_two_litemedsam_views(tiny_cases, warm_weights, tmp_path
         steps = [r["step"] for r in records if r.get("stage") == f"tuning the {modality} teacher"]
         assert steps[0] == 0 and steps[-1] == 2, steps
     assert records[-1]["stage"] == "train"  # and training's bar comes back
+    # The training log gives the memory after teacher tuning and after each teacher round.
+    memory = [r["message"] for r in records if r.get("stage") == "message" and r["message"].startswith("memory after")]
+    assert [m.split(":")[0] for m in memory] == ["memory after the CT teacher tuning",
+                                                 "memory after the PET teacher tuning", "memory after the round at step 1"]
+    assert all(" peak " in m for m in memory)
+    figures = strategy.rounds[0]["memory"]
+    assert figures["peak_rss_mb"] >= figures["rss_mb"] > 100
+    assert trainer.model_metadata()["strategy_settings"]["pseudo_label_rounds"][0]["memory"] == figures
     case_id = tiny_cases[1].case_id
     p_ct, p_pet = strategy.outputs.probability["p_ct"][case_id], strategy.outputs.probability["p_pet"][case_id]
     assert strategy.outputs.has_prompt[case_id], "the warmed-up student gave the teachers no prompt"

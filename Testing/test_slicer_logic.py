@@ -606,3 +606,57 @@ def test_the_training_set_provenance_keeps_file_names_only(study, logic, tmp_pat
     assert prompt["prompt_from"] == "student.pt" and prompt["box_ras_mm"] == [1, 2, 3, 4, 5, 6]
     assert record["made_by"]["teacher"]["checkpoint"] == "sam.pth"
     assert record["made_by"]["student"]["model"] == "student.pt"
+
+
+def test_roi_and_segmentation_work_in_world_coordinates_under_parent_transforms(study, logic, scene):
+    """An ROI or a segmentation under a transform (a study that was registered): the ROI box
+    is placed in world coordinates and the segmentation is read where it is shown."""
+    import vtk
+
+    from DistillSegLib.student.inference import roi_from_mask
+
+    folder, ct, pet = study
+    reference = logic.importLabelmap(folder / "CT_mask.nii.gz", ct, name="reference")
+    expected = np.concatenate(roi_from_mask(logic.labelFromSegmentation(reference, ct)[0], Pet.ROI_MARGIN_MM))
+
+    turned = slicer.vtkMRMLLinearTransformNode()
+    scene.AddNode(turned)
+    rotation = vtk.vtkTransform()
+    rotation.Translate(30.0, -20.0, 15.0)
+    rotation.RotateZ(25.0)
+    turned.SetMatrixTransformToParent(rotation.GetMatrix())
+    roi = slicer.vtkMRMLMarkupsROINode()
+    scene.AddNode(roi)
+    roi.SetAndObserveTransformNodeID(turned.GetID())
+    logic.placeRoiAroundSegmentation(roi, reference, ct)
+    np.testing.assert_allclose(logic.roiBounds(roi), expected, atol=1e-3)
+
+    # The same segmentation moved by 10 mm in R, with the move in its parent transform: read on
+    # the CT grid, it is where it is shown, 10 mm further right.
+    shift = slicer.vtkMRMLLinearTransformNode()
+    scene.AddNode(shift)
+    moved = vtk.vtkTransform()
+    moved.Translate(10.0, 0.0, 0.0)
+    shift.SetMatrixTransformToParent(moved.GetMatrix())
+    reference.SetAndObserveTransformNodeID(shift.GetID())
+    logic.placeRoiAroundSegmentation(roi, reference, ct)
+    np.testing.assert_allclose(logic.roiBounds(roi), expected + [10, 0, 0, 10, 0, 0], atol=1.5)
+
+
+def test_a_study_is_exported_for_the_engine_once_per_version_and_uncompressed(study, logic):
+    """Loading a study and every Run gave the engine the whole CT and PET again, gzipped, on
+    the GUI thread; now a volume is written once (plain NIfTI) until it changes."""
+    from DistillSegLib.io.volume import read_image
+
+    folder, ct, pet = study
+    first = logic.exportedVolume(ct)
+    written = first.stat().st_mtime_ns
+    assert first.suffix == ".nii" and logic.exportedVolume(ct) == first and first.stat().st_mtime_ns == written
+    np.testing.assert_array_equal(read_image(first).array, read_image(folder / "CT_image.nii.gz").array)
+    assert logic.exportedVolume(pet) != first
+    ct.GetImageData().GetPointData().GetScalars().SetValue(0, 1234)  # the voxels change
+    ct.GetImageData().Modified()
+    again = logic.exportedVolume(ct)
+    assert again != first and not first.exists() and read_image(again).array.flat[0] == 1234
+    logic.cleanup()
+    assert not again.exists()

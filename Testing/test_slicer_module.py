@@ -302,6 +302,10 @@ def test_restart_is_asked_only_for_packages_already_imported():
     after = {"scipy": "1.13.1", "monai": "1.6.1", "nibabel": "5.4.2", "peft": "0.21.2"}
     assert Dependencies.changedLoadedPackages(before, after, {"monai", "numpy"}) == ["monai 1.5.0 -> 1.6.1"]
     assert Dependencies.changedLoadedPackages(before, after, {"numpy"}) == []
+    # A first installation: torch was not there before; the installer imported it afterwards.
+    assert Dependencies.changedLoadedPackages(before, {**after, "torch": "2.8.0"}, {"torch", "monai"}) == \
+        ["monai 1.5.0 -> 1.6.1"]
+    assert Dependencies.changedLoadedPackages({}, {"torch": "2.8.0", "peft": "0.21.2"}, {"torch", "peft"}) == []
 
 
 def test_pip_failure_is_reported_with_pips_own_message(tmp_path):
@@ -388,3 +392,26 @@ def test_predict_takes_the_bundled_student_by_name(sts_case_dir, tmp_path, capsy
                  "--device", "cpu", "--threads", "1"]) == 0
     result = dice(read_image(out).array > 0, read_image(folder / "CT_mask.nii.gz").array > 0)
     assert result >= 0.6, f"bundled student Dice {result:.3f} on its sample case"
+
+
+def test_macos_is_declared_unsupported_in_one_voice_and_refused_by_the_installer():
+    """Slicer's macOS Python (x86_64) gets no torch >= 2.8: the installer refuses with the reason,
+    and the CMake description, the README and the module's help say the same."""
+    from DistillSegModuleLib import Dependencies
+
+    assert Dependencies.platformProblem("Darwin", "x86_64", {}) == Dependencies.MACOS_UNSUPPORTED
+    assert "numpy" in Dependencies.MACOS_UNSUPPORTED and "2.2.2" in Dependencies.MACOS_UNSUPPORTED
+    assert Dependencies.platformProblem("Darwin", "x86_64", {"torch": "2.8.0"}) is None  # one that has it
+    assert Dependencies.platformProblem("Darwin", "arm64", {}) is None
+    assert Dependencies.platformProblem("Linux", "x86_64", {}) is None
+    assert Dependencies.platformProblem("Windows", "AMD64", {}) is None
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    description = cmake.split("set(EXTENSION_DESCRIPTION", 1)[1].split(")\n", 1)[0]
+    help_text = (ROOT / "DistillSeg" / "DistillSeg.py").read_text()
+    section = (ROOT / "README.md").read_text().split("## Use in 3D Slicer", 1)[1].split("\n## ", 1)[0]
+    for text in (description, help_text, section):
+        assert "not supported on macOS" in text
+        assert "Windows and Linux" in text
+    for text in (cmake, section):
+        assert "Windows, macOS and Linux" not in text
+    assert "platformProblem" in (ROOT / "DistillSeg" / "DistillSegModuleLib" / "Install.py").read_text()

@@ -243,3 +243,25 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--write"]:
         rewrite_cmake_lists()
         print(f"updated {MODULE / 'CMakeLists.txt'}")
+
+
+def test_the_in_slicer_self_test_stops_the_engine_it_started():
+    """Each Test (or Reload and Test) makes a SceneLogic with its own warm engine: it must be
+    cleaned up in a ``finally``, or every run leaves an engine process behind."""
+    tree = ast.parse((MODULE / "DistillSeg.py").read_text())
+    test = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "test_refinement_loop_on_the_sample")
+    tries = [n for n in ast.walk(test) if isinstance(n, ast.Try)]
+    cleaned = [call for t in tries for node in t.finalbody for call in ast.walk(node)
+               if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "cleanup"]
+    assert cleaned, "DistillSegTest does not clean up its SceneLogic"
+
+
+def test_the_cmake_minimum_is_that_of_the_oldest_supported_slicer():
+    """Slicer 5.10 (the oldest supported) builds extensions from a template that asks for
+    CMake 3.20.6...3.22.6 (``Utilities/Templates/Extensions/Default/CMakeLists.txt`` at
+    v5.10.0; v5.8.0 had 3.16.3...3.19.7)."""
+    import re
+
+    first = (ROOT / "CMakeLists.txt").read_text().splitlines()[0]
+    found = re.match(r"cmake_minimum_required\(VERSION (\d+)\.(\d+)\.(\d+)\.\.\.", first)
+    assert found and tuple(int(v) for v in found.groups()) >= (3, 20, 6), first

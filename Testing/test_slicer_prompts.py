@@ -152,3 +152,18 @@ def test_the_loaded_study_is_embedded_in_the_warm_engines_background(prompted, e
     engine.client.cancel(job)
     plain = SceneLogic(scene, SubprocessRunner(), python=sys.executable)
     assert not plain.embedStudyInBackground(ct, pet) and not plain.warmUpEngine()
+
+
+def test_a_checkpoint_left_from_another_teacher_is_not_given_to_litemedsam(prompted, engine, tmp_path):
+    """The module's one checkpoint field still holds SAM's file after a Distil with SAM: the
+    embedded LiteMedSAM runs with its own weights, a teacher that takes files gets it."""
+    from DistillSegModuleLib import Catalogue
+
+    scene, logic, ct, pet, roi, clicks, truth, middle = prompted
+    sam_file = tmp_path / "sam_vit_b_01ec64.pth"
+    sam_file.write_bytes(b"not LiteMedSAM's weights")
+    job = run_teacher(logic, engine, ct, pet, roiNode=roi, checkpoint=str(sam_file))
+    assert job.ok
+    assert Catalogue.teacherCheckpoint("litemedsam", sam_file) is None
+    assert Catalogue.teacherCheckpoint("sam", sam_file) == str(sam_file)
+    assert Catalogue.teacherCheckpoint("sam-med3d", None) is None

@@ -78,6 +78,19 @@ def newModelPath(folder: str | os.PathLike, strategy: str) -> Path:
     return path
 
 
+def teacherCheckpoint(name: str, checkpoint: str | os.PathLike | None, catalogue: dict | None = None) -> str | None:
+    """The checkpoint to give teacher ``name``: None for a teacher with embedded weights.
+
+    The module has one checkpoint field for every teacher; after a Distil with SAM or
+    SAM-Med3D it still holds their file, which LiteMedSAM must not be given.
+    """
+    teachers = (catalogue if catalogue is not None else bundledCatalogue()).get("teachers", [])
+    teacher = next((t for t in teachers if t.get("name") == name), None)
+    if not checkpoint or (teacher is not None and teacher.get("checkpoint") == "embedded"):
+        return None
+    return str(checkpoint)
+
+
 def teacherAvailability(teacher: dict, checkpoint: str | os.PathLike | None) -> tuple[bool, str]:
     """Whether a teacher can run here, and why not.
 

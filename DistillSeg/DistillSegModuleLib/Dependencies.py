@@ -108,6 +108,35 @@ def providedProblems(provided: Sequence[Requirement], installed: Mapping[str, st
             for r in missing(provided, installed) if r.name not in TORCH_PACKAGES]
 
 
+# Why DistillSeg cannot run in Slicer's Python on macOS (measured in a torch 2.2.2 stack on
+# Linux, README "Use in 3D Slicer"); shown by the installer and said in the module's help,
+# the README and the extension's description.
+MACOS_UNSUPPORTED = (
+    "DistillSeg does not run in 3D Slicer on macOS. Slicer's Python on macOS is x86_64 (Intel, or "
+    "Rosetta on Apple silicon), for which PyTorch publishes nothing newer than torch 2.2.2; the engine "
+    "needs torch 2.8 or later (monai 1.6). The newest stack that accepts torch 2.2 (monai 1.4.0) needs "
+    "numpy < 2, and torch 2.2.2 cannot exchange arrays with numpy 2 ('Numpy is not available'), while "
+    "Slicer 5.10 and later ship numpy 2, which DistillSeg never replaces. Use Slicer on Windows or Linux.")
+
+
+def platformProblem(system: str | None = None, machine: str | None = None,
+                    installed: Mapping[str, str] | None = None) -> str | None:
+    """Why the engine cannot be installed in this Slicer's Python, or None.
+
+    macOS on x86_64 (Slicer's macOS Python): no torch >= 2.8 exists there
+    (:data:`MACOS_UNSUPPORTED`), unless one is installed already.
+    """
+    import platform
+
+    system = system if system is not None else platform.system()
+    machine = machine if machine is not None else platform.machine()
+    if system != "Darwin" or machine.lower() not in ("x86_64", "amd64", "i386"):
+        return None
+    installed = installed if installed is not None else installedVersions(["torch"])
+    torch = Requirement("torch>=2.8")
+    return None if torch.satisfiedBy(installed.get("torch")) else MACOS_UNSUPPORTED
+
+
 def constraints(provided: Sequence[Requirement], installed: Mapping[str, str]) -> str:
     """A pip constraints file pinning every installed package of ``provided`` to its version."""
     return "".join(f"{r.name}=={installed[r.name]}\n" for r in provided if r.name in installed)
@@ -116,7 +145,13 @@ def constraints(provided: Sequence[Requirement], installed: Mapping[str, str]) -
 def changedLoadedPackages(before: Mapping[str, str], after: Mapping[str, str],
                           loadedModules: Iterable[str] | None = None) -> list[str]:
     """``name old -> new`` for each distribution whose version changed while one of its
-    top-level modules is imported (then Slicer must be restarted)."""
+    top-level modules is imported (then Slicer must be restarted).
+
+    ``loadedModules``: the modules imported *before* the installation (default: those
+    imported now). A distribution that was not installed before cannot have had its old
+    code imported, so a first installation never needs a restart, even though the
+    installer imports what it installed (the PyTorch extension imports torch to check it).
+    """
     loaded = set(loadedModules if loadedModules is not None else sys.modules)
     owners: dict[str, set[str]] = {}
     for module, distributions in importlib.metadata.packages_distributions().items():
@@ -124,7 +159,7 @@ def changedLoadedPackages(before: Mapping[str, str], after: Mapping[str, str],
             owners.setdefault(canonical(distribution), set()).add(module)
     changed = []
     for name in sorted(set(before) | set(after)):
-        if before.get(name) != after.get(name) and owners.get(name, {name}) & loaded:
+        if name in before and before.get(name) != after.get(name) and owners.get(name, {name}) & loaded:
             changed.append(f"{name} {before.get(name, '(none)')} -> {after.get(name, '(removed)')}")
     return changed
 
@@ -132,10 +167,13 @@ def changedLoadedPackages(before: Mapping[str, str], after: Mapping[str, str],
 def runPip(python: str, arguments: Sequence[str], onLine: Callable[[str], None] | None = None,
            env: Mapping[str, str] | None = None) -> tuple[int, list[str]]:
     """Run ``python -m pip ARGUMENTS``; ``(exit status, output lines)``, each line also given
-    to ``onLine`` as it comes (Slicer: print it and keep the GUI alive)."""
+    to ``onLine`` as it comes (Slicer: print it and keep the GUI alive). On Windows pip's
+    console window is hidden, as ``slicer.util.launchConsoleProcess`` hides it."""
+    from DistillSegLib.engine.processes import background_options
+
     process = subprocess.Popen([python, "-m", "pip", *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, text=True, encoding="utf-8", errors="replace",
-                               env=dict(env) if env is not None else None)
+                               env=dict(env) if env is not None else None, **background_options(new_group=False))
     lines = []
     for line in process.stdout:
         lines.append(line.rstrip("\r\n"))

@@ -12,15 +12,24 @@ e.g. when the module opens), is restarted when it dies or does not answer a canc
 
 Background embedding of a loaded study: :meth:`embedStudy` queues ``distillseg embed`` as
 a background job; any Run or click goes first and the embedding resumes after it.
+
+With a scheduler, a started engine is also watched while idle (every
+:data:`WATCH_INTERVAL_S`): one that dies between jobs (out of memory, killed) is reported
+through ``onEngineStopped`` and started again at once, so the next Run does not first wait
+for a new engine to import torch.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from .ProcessRunner import (EXIT_CANCELLED, POLL_INTERVAL_S, FinishedCallback, LineCallback, ProcessResult,
                             Scheduler, SubprocessRunner)
+
+
+# Seconds between two looks at an idle engine.
+WATCH_INTERVAL_S = 2.0
 
 
 def engine_arguments(command: Sequence[str]) -> list[str]:
@@ -40,11 +49,13 @@ class EngineRunner:
         engine_args: extra arguments of ``serve`` (e.g. ``["--threads", "1"]``).
         cancel_grace: seconds a cancelled job may take before the engine is killed and restarted.
         schedule: as :class:`SubprocessRunner`'s (Slicer: ``qt.QTimer.singleShot``): the runner
-            then polls itself while a job runs; otherwise call :meth:`poll` or :meth:`wait`.
+            then polls itself while a job runs, and watches the idle engine; otherwise call
+            :meth:`poll` or :meth:`wait`.
+        onEngineStopped: ``callable(reason)`` when the engine died while idle (it is restarted).
     """
 
     def __init__(self, python: str | None = None, engine_args: Sequence[str] = (), cancel_grace: float | None = None,
-                 schedule: Scheduler | None = None) -> None:
+                 schedule: Scheduler | None = None, onEngineStopped: Callable[[str], None] | None = None) -> None:
         self.python = python
         self.engine_args = list(engine_args)
         self.cancel_grace = cancel_grace
@@ -53,6 +64,9 @@ class EngineRunner:
         self._schedule = schedule
         self._job: str | None = None
         self._background: str | None = None
+        self.onEngineStopped = onEngineStopped
+        self._watching = False
+        self._stopping = False
 
     # ------------------------------------------------------------------ ProcessRunner
     def start(self, command: Sequence[str], on_line: LineCallback, on_finished: FinishedCallback,
@@ -121,13 +135,39 @@ class EngineRunner:
                                           "--batch-size", "1"], background=True)
         return self._background
 
-    def shutdown(self) -> None:
-        """Stop the engine (and a running training process)."""
+    def _watch(self) -> None:
+        """Start watching the engine (once; only with a scheduler)."""
+        if self._schedule is not None and not self._watching:
+            self._watching = True
+            self._schedule(WATCH_INTERVAL_S, self._watchdog)
+
+    def _watchdog(self) -> None:
+        client = self.client
+        if client is None or self._stopping:
+            self._watching = False
+            return
+        was_alive = client._process is not None
+        client.poll()
+        if was_alive and client._process is None and not self._stopping:
+            reason = client.lastEnded or "the engine stopped"
+            client.start()  # warm again before the next Run
+            if self.onEngineStopped is not None:
+                self.onEngineStopped(f"{reason}; it was restarted")
+        self._schedule(WATCH_INTERVAL_S, self._watchdog)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the engine and a running training process (Slicer quits or the module is
+        reloaded): the training gets the gentle stop, its process tree is killed after the
+        runner's grace time, and this returns once it is gone (at most ``timeout`` s)."""
+        self._stopping = True
         if self.client is not None:
             self.client.shutdown()
         if self.fallback.is_running():
             self.fallback.cancel()
-            self.fallback.poll()
+            try:
+                self.fallback.wait(timeout)
+            except TimeoutError:
+                pass
 
     def _client(self, python: str, env: Mapping[str, str] | None):
         if self.client is None:
@@ -135,6 +175,8 @@ class EngineRunner:
 
             kwargs = {} if self.cancel_grace is None else {"cancel_grace": self.cancel_grace}
             self.client = EngineClient(python=self.python or python, engine_args=self.engine_args, env=env, **kwargs)
+        self._stopping = False
+        self._watch()
         return self.client
 
 

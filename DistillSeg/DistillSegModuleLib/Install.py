@@ -16,6 +16,7 @@ tested outside Slicer; this file adds the dialogs and the PyTorch extension:
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,10 @@ TORCH_REQUIREMENT = ">=2.8"
 
 def ensureDependencies() -> bool:
     """Install what is missing after asking the user; True when everything is ready."""
+    platformProblem = Dependencies.platformProblem()
+    if platformProblem:
+        slicer.util.errorDisplay(_(platformProblem))
+        return False
     required = Dependencies.readRequirements(Dependencies.resourceFile(Dependencies.REQUIREMENTS_NAME))
     provided = Dependencies.readRequirements(Dependencies.resourceFile(Dependencies.PROVIDED_NAME))
     installed = Dependencies.installedVersions()
@@ -49,12 +54,13 @@ def ensureDependencies() -> bool:
             _("DistillSeg needs these Python packages (a few minutes, several hundred MB):\n\n{listing}\n\n"
               "Install them now?").format(listing=listing), _("DistillSeg: install dependencies")):
         return False
+    loadedBefore = set(sys.modules)  # what runs old code if its package is replaced
     with slicer.util.WaitCursor():
         if torchMissing and not _installTorch():
             return False
         ok = _pipInstall(provided, Dependencies.installedVersions()) if toInstall else True
     after = Dependencies.installedVersions()
-    changed = Dependencies.changedLoadedPackages(installed, after)
+    changed = Dependencies.changedLoadedPackages(installed, after, loadedBefore)
     # In testing mode Slicer's confirmation dialogs answer "yes" by themselves: never restart then.
     if changed and not slicer.app.testingEnabled() and slicer.util.confirmYesNoDisplay(
             _("These packages were updated while an older version is in use:\n\n{changed}\n\n"

@@ -34,7 +34,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from . import Pet, Prompts
+from . import Catalogue, Pet, Prompts
 from .Nodes import (DICOM_UIDS_ATTRIBUTE, HU_UNITS, MODALITY_ATTRIBUTE, SERIES_UID_ATTRIBUTE, SUV_UNITS,
                     LogicError, arrayFromImageData, ensureSegmentationConverters, ijkToRasArray,
                     orientedImageFromArray, requireOverlap, volumeFromNode, volumeModality)
@@ -141,7 +141,8 @@ class SceneLogic:
         self.baseEnvironment = baseEnvironment or (lambda: os.environ)
         self.dicomFiles = dicomFiles
         self._tempDir: Path | None = None
-        self._studyDir: Path | None = None  # the study exported for background embedding
+        self._studyDir: Path | None = None  # the volumes exported for the engine (see exportedVolume)
+        self._exported: dict[str, tuple[tuple[int, ...], Path]] = {}  # node ID -> (version, file)
         self._sceneClosed = False
         # Closing the scene (File > Close scene) removes the nodes a running job would import into.
         # The observer holds only a weak reference: the scene must not keep this logic alive.
@@ -158,14 +159,15 @@ class SceneLogic:
         shutdown = getattr(self.runner, "shutdown", None)
         if shutdown is not None:  # the warm engine stops with the module
             shutdown()
-        if self._studyDir is not None:
-            shutil.rmtree(self._studyDir, ignore_errors=True)
+        self._forgetExports()
 
     def __del__(self) -> None:
         if getattr(self, "_closeObserver", None) is not None:
             self.scene.RemoveObserver(self._closeObserver)
 
     def _onSceneStartClose(self) -> None:
+        if not self.isRunning():
+            self._forgetExports()  # a running job still reads its inputs
         if self.isRunning():
             self._sceneClosed = True
             self.cancel()
@@ -371,15 +373,43 @@ class SceneLogic:
     # ----------------------------------------------------------------- export
 
     @staticmethod
-    def exportVolume(node, path: str | os.PathLike) -> Path:
+    def exportVolume(node, path: str | os.PathLike, compress: bool = True) -> Path:
         """Write a volume node to ``path`` (NIfTI/NRRD by extension) with a storage node
         that is not added to the scene (so the scene is not modified)."""
         storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
         storage.SetFileName(str(path))
-        storage.SetUseCompression(1)
+        storage.SetUseCompression(1 if compress else 0)
         if not storage.WriteData(node):
             raise LogicError(f"cannot write {node.GetName()} to {path}")
         return Path(path)
+
+    def exportedVolume(self, node) -> Path:
+        """The volume as a file for the engine, written once per version of the node.
+
+        Loading a study and every Run used to write the whole CT and PET again, gzipped, on
+        the GUI thread (seconds per study). The engine reads these files once and they are
+        temporary, so they are written uncompressed, and again only when the node changed
+        (its own or its voxels' modification time); removed with the scene or the module.
+        """
+        image = node.GetImageData()
+        version = (node.GetMTime(), image.GetMTime() if image is not None else 0)
+        cached = self._exported.get(node.GetID())
+        if cached is not None and cached[0] == version and cached[1].is_file():
+            return cached[1]
+        if self._studyDir is None:
+            self._studyDir = Path(tempfile.mkdtemp(prefix="DistillSeg-study-"))
+        path = self._studyDir / f"{len(self._exported)}-{''.join(c for c in node.GetID() if c.isalnum())}.nii"
+        path = self.exportVolume(node, path, compress=False)
+        if cached is not None:
+            cached[1].unlink(missing_ok=True)
+        self._exported[node.GetID()] = (version, path)
+        return path
+
+    def _forgetExports(self) -> None:
+        self._exported.clear()
+        if self._studyDir is not None:
+            shutil.rmtree(self._studyDir, ignore_errors=True)
+            self._studyDir = None
 
     def engineCommand(self, *args: str) -> list[str]:
         return [self.python, "-m", "DistillSegLib", *args]
@@ -424,16 +454,12 @@ class SceneLogic:
     def embedStudyInBackground(self, ctNode, petNode, teacher: str = "litemedsam") -> bool:
         """Queue the teacher's slice embeddings of the study in the warm engine, behind any Run
         or click, so that a box or a click later costs only the prompt decoder. False when the
-        runner has no engine. The exported study stays until the next study or the module closes."""
+        runner has no engine. The exported volumes stay until the scene or the module closes."""
         embed = getattr(self.runner, "embedStudy", None)
         if embed is None:
             return False
         self.validateInputs(ctNode, petNode)
-        if self._studyDir is not None:
-            shutil.rmtree(self._studyDir, ignore_errors=True)
-        self._studyDir = Path(tempfile.mkdtemp(prefix="DistillSeg-study-"))
-        ctPath = self.exportVolume(ctNode, self._studyDir / "ct.nii.gz")
-        petPath = self.exportVolume(petNode, self._studyDir / "pet.nii.gz")
+        ctPath, petPath = self.exportedVolume(ctNode), self.exportedVolume(petNode)
         embed(self.python, str(ctPath), str(petPath), teacher, env=self.engineEnvironment())
         return True
 
@@ -504,7 +530,8 @@ class SceneLogic:
         command = self.engineCommand("predict", "--teacher", teacher, "--ct", str(ctPath), "--pet", str(petPath),
                                      "--out", str(outPath), "--json-progress", "--device", device)
         command += ["--modality", modality] if modality else []
-        command += ["--checkpoint", str(checkpoint)] if checkpoint else []
+        checkpoint = Catalogue.teacherCheckpoint(teacher, checkpoint)
+        command += ["--checkpoint", checkpoint] if checkpoint else []
         command += [f"--prompt-box={formatRoi(box)}"] if box is not None else []
         command += [Prompts.pointsOption(clicks)] if clicks else []
         command += ["--prompt-mask", str(previous), "--prompt-segment", str(segmentIndex + 1)] if previous else []
@@ -530,8 +557,7 @@ class SceneLogic:
             raise LogicError("another DistillSeg job is running: wait for it or cancel it")
         work = self._newTempDir()
         try:
-            ctPath = self.exportVolume(ctNode, work / "ct.nii.gz")
-            petPath = self.exportVolume(petNode, work / "pet.nii.gz")
+            ctPath, petPath = self.exportedVolume(ctNode), self.exportedVolume(petNode)
             label = (self._exportSegmentation(segmentationNode, ctNode, work / "previous.nii.gz")
                      if segmentationNode is not None else None)
         except Exception:
@@ -633,6 +659,15 @@ class SceneLogic:
         geometry.SetExtent(ctNode.GetImageData().GetExtent())
         matrix = vtk.vtkMatrix4x4()
         ctNode.GetIJKToRASMatrix(matrix)
+        # The segments are stored in the segmentation node's coordinates: under a parent
+        # transform other than the CT's (a segmentation moved or registered onto the study),
+        # the CT grid is expressed in those coordinates first.
+        ctToSegmentation = vtk.vtkMatrix4x4()
+        if not slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(
+                ctNode.GetParentTransformNode(), segmentationNode.GetParentTransformNode(), ctToSegmentation):
+            raise LogicError(f"the segmentation {segmentationNode.GetName()} is under a non-linear transform: "
+                             "harden it (Transforms module) first")
+        vtk.vtkMatrix4x4.Multiply4x4(ctToSegmentation, matrix, matrix)
         geometry.SetImageToWorldMatrix(matrix)
         merged = slicer.vtkOrientedImageData()
         if not segmentationNode.GenerateMergedLabelmapForAllSegments(

@@ -80,10 +80,30 @@ def hotSpotBox(petNode, searchBounds: Sequence[float] | None = None,
 
 
 def setRoiBox(roiNode, low: Sequence[float], high: Sequence[float]) -> None:
-    """Make a markups ROI the axis-aligned RAS box ``low``..``high`` (mm)."""
+    """Make a markups ROI the axis-aligned box ``low``..``high`` (RAS mm, world coordinates).
+
+    ``SetCenter``/``SetSize`` work in the node's own coordinates: under a parent transform
+    (an ROI placed in a registered study) the box would land elsewhere. Under a linear
+    transform the ROI's axes are turned so that they are the world's axes; then the centre
+    and size are set in world coordinates (``SetCenterWorld``/``SetSizeWorld``,
+    vtkMRMLMarkupsROINode, Slicer v5.10.0).
+    """
+    import vtk
+
     low, high = np.asarray(low, float), np.asarray(high, float)
-    roiNode.SetCenter(*((low + high) / 2.0))
-    roiNode.SetSize(*(high - low))
+    parent = roiNode.GetParentTransformNode()
+    if parent is not None and parent.IsTransformToWorldLinear():
+        nodeToWorld = vtk.vtkMatrix4x4()
+        parent.GetMatrixTransformToWorld(nodeToWorld)
+        worldToNode = np.linalg.inv(np.array([[nodeToWorld.GetElement(r, c) for c in range(4)] for r in range(4)]))
+        axes = worldToNode[:3, :3] / np.linalg.norm(worldToNode[:3, :3], axis=0)  # the world's axes, in the node
+        objectToNode = vtk.vtkMatrix4x4()
+        for r in range(3):
+            for c in range(3):
+                objectToNode.SetElement(r, c, float(axes[r, c]))
+        roiNode.SetAndObserveObjectToNodeMatrix(objectToNode)
+    roiNode.SetCenterWorld(*((low + high) / 2.0))
+    roiNode.SetSizeWorld(*(high - low))
 
 
 def showAsPet(petNode) -> None:

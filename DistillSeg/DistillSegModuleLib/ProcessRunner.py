@@ -249,17 +249,11 @@ class SubprocessRunner:
 def _popen_options(env: Mapping[str, str] | None) -> dict:
     """Pipes, no stdin, own process group; on Windows no console window (as
     ``slicer.util.launchConsoleProcess`` does)."""
-    options: dict = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                         encoding="utf-8", errors="replace", bufsize=1,
-                         env=dict(env) if env is not None else None)
-    if os.name == "nt":
-        info = subprocess.STARTUPINFO()  # type: ignore[attr-defined]
-        info.dwFlags |= subprocess.STARTF_USESHOWWINDOW  # type: ignore[attr-defined]
-        info.wShowWindow = 0  # SW_HIDE
-        options.update(startupinfo=info, creationflags=subprocess.CREATE_NEW_PROCESS_GROUP)  # type: ignore[attr-defined]
-    else:
-        options.update(start_new_session=True)
-    return options
+    from DistillSegLib.engine.processes import background_options
+
+    return dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                encoding="utf-8", errors="replace", bufsize=1, env=dict(env) if env is not None else None,
+                **background_options())
 
 
 def _is_alive(process) -> bool:

@@ -312,6 +312,8 @@ def train_students(
     that fails is recorded there (``{name: message}``) and skipped instead of stopping the
     run (benchmarks); cancelling always stops.
     """
+    from ..allocator import release_free_memory
+
     labelled = [prepared[i] for i in split.labelled]
     unlabelled = [prepared[i] for i in split.unlabelled]
     validation = [prepared[i] for i in split.validation]
@@ -345,6 +347,7 @@ def train_students(
             trained["warmup_seconds"] = warmup["train_seconds"]
             trained["history"] = warmup["history"] + trained["history"]
         results[name] = {**trained, "model": models_dir / f"{name}.pt"}
+        release_free_memory()  # the arm's trainer, teachers and rounds are gone: hand their memory back
     for result in results.values():
         result.pop("snapshot", None)
     return results
@@ -411,7 +414,8 @@ def run_teacher(
 
 
 def timing_teacher():
-    """LiteMedSAM for the evaluation: slice embeddings kept in this process's memory only, so
+    """LiteMedSAM for the evaluation: slice embeddings kept in this process's memory only (the
+    process-wide store's bounded memory, not its folder), so
     its first prompt on a case pays the full encoder cost (an honest time per case, even when
     an earlier run left embeddings on disk); later prompts (the upper bound) reuse them."""
     from ..teachers import load_teacher

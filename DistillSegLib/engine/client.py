@@ -1,6 +1,7 @@
-"""A client of the warm engine over subprocess pipes (standard library only; Slicer imports it).
+"""A client of the warm engine over subprocess pipes (standard library, psutil where installed; Slicer imports it).
 
-:class:`EngineClient` starts ``python -m DistillSegLib serve`` in its own process group,
+:class:`EngineClient` starts ``python -m DistillSegLib serve`` in its own process group (no console
+window on Windows; killed with its whole process tree, :mod:`.processes`),
 submits jobs, delivers each job's messages to callbacks, cancels, restarts the engine when it
 dies or does not answer a cancel within :data:`~.protocol.CANCEL_GRACE_S` seconds, and
 shuts it down. Like the module's ``SubprocessRunner``, it reads the pipes on background
@@ -17,9 +18,7 @@ on the caller's thread, so callbacks may touch the MRML scene. Example::
 from __future__ import annotations
 
 import itertools
-import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from . import protocol
+from .processes import background_options, kill_tree
 
 
 @dataclass
@@ -101,6 +101,7 @@ class EngineClient:
         self._ids = itertools.count(1)
         self._generation = 0
         self._bye = False
+        self.lastEnded: str | None = None  # why the last engine ended
 
     # ------------------------------------------------------------------ process
     @property
@@ -120,8 +121,7 @@ class EngineClient:
             [self.python, "-m", "DistillSegLib", "serve", *self.engine_args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
             encoding="utf-8", env=self.env,
-            start_new_session=(os.name == "posix"),  # its own process group: a kill reaches its children
-            creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
+            **background_options(),  # its own process group; no console window on Windows
         )
         self._bye = False
         generation = self._generation
@@ -143,7 +143,7 @@ class EngineClient:
         return self.ready
 
     def kill(self) -> None:
-        """SIGKILL the engine's process group; pending jobs end with ``EXIT_ENGINE_DIED``."""
+        """Kill the engine's process tree; pending jobs end with ``EXIT_ENGINE_DIED``."""
         process = self._process
         if process is None:
             return
@@ -152,10 +152,18 @@ class EngineClient:
         self._engine_gone(f"the engine was killed (exit status {process.returncode})", restart_background=False)
 
     def shutdown(self, timeout: float = 30.0) -> int | None:
-        """Ask the engine to stop (pending jobs are cancelled), kill it after ``timeout``; its exit status."""
+        """Ask the engine to stop (pending jobs are cancelled), kill it after ``timeout``; its exit status.
+
+        An engine still starting (importing torch: no ``ready`` yet) is killed at once: it
+        has nothing to finish and would read the request only when its imports are done,
+        while the caller (Slicer quitting) waits.
+        """
         process = self._process
         if process is None:
             return None
+        self.poll()
+        if self.ready is None and process.poll() is None:
+            timeout = 0.0
         try:
             self._write({"shutdown": True})
             process.stdin.close()
@@ -314,6 +322,7 @@ class EngineClient:
         if self._process is None:
             return
         self._process = None
+        self.lastEnded = reason
         self._generation += 1
         for job in list(self._pending.values()):
             if job.background and job.cancel_deadline is None and restart_background and job.attempts < 2:
@@ -340,13 +349,9 @@ class EngineClient:
 
 
 def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        if os.name == "posix":
-            os.killpg(process.pid, signal.SIGKILL)
-        else:
-            process.kill()
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
+    """Kill the engine and every process under it (``PythonSlicer`` starts the interpreter
+    as its child: killing the launcher alone would leave the engine running)."""
+    kill_tree(process)
 
 
 def _last_error(lines) -> str:

@@ -14,6 +14,13 @@ out, bounded in bytes) and, when a folder is given, on disk as float32 ``.npy`` 
 written atomically (4 MiB per LiteMedSAM slice): a later process (the next seed of a
 benchmark, the next ``distillseg predict --teacher``) reads them back bit for bit.
 
+One store per process (:func:`default_store`) bounds every slice-wise teacher at once:
+prompting, distillation rounds, teacher tuning (:class:`~.slicewise.SliceSession` keeps
+no embeddings of its own) and the demo. What must not reach the disk (embeddings of an
+encoder with LoRA adapters being tuned, or a benchmark that times the encoder) goes
+through :meth:`EmbeddingStore.memory_only`, which shares the same bounded memory.
+Entries are copies: a slice's 4 MiB never keeps its whole encoder batch alive.
+
 Environment: ``DISTILLSEG_EMBEDDING_MEMORY_MB`` (default 2048) bounds the memory part;
 ``DISTILLSEG_EMBEDDING_DISK_GB`` (default 10) the disk part, oldest files deleted first;
 ``DISTILLSEG_EMBEDDING_CACHE=0`` switches the disk part off (default: on, under the
@@ -65,12 +72,12 @@ class EmbeddingStore:
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.npy"
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str, from_disk: bool = True) -> np.ndarray | None:
         if key in self._memory:
             self._memory.move_to_end(key)
             self.hits += 1
             return self._memory[key]
-        if self.folder is not None and self._path(key).exists():
+        if from_disk and self.folder is not None and self._path(key).exists():
             try:
                 array = np.load(self._path(key), allow_pickle=False)
             except (OSError, ValueError, EOFError):
@@ -82,10 +89,24 @@ class EmbeddingStore:
         self.misses += 1
         return None
 
-    def put(self, key: str, embedding: np.ndarray) -> None:
-        embedding = np.ascontiguousarray(embedding, dtype=np.float32)
+    @property
+    def memory_used(self) -> int:
+        """Bytes of the embeddings held in memory (each entry owns its data)."""
+        return self._used
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def memory_only(self) -> "MemoryOnlyStore":
+        """This store's memory part alone (no disk read or write), bounded with the rest."""
+        return MemoryOnlyStore(self)
+
+    def put(self, key: str, embedding: np.ndarray, persist: bool = True) -> None:
+        """Keep a copy of ``embedding`` (a view of an encoder batch would keep the whole
+        batch alive while counting one slice); written to the folder when ``persist``."""
+        embedding = np.array(embedding, dtype=np.float32, order="C", copy=True)
         self._remember(key, embedding)
-        if self.folder is not None:
+        if self.folder is not None and persist:
             with atomic_path(self._path(key)) as tmp:
                 with open(tmp, "wb") as handle:
                     np.save(handle, embedding, allow_pickle=False)
@@ -120,7 +141,22 @@ class EmbeddingStore:
             self._used -= old.nbytes
 
 
-def encode_with_store(encoder, images, weights_sha256: str, store: EmbeddingStore | None, device: str = "cpu"):
+class MemoryOnlyStore:
+    """The memory part of an :class:`EmbeddingStore`, without its folder: same entries,
+    same bound (what is put here may be evicted by the rest, and the other way round)."""
+
+    def __init__(self, store: EmbeddingStore) -> None:
+        self.store = store
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self.store.get(key, from_disk=False)
+
+    def put(self, key: str, embedding: np.ndarray) -> None:
+        self.store.put(key, embedding, persist=False)
+
+
+def encode_with_store(encoder, images, weights_sha256: str, store: "EmbeddingStore | MemoryOnlyStore | None",
+                      device: str = "cpu"):
     """``encoder(images)`` for ``(S, 3, N, N)`` images, reusing stored slice embeddings.
 
     Only slices missing from ``store`` go through the encoder (in one batch); the result
@@ -142,12 +178,16 @@ def encode_with_store(encoder, images, weights_sha256: str, store: EmbeddingStor
     return torch.from_numpy(np.stack(found)).to(device)
 
 
-_STORES: dict[str, EmbeddingStore] = {}
+_STORE: tuple[str, EmbeddingStore] | None = None
 
 
 def default_store() -> EmbeddingStore | None:
     """The process-wide store: memory from ``$DISTILLSEG_EMBEDDING_MEMORY_MB``, disk under
-    the teachers' cache folder unless ``$DISTILLSEG_EMBEDDING_CACHE=0``; None when both are off."""
+    the teachers' cache folder unless ``$DISTILLSEG_EMBEDDING_CACHE=0``; None when both are off.
+
+    There is one at a time: when those settings change, the previous store is dropped
+    (never two bounded stores side by side)."""
+    global _STORE
     from .cache import default_cache_dir
 
     memory_mb = int(os.environ.get(MEMORY_ENV, DEFAULT_MEMORY_MB))
@@ -157,6 +197,13 @@ def default_store() -> EmbeddingStore | None:
         return None
     disk_bytes = int(float(os.environ.get(DISK_LIMIT_ENV, DEFAULT_DISK_GB)) * (1 << 30))
     key = f"{folder}|{memory_mb}|{disk_bytes}"
-    if key not in _STORES:
-        _STORES[key] = EmbeddingStore(folder, max(memory_mb, 0) << 20, disk_bytes)
-    return _STORES[key]
+    if _STORE is None or _STORE[0] != key:
+        _STORE = None  # the old store's memory goes before the new one fills
+        _STORE = (key, EmbeddingStore(folder, max(memory_mb, 0) << 20, disk_bytes))
+    return _STORE[1]
+
+
+def shared_memory_store() -> MemoryOnlyStore | None:
+    """The process-wide store's memory part (no disk), or None when it has no memory."""
+    store = default_store()
+    return store.memory_only() if store is not None and store.memory_bytes > 0 else None

@@ -149,8 +149,9 @@ def load_teacher(name: str, checkpoint: str | os.PathLike | None = None, modalit
     """Instantiate a registered teacher (checkpoint: given, else found in :func:`weights_dir`).
 
     ``private_embeddings``: a 2D teacher keeps its slice image embeddings in this process's
-    memory only, so its first prompt on a case pays the full encoder cost even when an
-    earlier run left embeddings on disk (honest timing); later prompts reuse them.
+    memory only (the process-wide store's bounded memory, not its folder), so its first
+    prompt on a case pays the full encoder cost even when an earlier run left embeddings on
+    disk (honest timing); later prompts reuse them.
     """
     info = teacher_info(name)
     modality = normalise_modality(modality or info.default_modality)
@@ -162,7 +163,7 @@ def load_teacher(name: str, checkpoint: str | os.PathLike | None = None, modalit
         )
     teacher = info.loader(path, modality)
     if private_embeddings and hasattr(teacher, "embedding_store"):
-        from .embeddings import EmbeddingStore
+        from .embeddings import shared_memory_store
 
-        teacher.embedding_store = EmbeddingStore(None)
+        teacher.embedding_store = shared_memory_store()
     return teacher

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..io.volume import Volume
 from .base import Reorientation, check_inputs, normalise_modality
-from .embeddings import default_store, encode_with_store
+from .embeddings import EmbeddingStore, default_store, encode_with_store, slice_digest
 from .prompts import Prompt, mask_prompt, sample_points, slice_boxes
 
 # MedSAM pre_CT_MR.py: abdomen soft-tissue window.
@@ -36,6 +36,8 @@ CT_WINDOW_WIDTH = 400.0
 # MedSAM pre_CT_MR.py: non-CT images are clipped to these percentiles of the positive voxels.
 PET_PERCENTILES = (0.5, 99.5)
 CANONICAL = "LPS"
+# A session whose teacher has no embedding store keeps at most this much of its own (64 slices of LiteMedSAM).
+SESSION_EMBEDDING_MEMORY = 256 << 20
 
 
 def ct_to_unit(hu: np.ndarray, level: float = CT_WINDOW_LEVEL, width: float = CT_WINDOW_WIDTH) -> np.ndarray:
@@ -331,7 +333,7 @@ class SliceSession:
     The canonical frame is the teacher's (:data:`CANONICAL`): ``stack[k]`` is axial slice
     ``k`` as an ``(H, W)`` image (rows anterior to posterior, columns right to left); boxes
     are ``[x0, y0, x1, y1]`` in that slice's pixels (x = column). Slice embeddings come from
-    the teacher's store (keyed by ``encoder_sha256``) and are kept for the session.
+    the teacher's store (keyed by ``encoder_sha256``), bounded for all sessions together.
     """
 
     def __init__(self, teacher: SamSliceTeacher, image: Volume, modality: str | None = None) -> None:
@@ -341,7 +343,8 @@ class SliceSession:
         self.orientation = Reorientation.for_affine(image.affine, image.shape, CANONICAL)
         self.stack = teacher.canonical_stack(image, self.modality)
         self.resized, self.scale = teacher.frame(self.stack.shape[1:])
-        self._embedded: dict[int, object] = {}
+        self._keys: dict[tuple[str, int], str] = {}  # (encoder key, slice) -> slice digest
+        self._own_store: EmbeddingStore | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -361,17 +364,48 @@ class SliceSession:
         return self.teacher._preprocess_images(self.stack[np.asarray(slices, int)], self.resized)
 
     def embeddings(self, slices) -> "object":
-        """Image embeddings ``(S, C, h, w)`` of canonical slices (encoded once per session)."""
+        """Image embeddings ``(S, C, h, w)`` (CPU) of canonical slices.
+
+        They live in the teacher's store (the process-wide one, bounded for every session
+        together), not in the session: the labelled sessions of teacher tuning and the
+        sessions of a round would otherwise each hold every slice they touched. A teacher
+        without a store gets a small store of the session's own.
+        """
         import torch
 
         slices = [int(k) for k in slices]
-        missing = sorted(set(k for k in slices if k not in self._embedded))
+        if not slices:
+            return torch.zeros((0,))
+        store, encoder_key = self._store(), self.teacher.encoder_sha256
+        found: dict[int, np.ndarray] = {}
+        missing = []
+        for k in sorted(set(slices)):
+            key = self._keys.get((encoder_key, k))
+            array = store.get(key) if key is not None else None
+            if array is None:
+                missing.append(k)
+            else:
+                found[k] = array
         with torch.no_grad():  # not inference_mode: a decoder being tuned takes them as inputs
             for start in range(0, len(missing), self.teacher.batch_size):
                 part = missing[start:start + self.teacher.batch_size]
-                for k, embedding in zip(part, self.teacher.encode(self.images(part)).cpu()):
-                    self._embedded[k] = embedding
-        return torch.stack([self._embedded[k] for k in slices]) if slices else torch.zeros((0,))
+                images = self.images(part)
+                keys = [slice_digest(encoder_key, image) for image in images]
+                self._keys.update({(encoder_key, k): key for k, key in zip(part, keys)})
+                encoded = self.teacher.model.image_encoder(images.to(self.teacher.device)).float().cpu().numpy()
+                for k, key, embedding in zip(part, keys, encoded):
+                    store.put(key, embedding)
+                    found[k] = embedding
+        return torch.from_numpy(np.stack([found[k] for k in slices]))
+
+    def _store(self):
+        """The teacher's embedding store, or (when it has none) one of this session's own."""
+        store = self.teacher.store()
+        if store is not None:
+            return store
+        if self._own_store is None:
+            self._own_store = EmbeddingStore(None, SESSION_EMBEDDING_MEMORY)
+        return self._own_store
 
     def model_boxes(self, boxes: np.ndarray) -> "object":
         """``(N, 4)`` slice-pixel boxes as ``(N, 1, 4)`` boxes of the model's input frame."""
