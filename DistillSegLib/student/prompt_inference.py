@@ -1,0 +1,106 @@
+"""A promptable student answering the radiologist's box, clicks and previous mask.
+
+The prompt is the same :class:`~DistillSegLib.teachers.user_prompts.UserPrompt` the teachers
+take (RAS mm), checked by the same :meth:`UserPrompt.on_grid`. The student segments a region
+cropped to the prompt (as it was trained: crop-to-prompt): a window of at least one patch
+centred on the prompt's extent (the box, the previous mask's bounding box and the clicks),
+grown by ``PROMPT_MARGIN_MM``, clipped to the CT. Outside that region the answer is
+background; for a correction the previous label map's other segments are kept and only the
+corrected segment is replaced.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..errors import DistillSegError
+from ..io.case import Case
+from ..io.volume import Volume, apply_affine
+from ..teachers.user_prompts import UserPrompt, box_corners
+from .inference import IndexBox, Prediction, resolve_device, roi_to_index_box, sliding_window_probabilities
+from .model_file import StudentModel
+from .preprocess import prepare_case, probabilities_to_ct_grid
+from .prompt_channels import GridPrompts, encode_prompts
+
+# Context kept around the prompt's extent (mm), beyond the one-patch minimum.
+PROMPT_MARGIN_MM = 15.0
+
+
+def require_promptable(model: StudentModel) -> None:
+    """A prompt-free student never silently ignores a prompt."""
+    if not model.config.takes_prompts:
+        raise DistillSegError(
+            f"model {model.path or ''} takes no prompts (it was trained without prompt channels): drop "
+            "--prompt-box/--prompt-points/--prompt-mask, or use a promptable student (`distillseg train "
+            "--promptable`) or a teacher (--teacher NAME)")
+
+
+def prompt_extent(prompt: UserPrompt, ct: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """RAS ``(low, high)`` mm spanned by the box, the clicks and the previous segment."""
+    points = [np.asarray(p, float) for p in prompt.points]
+    if prompt.box is not None:
+        points.extend(box_corners(*prompt.box))
+    if prompt.previous is not None:
+        from ..teachers.user_prompts import segment_on_grid
+
+        index = np.argwhere(segment_on_grid(prompt.previous, prompt.segment, ct))
+        if index.size:
+            low, high = index.min(axis=0) - 0.5, index.max(axis=0) + 0.5
+            points.extend(apply_affine(ct.affine, box_corners(low, high)))
+    if not points:
+        raise DistillSegError("the prompt has no box, click or previous segment to segment around")
+    stacked = np.array(points)
+    return stacked.min(axis=0), stacked.max(axis=0)
+
+
+def prompt_region(prompt: UserPrompt, ct: Volume, model: StudentModel) -> IndexBox:
+    """The CT index box the student segments for ``prompt``: at least one training patch
+    (mm) centred on the prompt's extent, which it contains with ``PROMPT_MARGIN_MM`` around."""
+    low, high = prompt_extent(prompt, ct)
+    centre = (low + high) / 2.0
+    patch_mm = np.asarray(model.config.patch_size, float) * np.asarray(model.config.spacing, float)
+    # RAS axes and the student's grid axes need not coincide: a patch's largest side bounds all.
+    half = np.maximum((high - low) / 2.0 + PROMPT_MARGIN_MM, patch_mm.min() / 2.0)
+    return roi_to_index_box((centre - half, centre + half), ct)
+
+
+def predict_with_prompt(model: StudentModel, case: Case, prompt: UserPrompt, device: str | torch.device = "cpu",
+                        cancel=None) -> Prediction:
+    """Segment ``case`` with a promptable student guided by ``prompt``.
+
+    Returns:
+        A :class:`~.inference.Prediction` on the CT grid: ``label`` holds the prompted segment
+        (value ``prompt.segment``) and, for a correction, the previous label map's other
+        segments; ``probability`` the student's foreground probability; ``box`` the region.
+    Raises:
+        DistillSegError: a student that takes no prompts; a box or click outside the CT.
+    """
+    start = time.perf_counter()
+    require_promptable(model)
+    prompt.on_grid(case.ct, "CT")  # a box or click outside the CT is refused here, with its coordinates
+    region = prompt_region(prompt, case.ct, model)
+    if cancel is not None:
+        cancel.check()
+    prepared = prepare_case(case, model.config, box=region, with_label=False)
+    on_grid = prompt.on_grid(prepared.grid(), "CT")
+    config = model.config
+    channels = encode_prompts(config.prompt_channels, prepared.shape, config.spacing, config.click_sigma_mm,
+                              GridPrompts(on_grid.box, on_grid.points, on_grid.labels, on_grid.previous))
+    inputs = torch.cat([torch.as_tensor(prepared.image), channels], dim=0)
+    probabilities = sliding_window_probabilities(model.network, inputs, config, resolve_device(str(device)),
+                                                 cancel=cancel)
+    label, foreground = probabilities_to_ct_grid(probabilities.numpy(), prepared, case.ct, region)
+    answer, names = np.zeros(case.ct.shape, np.uint8), {prompt.segment: model.config.class_names.get(1, "tumour")}
+    if prompt.previous is not None:
+        from ..teachers.interactive import previous_on_ct
+
+        answer, previous_names = previous_on_ct(prompt.previous, case.ct)
+        answer[answer == prompt.segment] = 0
+        names = {**previous_names, **({} if prompt.segment in previous_names else names)}
+    answer[np.asarray(label.array) > 0] = prompt.segment
+    result = case.ct.with_array(answer)
+    result.meta = {"label_names": names, "modality": "SEG"}
+    return Prediction(result, foreground, region, time.perf_counter() - start)
