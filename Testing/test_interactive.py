@@ -225,3 +225,29 @@ def test_sam_takes_clicks_as_points_and_the_previous_mask_as_mask_prompt(small_c
     for probability in (plain, clicked, corrected):
         assert probability.shape == ct.shape and not (probability[~on_grid.box_mask()] > 0).any()
     assert not np.allclose(plain, clicked) and decoded >= 1
+
+
+def test_a_walked_slice_box_never_shrinks_below_the_drawn_box_ellipsoid(sts_001, three_slices):
+    """One under-segmented slice must not shrink every later box (the walk's collapse on large tumours)."""
+    from DistillSegLib.teachers import interactive
+    from DistillSegLib.teachers.interactive import SlicePropagation
+
+    box, middle, _ = three_slices
+    request = prepare_interactive(sts_001, "litemedsam", None, UserPrompt(box=box), "CT")
+    walk = SlicePropagation(request.teacher, request.image, request.on_grid, "CT")
+    first, last = walk.box_slices
+    centre = (walk.box[:2] + walk.box[2:]) / 2.0
+    collapsed = np.concatenate([centre - 1.0, centre + 1.0]).astype(np.float32)  # a 2-pixel neighbour mask
+    k = (first + last) // 2
+    floored = walk.with_floor(collapsed, k)
+    width = (walk.box[2:] - walk.box[:2])
+    t = (k - (first + last) / 2.0) / ((last - first + 1) / 2.0)
+    np.testing.assert_allclose(floored[2:] - floored[:2], width * np.sqrt(1 - t * t), atol=1.0)
+    assert np.all(floored[:2] >= walk.box[:2] - 1e-3) and np.all(floored[2:] <= walk.box[2:] + 1e-3)
+    assert walk.floor_box(last + 1) is None  # beyond the drawn box's slices: no floor
+    before = interactive.WALK_FLOOR
+    try:
+        interactive.WALK_FLOOR = "none"      # MedSAM's rule: the neighbour's mask alone
+        np.testing.assert_array_equal(walk.with_floor(collapsed, k), collapsed)
+    finally:
+        interactive.WALK_FLOOR = before

@@ -191,6 +191,8 @@ def test_promptable_training_writes_a_model_that_runs_both_ways(prepared, sts_00
     outside = np.ones(sts_001.ct.shape, bool)
     outside[boxed.box] = False
     assert not boxed.label.array[outside].any()  # nothing outside the region cropped to the prompt
+    drawn = UserPrompt(box=box).on_grid(sts_001.ct, "CT").box_mask()
+    assert not (boxed.label.array[~drawn]).any() and not boxed.probability.array[~drawn].any()  # nor the box
     # A correction replaces only its segment and keeps the others.
     previous = sts_001.label_on_ct.with_array((boxed.label.array > 0).astype(np.uint8) * 2)
     previous.array[0, 0, 0] = 5

@@ -53,7 +53,7 @@ def train(data: Path, cases: list[str], out: Path, args: argparse.Namespace) -> 
     command = [sys.executable, "-m", "DistillSegLib", "train", "--data", str(data), "--labelled", ",".join(cases),
                "--strategy", "supervised", "--steps", str(args.steps), "--seed", str(args.seed),
                "--threads", str(args.threads), "--device", "cpu", "--out", str(out),
-               "--checkpoint", str(Path(args.work) / f"{out.stem}.checkpoint.pt")]  # never beside the bundled file
+               "--checkpoint", str(Path(args.work) / f"{out.parent.name}-{out.stem}.checkpoint.pt")]  # never beside the bundled file
     if args.promptable:
         command.append("--promptable")
     started = time.perf_counter()

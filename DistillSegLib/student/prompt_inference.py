@@ -4,7 +4,8 @@ The prompt is the same :class:`~DistillSegLib.teachers.user_prompts.UserPrompt` 
 take (RAS mm), checked by the same :meth:`UserPrompt.on_grid`. The student segments a region
 cropped to the prompt (as it was trained: crop-to-prompt): a window of at least one patch
 centred on the prompt's extent (the box, the previous mask's bounding box and the clicks),
-grown by ``PROMPT_MARGIN_MM``, clipped to the CT. Outside that region the answer is
+grown by ``PROMPT_MARGIN_MM``, clipped to the CT. Outside that region, and outside the drawn
+box when there is one (the teachers' answers are bounded by it too), the answer is
 background; for a correction the previous label map's other segments are kept and only the
 corrected segment is replaced.
 """
@@ -80,7 +81,7 @@ def predict_with_prompt(model: StudentModel, case: Case, prompt: UserPrompt, dev
     """
     start = time.perf_counter()
     require_promptable(model)
-    prompt.on_grid(case.ct, "CT")  # a box or click outside the CT is refused here, with its coordinates
+    on_ct = prompt.on_grid(case.ct, "CT")  # a box or click outside the CT is refused here, with its coordinates
     region = prompt_region(prompt, case.ct, model)
     if cancel is not None:
         cancel.check()
@@ -93,6 +94,10 @@ def predict_with_prompt(model: StudentModel, case: Case, prompt: UserPrompt, dev
     probabilities = sliding_window_probabilities(model.network, inputs, config, resolve_device(str(device)),
                                                  cancel=cancel)
     label, foreground = probabilities_to_ct_grid(probabilities.numpy(), prepared, case.ct, region)
+    if on_ct.box is not None:  # the drawn box says where the lesion is, as it bounds the teachers' answers
+        outside = ~on_ct.box_mask()
+        label.array[outside] = 0
+        foreground.array[outside] = 0.0
     answer, names = np.zeros(case.ct.shape, np.uint8), {prompt.segment: model.config.class_names.get(1, "tumour")}
     if prompt.previous is not None:
         from ..teachers.interactive import previous_on_ct
