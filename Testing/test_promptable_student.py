@@ -295,3 +295,48 @@ def BUNDLED_PATH():
     from DistillSegLib.student.catalogue import resolve_model
 
     return resolve_model(BUNDLED)
+
+
+def test_boxdistil_learns_the_teachers_answer_to_a_box(prepared, sts_001):
+    """The teacher answers a box drawn on the student grid as a radiologist's box; the answer
+    becomes the target of that box on the unlabelled case."""
+    from dataclasses import replace
+
+    from DistillSegLib.distill.box_distillation import BoxDistillationStrategy, teacher_answer
+    from DistillSegLib.metrics.segmentation import dice
+
+    truth = prepared.label > 0
+    middle = int(np.argmax(truth.sum(axis=(0, 1))))
+    low, high = bounding_box_of(truth[:, :, middle:middle + 1])
+    box = (np.array([low[0] - 1, low[1] - 1, middle]), np.array([high[0] + 1, high[1] + 1, middle]))
+    unlabelled = replace(prepared, label=None)
+    strategy = BoxDistillationStrategy(boxes_per_case=1)
+    trainer = make_trainer([prepared], unlabelled=[unlabelled], steps=2)
+    strategy.setup(trainer)
+    answer = teacher_answer(strategy.model, sts_001, prepared.grid(), box, "CT")
+    assert answer.shape == prepared.shape
+    inside = np.zeros(prepared.shape, bool)
+    inside[box[0][0]:box[1][0] + 1, box[0][1]:box[1][1] + 1, middle] = True
+    assert answer[inside].any() and not answer[~inside].any()  # the teacher stays in the box's slice and extent
+    assert dice(answer[:, :, middle] > 0, truth[:, :, middle]) > 0.6
+    strategy.answers.add(prepared.case_id, box, answer)
+    trainer.strategy = strategy
+    trainer.step_rng = np.random.default_rng(0)
+    loss, logs = strategy.loss(trainer, 1)
+    assert torch.isfinite(loss) and "teacher_boxes" in logs
+
+
+def test_boxdistil_needs_a_promptable_student(prepared):
+    from dataclasses import replace
+
+    from DistillSegLib.distill.box_distillation import BoxDistillationStrategy
+
+    options = TrainingOptions(steps=1, batch_size=2)
+    with pytest.raises(DistillSegError, match="--promptable"):
+        Trainer(replace(TINY, prompt_channels=()), options, BoxDistillationStrategy(),
+                [replace(prepared, image=prepared.image)], unlabelled=[replace(prepared, label=None)])
+
+
+def bounding_box_of(mask):
+    index = np.argwhere(mask)
+    return index.min(axis=0), index.max(axis=0)
