@@ -125,7 +125,6 @@ def test_cli_box_prompt_writes_the_label_and_its_provenance(capsys, sts_case_dir
 @pytest.mark.parametrize("extra, message", [
     (["--teacher", "litemedsam", "--prompt-box=1000,1000,1000,1100,1100,1100"], "lies outside the CT image"),
     (["--teacher", "litemedsam", "--prompt-box=0,0,0,1,1,1", "--prompt-points=50,50,50,+"], "outside the prompt box"),
-    (["--model", "sts-petct-crop", "--prompt-box=0,0,0,1,1,1"], "takes no prompts"),
     (["--teacher", "litemedsam", "--prompt-from", "x.nii.gz", "--prompt-box=0,0,0,1,1,1"], "not both"),
     (["--teacher", "litemedsam"], "--teacher needs a prompt"),
     (["--teacher", "litemedsam", "--prompt-points=1,2,3,*"], "R,A,S,+ or R,A,S,-"),

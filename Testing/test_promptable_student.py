@@ -32,7 +32,6 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 TINY = StudentConfig(spacing=(4.0, 4.0, 4.0), patch_size=(32, 32, 16), channels=(8, 16, 32), strides=(2, 2),
                      num_res_units=1, prompt_channels=DEFAULT_PROMPT_CHANNELS)
-BUNDLED = "sts-petct-crop"
 
 
 # ------------------------------------------------------------------ channels and network
@@ -86,12 +85,10 @@ def test_config_refuses_bad_prompt_channels_and_prompt_free_files_stay_as_they_w
     assert StudentConfig.from_dict(TINY.to_dict()) == TINY
 
 
-def test_a_model_file_written_before_prompts_loads_as_prompt_free():
-    from DistillSegLib.student.catalogue import resolve_model
-
-    path = resolve_model(BUNDLED)
-    assert "prompt_channels" not in read_payload(path)["metadata"]["config"]
-    model = load_model(path)
+def test_a_model_file_written_before_prompts_loads_as_prompt_free(prompt_free_model):
+    # The file's configuration has no prompt keys, exactly as every file written before prompts.
+    assert not {"prompt_channels", "click_sigma_mm"} & set(read_payload(prompt_free_model)["metadata"]["config"])
+    model = load_model(prompt_free_model)
     assert not model.takes_prompts and not isinstance(model.network, PromptableStudent)
 
 
@@ -232,6 +229,15 @@ def box_around(mask, grow: float = 0.10):
 
 # ------------------------------------------------------------------ the command line
 @pytest.fixture(scope="module")
+def prompt_free_model(tmp_path_factory):
+    from dataclasses import replace
+
+    config = replace(TINY, prompt_channels=())
+    torch.manual_seed(0)
+    return save_model(tmp_path_factory.mktemp("prompt-free") / "free.pt", build_student(config), config, {})
+
+
+@pytest.fixture(scope="module")
 def promptable_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("promptable") / "p.pt"
     torch.manual_seed(0)
@@ -260,16 +266,16 @@ def test_cli_promptable_student_answers_a_box_and_records_it(cli, sts_case_dir, 
 
 
 @pytest.mark.parametrize("model, extra, message", [
-    (BUNDLED, ["--prompt-box=0,0,0,1,1,1"], "takes no prompts"),
-    (BUNDLED, ["--prompt-points=0,0,0,+"], "takes no prompts"),
+    ("prompt-free", ["--prompt-box=0,0,0,1,1,1"], "takes no prompts"),
+    ("prompt-free", ["--prompt-points=0,0,0,+"], "takes no prompts"),
     ("promptable", ["--prompt-box=1000,1000,1000,1100,1100,1100"], "lies outside the CT image"),
     ("promptable", ["--prompt-points=1000,1000,1000,+"], "lies outside the CT image"),
     ("promptable", ["--prompt-box=0,0,0,1,1,1", "--roi", "all"], "drop --roi"),
 ])
-def test_cli_refuses_bad_student_prompts_with_one_error_line(cli, sts_case_dir, promptable_model, tmp_path, model,
-                                                           extra, message):
+def test_cli_refuses_bad_student_prompts_with_one_error_line(cli, sts_case_dir, promptable_model, prompt_free_model,
+                                                           tmp_path, model, extra, message):
     out = tmp_path / "x.nii.gz"
-    result = cli("predict", "--model", promptable_model if model == "promptable" else model, *extra,
+    result = cli("predict", "--model", promptable_model if model == "promptable" else prompt_free_model, *extra,
                  *case_args(sts_case_dir), "--out", out)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -277,7 +283,7 @@ def test_cli_refuses_bad_student_prompts_with_one_error_line(cli, sts_case_dir, 
     assert not out.exists()
 
 
-def test_train_cli_makes_a_promptable_student(cli, sts_dir, tmp_path):
+def test_train_cli_makes_a_promptable_student(cli, sts_dir, tmp_path, prompt_free_model):
     out = tmp_path / "p.pt"
     result = cli("train", "--data", sts_dir, "--labelled", "STS_001", "--steps", "3", "--threads", "1",
                  "--spacing", "4,4,4", "--patch-size", "32,32,16", "--channels", "8,16,32", "--res-units", "1",
@@ -285,16 +291,10 @@ def test_train_cli_makes_a_promptable_student(cli, sts_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     model = load_model(out)
     assert model.takes_prompts and model.metadata["prompt_simulation"]["max_clicks"] == 1
-    refused = cli("train", "--data", sts_dir, "--labelled", "STS_001", "--steps", "1", "--init", BUNDLED_PATH(),
+    refused = cli("train", "--data", sts_dir, "--labelled", "STS_001", "--steps", "1", "--init", prompt_free_model,
                   "--max-clicks", "1", "--out", tmp_path / "q.pt")
     assert refused.returncode == 2 and "takes none" in refused.stderr
     assert json.loads(json.dumps(model.metadata["prompt_simulation"]))  # JSON-ready
-
-
-def BUNDLED_PATH():
-    from DistillSegLib.student.catalogue import resolve_model
-
-    return resolve_model(BUNDLED)
 
 
 def test_boxdistil_learns_the_teachers_answer_to_a_box(prepared, sts_001):
