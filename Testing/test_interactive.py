@@ -244,6 +244,13 @@ def test_a_walked_slice_box_never_shrinks_below_the_drawn_box_ellipsoid(sts_001,
     np.testing.assert_allclose(floored[2:] - floored[:2], width * np.sqrt(1 - t * t), atol=1.0)
     assert np.all(floored[:2] >= walk.box[:2] - 1e-3) and np.all(floored[2:] <= walk.box[2:] + 1e-3)
     assert walk.floor_box(last + 1) is None  # beyond the drawn box's slices: no floor
+    # A box ending on the image's edge: the lesion is cut there, the floor keeps the full width.
+    low, high = UserPrompt(box=box).on_grid(sts_001.ct, "CT").box
+    edge = ras_box(sts_001.ct, [low[0], low[1], 0], [high[0], high[1], high[2]], grow=0.0)
+    cut = SlicePropagation(request.teacher, request.image, UserPrompt(box=edge).on_grid(sts_001.ct, "CT"), "CT")
+    end = cut.box_slices[0] if cut.box_slices[0] == 0 else cut.box_slices[1]
+    assert end in (0, cut.stack.shape[0] - 1)
+    np.testing.assert_allclose(cut.floor_box(end), cut.box, atol=1e-3)
     before = interactive.WALK_FLOOR
     try:
         interactive.WALK_FLOOR = "none"      # MedSAM's rule: the neighbour's mask alone

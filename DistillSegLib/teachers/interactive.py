@@ -65,7 +65,8 @@ MIN_MARGIN_PIXELS = 2.0
 # A correction's walk stops on a slice where the new mask and the previous one agree this well.
 AGREEMENT_DICE = 0.9
 # A walked slice's box never shrinks below the cross-section of the ellipsoid inscribed in the
-# drawn box ("ellipsoid"), so one under-segmented slice cannot shrink every later box (a large,
+# drawn box ("ellipsoid"; a cylinder towards a box face on the image's edge), so one
+# under-segmented slice cannot shrink every later box (a large,
 # heterogeneous tumour's mask collapsed slice after slice from ~2,000 to ~50 pixels while the
 # reference kept ~8,000); "none" walks on the neighbour's mask alone (MedSAM's rule).
 WALK_FLOOR = "ellipsoid"
@@ -280,7 +281,10 @@ class SlicePropagation:
 
     def floor_box(self, k: int) -> np.ndarray | None:
         """The in-plane box of slice ``k``'s cross-section of the ellipsoid inscribed in the drawn
-        box (None without a drawn box, outside its slices, or when ``WALK_FLOOR`` is "none")."""
+        box (None without a drawn box, outside its slices, or when ``WALK_FLOOR`` is "none").
+        Towards a box face on the image's first or last slice the floor stays the drawn box's
+        full in-plane extent: a lesion the image cuts does not taper there (STS_009, cut at
+        the crop's top slice, is where the walk collapsed)."""
         if WALK_FLOOR == "none" or self.box is None or self.box_slices is None:
             return None
         first, last = self.box_slices
@@ -288,6 +292,8 @@ class SlicePropagation:
         t = (k - (first + last) / 2.0) / half_depth
         if abs(t) >= 1.0:
             return None
+        if (t < 0 and first == 0) or (t > 0 and last == self.stack.shape[0] - 1):
+            t = 0.0  # the box ends at the image's edge: the lesion is cut there, not tapering
         centre, half = (self.box[:2] + self.box[2:]) / 2.0, (self.box[2:] - self.box[:2]) / 2.0 * np.sqrt(1.0 - t * t)
         return np.concatenate([centre - half, centre + half]).astype(np.float32)
 
