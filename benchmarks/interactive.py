@@ -182,7 +182,9 @@ def run_case(case_id: str, args, student, promptable) -> dict:
     from DistillSegLib.student.inference import predict_case
     from DistillSegLib.teachers.run import segment_with_teacher
 
-    case = load_case_folder(DATA / "sts-petct" / case_id)
+    # A case id, or a case folder (e.g. STS_009 converted from DICOM by `distillseg convert`).
+    case = load_case_folder(Path(case_id) if "/" in case_id else DATA / "sts-petct" / case_id)
+    case_id = Path(case_id).name
     truth = case.label_on_ct
     true = truth.array > 0
     box = box_around(truth)
@@ -253,7 +255,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="automatic (prompt-free) student, e.g. trained on STS_001-005 (see the README)")
     parser.add_argument("--promptable", help="promptable student (distillseg train --promptable)")
-    parser.add_argument("--cases", default=None, help="case ids (default: the demo's 10 validation cases)")
+    parser.add_argument("--cases", default=None,
+                        help="case ids or case folders (default: the demo's 10 validation cases)")
     parser.add_argument("--modalities", default="CT,PET", help="images LiteMedSAM sees (default: CT,PET)")
     parser.add_argument("--walks", default="ellipsoid",
                         help="LiteMedSAM walk rules to run, comma-separated: none, ellipsoid (default: ellipsoid; "
