@@ -3,8 +3,8 @@
 The prompt is the same :class:`~DistillSegLib.teachers.user_prompts.UserPrompt` the teachers
 take (RAS mm), checked by the same :meth:`UserPrompt.on_grid`. The student segments a region
 cropped to the prompt (as it was trained: crop-to-prompt): a window of at least one patch
-centred on the prompt's extent (the box, the previous mask's bounding box and the clicks),
-grown by ``PROMPT_MARGIN_MM``, clipped to the CT. Outside that region, and outside the drawn
+along each axis centred on the prompt's extent (the box, the previous mask's bounding box
+and the clicks), grown by ``PROMPT_MARGIN_MM``, inside the CT. Outside that region, and outside the drawn
 box when there is one (the teachers' answers are bounded by it too), the answer is
 background; for a correction the previous label map's other segments are kept and only the
 corrected segment is replaced.
@@ -21,7 +21,7 @@ from ..errors import DistillSegError
 from ..io.case import Case
 from ..io.volume import Volume, apply_affine
 from ..teachers.user_prompts import UserPrompt, box_corners
-from .inference import IndexBox, Prediction, resolve_device, roi_to_index_box, sliding_window_probabilities
+from .inference import IndexBox, Prediction, resolve_device, sliding_window_probabilities
 from .model_file import StudentModel
 from .preprocess import prepare_case, probabilities_to_ct_grid
 from .prompt_channels import GridPrompts, encode_prompts
@@ -58,14 +58,29 @@ def prompt_extent(prompt: UserPrompt, ct: Volume) -> tuple[np.ndarray, np.ndarra
 
 
 def prompt_region(prompt: UserPrompt, ct: Volume, model: StudentModel) -> IndexBox:
-    """The CT index box the student segments for ``prompt``: at least one training patch
-    (mm) centred on the prompt's extent, which it contains with ``PROMPT_MARGIN_MM`` around."""
+    """The CT index box the student segments for ``prompt``: centred on the prompt's extent,
+    which it holds with ``PROMPT_MARGIN_MM`` around, and at least one training patch along each
+    axis (the student grid has the CT's axes), so the network sees real tissue around the box
+    as in training, never padding; clipped to the CT."""
+    from ..teachers.user_prompts import box_corners as corners_of
+
     low, high = prompt_extent(prompt, ct)
-    centre = (low + high) / 2.0
-    patch_mm = np.asarray(model.config.patch_size, float) * np.asarray(model.config.spacing, float)
-    # RAS axes and the student's grid axes need not coincide: a patch's largest side bounds all.
-    half = np.maximum((high - low) / 2.0 + PROMPT_MARGIN_MM, patch_mm.min() / 2.0)
-    return roi_to_index_box((centre - half, centre + half), ct)
+    index = apply_affine(np.linalg.inv(ct.affine), corners_of(low, high))
+    first, last = index.min(axis=0), index.max(axis=0)
+    spacing = np.asarray(ct.spacing, float)
+    patch_half = np.asarray(model.config.patch_size, float) * np.asarray(model.config.spacing, float) / 2.0 / spacing
+    half = np.maximum((last - first) / 2.0 + PROMPT_MARGIN_MM / spacing, patch_half)
+    centre = (first + last) / 2.0
+    shape = np.asarray(ct.shape)
+    # Shift a window that sticks out of the CT back inside it (keeps one patch of real data).
+    start = np.clip(centre - half, 0, None)
+    stop = np.minimum(centre + half, shape - 1)
+    start = np.clip(np.minimum(start, stop - 2 * half), 0, None)
+    stop = np.minimum(np.maximum(stop, start + 2 * half), shape - 1)
+    begin, end = np.floor(start).astype(int), np.ceil(stop).astype(int) + 1
+    if np.any(end <= begin):
+        raise DistillSegError("the prompt lies outside the CT")
+    return tuple(slice(int(a), int(b)) for a, b in zip(begin, end))  # type: ignore[return-value]
 
 
 def predict_with_prompt(model: StudentModel, case: Case, prompt: UserPrompt, device: str | torch.device = "cpu",
