@@ -226,7 +226,7 @@ def test_sam_takes_clicks_as_points_and_the_previous_mask_as_mask_prompt(small_c
     assert not np.allclose(plain, clicked) and decoded >= 1
 
 
-def test_a_walked_slice_box_never_shrinks_below_the_drawn_box_ellipsoid(sts_001, three_slices):
+def test_a_walked_slice_box_towards_the_images_edge_never_shrinks_below_the_drawn_box(sts_001, three_slices):
     """One under-segmented slice must not shrink every later box (the walk's collapse on large tumours)."""
     from DistillSegLib.teachers import interactive
     from DistillSegLib.teachers.interactive import SlicePropagation
@@ -238,7 +238,13 @@ def test_a_walked_slice_box_never_shrinks_below_the_drawn_box_ellipsoid(sts_001,
     centre = (walk.box[:2] + walk.box[2:]) / 2.0
     collapsed = np.concatenate([centre - 1.0, centre + 1.0]).astype(np.float32)  # a 2-pixel neighbour mask
     k = (first + last) // 2
-    floored = walk.with_floor(collapsed, k)
+    assert interactive.WALK_FLOOR == "edge" and walk.floor_box(k) is None  # a box inside the image: no floor
+    before = interactive.WALK_FLOOR
+    interactive.WALK_FLOOR = "ellipsoid"
+    try:
+        floored = walk.with_floor(collapsed, k)
+    finally:
+        interactive.WALK_FLOOR = before
     width = (walk.box[2:] - walk.box[:2])
     t = (k - (first + last) / 2.0) / ((last - first + 1) / 2.0)
     np.testing.assert_allclose(floored[2:] - floored[:2], width * np.sqrt(1 - t * t), atol=1.0)
@@ -250,8 +256,8 @@ def test_a_walked_slice_box_never_shrinks_below_the_drawn_box_ellipsoid(sts_001,
     cut = SlicePropagation(request.teacher, request.image, UserPrompt(box=edge).on_grid(sts_001.ct, "CT"), "CT")
     end = cut.box_slices[0] if cut.box_slices[0] == 0 else cut.box_slices[1]
     assert end in (0, cut.stack.shape[0] - 1)
-    np.testing.assert_allclose(cut.floor_box(end), cut.box, atol=1e-3)
-    before = interactive.WALK_FLOOR
+    np.testing.assert_allclose(cut.floor_box(end), cut.box, atol=1e-3)  # the default rule
+    np.testing.assert_allclose(cut.with_floor(collapsed, end), cut.box, atol=1e-3)
     try:
         interactive.WALK_FLOOR = "none"      # MedSAM's rule: the neighbour's mask alone
         np.testing.assert_array_equal(walk.with_floor(collapsed, k), collapsed)

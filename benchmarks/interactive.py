@@ -12,9 +12,9 @@ On the demo's 10 validation cases (``DistillSegLib/demo/split.py``), side by sid
 * ``box``: LiteMedSAM from ONE 3D box 10% larger than the tumour (its CT mask's bounding box,
   each extent x 1.1 about its centre: a hand-drawn ROI), slice by slice from the box's middle
   slice (``DistillSegLib/teachers/interactive.py``);
-  ``--walks none,ellipsoid`` runs it with each rule for the walk's slice boxes
-  (``DistillSegLib.teachers.interactive.WALK_FLOOR``: "none" is the walk before the
-  ellipsoid floor); ``--walks ""`` skips LiteMedSAM;
+  ``--walks none,edge,ellipsoid`` runs it with each rule for the walk's slice boxes
+  (``DistillSegLib.teachers.interactive.WALK_FLOOR``: "none" is the walk before any floor,
+  "edge" the default); ``--walks ""`` skips LiteMedSAM;
 * ``box + k clicks`` (k = 1..``--clicks``): the previous result corrected by a simulated
   click. ``--click-rule deepest`` (default): the deepest voxel (Euclidean distance in mm) of
   the largest connected error region, positive in a miss, negative in a false positive
@@ -36,7 +36,7 @@ from the PET's own grid). Slice embeddings come from ``$DISTILLSEG_CACHE`` when 
 
     # the promptable student beside the automatic one and LiteMedSAM before/after the walk's floor
     .venv/bin/python benchmarks/interactive.py --model heldout.pt --promptable promptable.pt \\
-        --modalities CT --walks none,ellipsoid --teacher-clicks 0 --no-gt-boxes
+        --modalities CT --walks none,edge,ellipsoid --teacher-clicks 0 --no-gt-boxes
 """
 
 from __future__ import annotations
@@ -156,7 +156,17 @@ def run_teacher(case, box, truth, modality: str, clicks: int, rule: str, walk: s
     from DistillSegLib.teachers.user_prompts import UserPrompt
 
     true = truth.array > 0
-    interactive.WALK_FLOOR = walk
+    default, interactive.WALK_FLOOR = interactive.WALK_FLOOR, walk
+    try:
+        return _run_teacher(case, box, truth, true, modality, clicks, rule, walk)
+    finally:
+        interactive.WALK_FLOOR = default
+
+
+def _run_teacher(case, box, truth, true, modality: str, clicks: int, rule: str, walk: str) -> dict:
+    from DistillSegLib.teachers.interactive import prepare_interactive, segment_interactively
+    from DistillSegLib.teachers.user_prompts import UserPrompt
+
     row: dict = {"walk": walk, "clicks": []}
     begin = time.perf_counter()
     result, _ = segment_interactively(prepare_interactive(case, "litemedsam", None, UserPrompt(box=box), modality))
@@ -208,9 +218,6 @@ def run_case(case_id: str, args, student, promptable) -> dict:
         if args.gt_boxes:
             label, _ = segment_with_teacher(case, "litemedsam", None, truth, modality, cache=False)
             row["litemedsam"][f"{modality}/gt_slice_boxes"] = round(dice(label.array > 0, true), 4)
-    from DistillSegLib.teachers import interactive
-
-    interactive.WALK_FLOOR = "ellipsoid"
     row["load_average"] = round(os.getloadavg()[0], 2)
     return row
 
@@ -258,9 +265,9 @@ def main() -> int:
     parser.add_argument("--cases", default=None,
                         help="case ids or case folders (default: the demo's 10 validation cases)")
     parser.add_argument("--modalities", default="CT,PET", help="images LiteMedSAM sees (default: CT,PET)")
-    parser.add_argument("--walks", default="ellipsoid",
-                        help="LiteMedSAM walk rules to run, comma-separated: none, ellipsoid (default: ellipsoid; "
-                             "empty: no LiteMedSAM)")
+    parser.add_argument("--walks", default="edge",
+                        help="LiteMedSAM walk rules to run, comma-separated: none, edge, ellipsoid (default: edge, "
+                             "the default rule; empty: no LiteMedSAM)")
     parser.add_argument("--clicks", type=int, default=CLICKS, help="clicks of the promptable student (default 3)")
     parser.add_argument("--teacher-clicks", type=int, default=CLICKS, help="clicks of LiteMedSAM (default 3)")
     parser.add_argument("--click-rule", choices=["deepest", "ritm"], default="deepest")

@@ -12,9 +12,10 @@ slice, walking up and down from it, gets the bounding box of its neighbour's mas
 pixels of the model's 256-pixel frame (its ``get_bbox256(..., bbox_shift=3)``), so the
 drawn box need not be tight on every slice. Unlike that script, a walk stops where the
 mask vanishes (instead of falling back to the whole box on every later slice), every
-slice box stays inside the drawn box, and no slice box is smaller than that slice's
-cross-section of the ellipsoid inscribed in the drawn box (``WALK_FLOOR``): without that
-floor, one under-segmented slice of a large heterogeneous tumour shrank every later box.
+slice box stays inside the drawn box, and, walking towards a box face that lies on the
+image's first or last slice (a lesion the image cuts), no slice box is smaller than the
+drawn box (``WALK_FLOOR``): without that floor, one under-segmented slice of a large tumour
+shrank every later box up to the image's edge.
 
 Clicks: SAM takes them as point prompts on their slices, and the previous mask as its mask
 prompt (SAM's iterative refinement). LiteMedSAM was trained with boxes only and its point
@@ -64,12 +65,17 @@ MODEL_FRAME_MARGIN = 3
 MIN_MARGIN_PIXELS = 2.0
 # A correction's walk stops on a slice where the new mask and the previous one agree this well.
 AGREEMENT_DICE = 0.9
-# A walked slice's box never shrinks below the cross-section of the ellipsoid inscribed in the
-# drawn box ("ellipsoid"; a cylinder towards a box face on the image's edge), so one
-# under-segmented slice cannot shrink every later box (a large,
-# heterogeneous tumour's mask collapsed slice after slice from ~2,000 to ~50 pixels while the
-# reference kept ~8,000); "none" walks on the neighbour's mask alone (MedSAM's rule).
-WALK_FLOOR = "ellipsoid"
+# What bounds a walked slice's box from below, besides its neighbour's mask (one under-segmented
+# slice must not shrink every later box: on STS_009, a 1,981 mL tumour cut by the crop's top
+# slice, the mask collapsed from ~11,000 to ~1,400 pixels while the reference kept ~10,000-12,000):
+#   "edge": towards a drawn box face on the image's first or last slice (a lesion the image
+#           cuts, which does not taper there), the drawn box's full in-plane extent; elsewhere
+#           nothing (the neighbour's mask alone, MedSAM's rule);
+#   "ellipsoid": the cross-section of the ellipsoid inscribed in the drawn box, and "edge";
+#           measured on the largest validation tumours it widened boxes LiteMedSAM then
+#           over-filled (STS_036 0.869 -> 0.819), so it is not the default;
+#   "none": the neighbour's mask alone.
+WALK_FLOOR = "edge"
 
 
 @dataclass(frozen=True)
@@ -280,11 +286,11 @@ class SlicePropagation:
             probability[k] = self.decode(k, box, step)
 
     def floor_box(self, k: int) -> np.ndarray | None:
-        """The in-plane box of slice ``k``'s cross-section of the ellipsoid inscribed in the drawn
-        box (None without a drawn box, outside its slices, or when ``WALK_FLOOR`` is "none").
-        Towards a box face on the image's first or last slice the floor stays the drawn box's
-        full in-plane extent: a lesion the image cuts does not taper there (STS_009, cut at
-        the crop's top slice, is where the walk collapsed)."""
+        """The smallest in-plane box slice ``k`` may get (see ``WALK_FLOOR``): towards a drawn box
+        face on the image's first or last slice, the drawn box's in-plane extent (a lesion the
+        image cuts does not taper there); elsewhere, with "ellipsoid", the cross-section of the
+        ellipsoid inscribed in the drawn box. None without a drawn box, outside its slices, or
+        where no floor applies."""
         if WALK_FLOOR == "none" or self.box is None or self.box_slices is None:
             return None
         first, last = self.box_slices
@@ -294,6 +300,8 @@ class SlicePropagation:
             return None
         if (t < 0 and first == 0) or (t > 0 and last == self.stack.shape[0] - 1):
             t = 0.0  # the box ends at the image's edge: the lesion is cut there, not tapering
+        elif WALK_FLOOR == "edge":
+            return None
         centre, half = (self.box[:2] + self.box[2:]) / 2.0, (self.box[2:] - self.box[:2]) / 2.0 * np.sqrt(1.0 - t * t)
         return np.concatenate([centre - half, centre + half]).astype(np.float32)
 
