@@ -8,11 +8,16 @@ and the clicks), grown by ``PROMPT_MARGIN_MM``, inside the CT. Outside that regi
 box when there is one (the teachers' answers are bounded by it too), the answer is
 background; for a correction the previous label map's other segments are kept and only the
 corrected segment is replaced.
+
+The student layer never imports the teachers (``Testing/test_layering.py``): the prompt is
+used through its own methods and fields (``on_grid``, ``box``, ``points``, ``previous``,
+``segment``, ``describe``), and the previous mask is read with :mod:`DistillSegLib.io`.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,7 +25,6 @@ import torch
 from ..errors import DistillSegError
 from ..io.case import Case
 from ..io.volume import Volume, apply_affine
-from ..teachers.user_prompts import UserPrompt, box_corners
 from .inference import IndexBox, Prediction, resolve_device, sliding_window_probabilities
 from .model_file import StudentModel
 from .preprocess import prepare_case, probabilities_to_ct_grid
@@ -28,6 +32,32 @@ from .prompt_channels import GridPrompts, encode_prompts
 
 # Context kept around the prompt's extent (mm), beyond the one-patch minimum.
 PROMPT_MARGIN_MM = 15.0
+
+
+class RadiologistPrompt(Protocol):
+    """What the student reads of a :class:`~DistillSegLib.teachers.user_prompts.UserPrompt`."""
+
+    box: tuple[np.ndarray, np.ndarray] | None
+    points: np.ndarray
+    labels: np.ndarray
+    previous: Volume | None
+    segment: int
+
+    def on_grid(self, image: Volume, modality: str) -> Any: ...
+
+
+def box_corners(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``(8, 3)`` corners of the axis-aligned box ``low``..``high``."""
+    return np.array([[x, y, z] for x in (low[0], high[0]) for y in (low[1], high[1]) for z in (low[2], high[2])], float)
+
+
+def previous_on(previous: Volume, grid: Volume) -> np.ndarray:
+    """A previous label map on ``grid`` (nearest neighbour), uint8."""
+    from ..io.case import same_grid
+    from ..io.resample import resample_to
+
+    moved = previous if same_grid(previous, grid) else resample_to(previous, grid, "nearest", fill=0)
+    return np.asarray(moved.array).astype(np.uint8)
 
 
 def require_promptable(model: StudentModel) -> None:
@@ -39,15 +69,13 @@ def require_promptable(model: StudentModel) -> None:
             "--promptable`) or a teacher (--teacher NAME)")
 
 
-def prompt_extent(prompt: UserPrompt, ct: Volume) -> tuple[np.ndarray, np.ndarray]:
+def prompt_extent(prompt: RadiologistPrompt, ct: Volume) -> tuple[np.ndarray, np.ndarray]:
     """RAS ``(low, high)`` mm spanned by the box, the clicks and the previous segment."""
     points = [np.asarray(p, float) for p in prompt.points]
     if prompt.box is not None:
         points.extend(box_corners(*prompt.box))
     if prompt.previous is not None:
-        from ..teachers.user_prompts import segment_on_grid
-
-        index = np.argwhere(segment_on_grid(prompt.previous, prompt.segment, ct))
+        index = np.argwhere(previous_on(prompt.previous, ct) == prompt.segment)
         if index.size:
             low, high = index.min(axis=0) - 0.5, index.max(axis=0) + 0.5
             points.extend(apply_affine(ct.affine, box_corners(low, high)))
@@ -57,15 +85,13 @@ def prompt_extent(prompt: UserPrompt, ct: Volume) -> tuple[np.ndarray, np.ndarra
     return stacked.min(axis=0), stacked.max(axis=0)
 
 
-def prompt_region(prompt: UserPrompt, ct: Volume, model: StudentModel) -> IndexBox:
+def prompt_region(prompt: RadiologistPrompt, ct: Volume, model: StudentModel) -> IndexBox:
     """The CT index box the student segments for ``prompt``: centred on the prompt's extent,
     which it holds with ``PROMPT_MARGIN_MM`` around, and at least one training patch along each
     axis (the student grid has the CT's axes), so the network sees real tissue around the box
     as in training, never padding; clipped to the CT."""
-    from ..teachers.user_prompts import box_corners as corners_of
-
     low, high = prompt_extent(prompt, ct)
-    index = apply_affine(np.linalg.inv(ct.affine), corners_of(low, high))
+    index = apply_affine(np.linalg.inv(ct.affine), box_corners(low, high))
     first, last = index.min(axis=0), index.max(axis=0)
     spacing = np.asarray(ct.spacing, float)
     patch_half = np.asarray(model.config.patch_size, float) * np.asarray(model.config.spacing, float) / 2.0 / spacing
@@ -83,7 +109,7 @@ def prompt_region(prompt: UserPrompt, ct: Volume, model: StudentModel) -> IndexB
     return tuple(slice(int(a), int(b)) for a, b in zip(begin, end))  # type: ignore[return-value]
 
 
-def predict_with_prompt(model: StudentModel, case: Case, prompt: UserPrompt, device: str | torch.device = "cpu",
+def predict_with_prompt(model: StudentModel, case: Case, prompt: RadiologistPrompt, device: str | torch.device = "cpu",
                         cancel=None) -> Prediction:
     """Segment ``case`` with a promptable student guided by ``prompt``.
 
@@ -115,9 +141,9 @@ def predict_with_prompt(model: StudentModel, case: Case, prompt: UserPrompt, dev
         foreground.array[outside] = 0.0
     answer, names = np.zeros(case.ct.shape, np.uint8), {prompt.segment: model.config.class_names.get(1, "tumour")}
     if prompt.previous is not None:
-        from ..teachers.interactive import previous_on_ct
+        from ..io.case import default_label_names
 
-        answer, previous_names = previous_on_ct(prompt.previous, case.ct)
+        answer, previous_names = previous_on(prompt.previous, case.ct), default_label_names(prompt.previous)
         answer[answer == prompt.segment] = 0
         names = {**previous_names, **({} if prompt.segment in previous_names else names)}
     answer[np.asarray(label.array) > 0] = prompt.segment
