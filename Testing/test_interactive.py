@@ -125,7 +125,6 @@ def test_cli_box_prompt_writes_the_label_and_its_provenance(capsys, sts_case_dir
 @pytest.mark.parametrize("extra, message", [
     (["--teacher", "litemedsam", "--prompt-box=1000,1000,1000,1100,1100,1100"], "lies outside the CT image"),
     (["--teacher", "litemedsam", "--prompt-box=0,0,0,1,1,1", "--prompt-points=50,50,50,+"], "outside the prompt box"),
-    (["--model", "student.pt", "--prompt-box=0,0,0,1,1,1"], "add --teacher"),
     (["--teacher", "litemedsam", "--prompt-from", "x.nii.gz", "--prompt-box=0,0,0,1,1,1"], "not both"),
     (["--teacher", "litemedsam"], "--teacher needs a prompt"),
     (["--teacher", "litemedsam", "--prompt-points=1,2,3,*"], "R,A,S,+ or R,A,S,-"),
@@ -225,3 +224,42 @@ def test_sam_takes_clicks_as_points_and_the_previous_mask_as_mask_prompt(small_c
     for probability in (plain, clicked, corrected):
         assert probability.shape == ct.shape and not (probability[~on_grid.box_mask()] > 0).any()
     assert not np.allclose(plain, clicked) and decoded >= 1
+
+
+def test_a_walked_slice_box_towards_the_images_edge_never_shrinks_below_the_drawn_box(sts_001, three_slices):
+    """One under-segmented slice must not shrink every later box (the walk's collapse on large tumours)."""
+    from DistillSegLib.teachers import interactive
+    from DistillSegLib.teachers.interactive import SlicePropagation
+
+    box, middle, _ = three_slices
+    request = prepare_interactive(sts_001, "litemedsam", None, UserPrompt(box=box), "CT")
+    walk = SlicePropagation(request.teacher, request.image, request.on_grid, "CT")
+    first, last = walk.box_slices
+    centre = (walk.box[:2] + walk.box[2:]) / 2.0
+    collapsed = np.concatenate([centre - 1.0, centre + 1.0]).astype(np.float32)  # a 2-pixel neighbour mask
+    k = (first + last) // 2
+    assert interactive.WALK_FLOOR == "edge" and walk.floor_box(k) is None  # a box inside the image: no floor
+    before = interactive.WALK_FLOOR
+    interactive.WALK_FLOOR = "ellipsoid"
+    try:
+        floored = walk.with_floor(collapsed, k)
+    finally:
+        interactive.WALK_FLOOR = before
+    width = (walk.box[2:] - walk.box[:2])
+    t = (k - (first + last) / 2.0) / ((last - first + 1) / 2.0)
+    np.testing.assert_allclose(floored[2:] - floored[:2], width * np.sqrt(1 - t * t), atol=1.0)
+    assert np.all(floored[:2] >= walk.box[:2] - 1e-3) and np.all(floored[2:] <= walk.box[2:] + 1e-3)
+    assert walk.floor_box(last + 1) is None  # beyond the drawn box's slices: no floor
+    # A box ending on the image's edge: the lesion is cut there, the floor keeps the full width.
+    low, high = UserPrompt(box=box).on_grid(sts_001.ct, "CT").box
+    edge = ras_box(sts_001.ct, [low[0], low[1], 0], [high[0], high[1], high[2]], grow=0.0)
+    cut = SlicePropagation(request.teacher, request.image, UserPrompt(box=edge).on_grid(sts_001.ct, "CT"), "CT")
+    end = cut.box_slices[0] if cut.box_slices[0] == 0 else cut.box_slices[1]
+    assert end in (0, cut.stack.shape[0] - 1)
+    np.testing.assert_allclose(cut.floor_box(end), cut.box, atol=1e-3)  # the default rule
+    np.testing.assert_allclose(cut.with_floor(collapsed, end), cut.box, atol=1e-3)
+    try:
+        interactive.WALK_FLOOR = "none"      # MedSAM's rule: the neighbour's mask alone
+        np.testing.assert_array_equal(walk.with_floor(collapsed, k), collapsed)
+    finally:
+        interactive.WALK_FLOOR = before

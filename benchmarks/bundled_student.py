@@ -53,7 +53,9 @@ def train(data: Path, cases: list[str], out: Path, args: argparse.Namespace) -> 
     command = [sys.executable, "-m", "DistillSegLib", "train", "--data", str(data), "--labelled", ",".join(cases),
                "--strategy", "supervised", "--steps", str(args.steps), "--seed", str(args.seed),
                "--threads", str(args.threads), "--device", "cpu", "--out", str(out),
-               "--checkpoint", str(Path(args.work) / f"{out.stem}.checkpoint.pt")]  # never beside the bundled file
+               "--checkpoint", str(Path(args.work) / f"{out.parent.name}-{out.stem}.checkpoint.pt")]  # never beside the bundled file
+    if args.promptable:
+        command.append("--promptable")
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return command, time.perf_counter() - started
@@ -120,6 +122,9 @@ def main() -> int:
     parser.add_argument("--out-model", default=str(BUNDLED_MODEL))
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--update-catalogue", action="store_true", help="rewrite the student's catalogue entry")
+    parser.add_argument("--promptable", action="store_true",
+                        help="the promptable recipe (`distillseg train --promptable`): box, clicks and previous mask "
+                             "as input channels, trained with simulated prompts; recorded under steps_N_promptable")
     args = parser.parse_args()
 
     from DistillSegLib.demo.split import SPLIT_SEED, sts_split
@@ -133,12 +138,14 @@ def main() -> int:
     heldout_training = sorted(set(all_cases) - set(validation))
     results_path = Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    results[f"steps_{args.steps}"] = record = results.get(f"steps_{args.steps}", {})
+    key = f"steps_{args.steps}" + ("_promptable" if args.promptable else "")
+    results[key] = record = results.get(key, {})
     record["recipe"] = {"strategy": "supervised", "steps": args.steps, "seed": args.seed, "threads": args.threads,
-                        "student": "default StudentConfig (MONAI UNet 16,32,64,128, 2 residual units)"}
+                        "student": "default StudentConfig (MONAI UNet 16,32,64,128, 2 residual units)"
+                                   + (" + prompt channels box,positive,negative,previous" if args.promptable else "")}
 
     if "heldout" in stages:
-        model = work / f"heldout-{args.steps}" / "student.pt"
+        model = work / f"heldout-{args.steps}{'-promptable' if args.promptable else ''}" / "student.pt"
         command, seconds = train(data, heldout_training, model, args)
         result = evaluate_heldout(model, data, validation, model.parent)
         record["heldout"] = {
@@ -152,7 +159,7 @@ def main() -> int:
               f"({args.steps} steps, {seconds:.0f} s wall, load {os.getloadavg()[0]:.1f})")
 
     if "margin" in stages:
-        model = work / f"heldout-{args.steps}" / "student.pt"
+        model = work / f"heldout-{args.steps}{'-promptable' if args.promptable else ''}" / "student.pt"
         if not model.is_file():
             raise SystemExit(f"error: the margin stage needs the heldout model {model}: run the heldout stage first")
         print(f"{'case':<10}{'+10 mm':>9}{'+50 mm':>9}")

@@ -486,6 +486,10 @@ class SceneLogic:
         """
         self.validateInputs(ctNode, petNode)
         info = modelInfo(model)
+        if info["metadata"].get("takes_prompts") and roiNode is not None:  # the ROI is the student's box
+            self.startStudentPromptSegmentation(ctNode, petNode, model, roiNode=roiNode, device=device,
+                                                onProgress=onProgress, onFinished=onFinished)
+            return
         if info.get("field_of_view") == "crop" and roiNode is None:
             raise LogicError(f"model {Path(model).name} was trained on crops around the tumour: draw a region "
                              "of interest (markups ROI) around the lesion and select it")
@@ -547,6 +551,55 @@ class SceneLogic:
                 self.setSegmentMask(node, label.with_array(label.array == segmentIndex + 1), segmentIndex)
             _keepProvenance(node, outPath)
             return JobResult(True, message=f"{teacher} done", segmentationNode=node)
+
+        self._start(command, onProgress, onFinished, imported)
+
+    def startStudentPromptSegmentation(self, ctNode, petNode, model: str | os.PathLike, roiNode=None,
+                                       pointsNode=None, negativePointsNode=None, correct=None,
+                                       segmentIndex: int = 0, device: str = "auto",
+                                       onProgress: ProgressCallback | None = None,
+                                       onFinished: FinishedCallback | None = None) -> None:
+        """Segment with a promptable student (``distillseg train --promptable``) guided by the
+        radiologist: the ROI as its box, the point lists as clicks, on the warm engine when the
+        runner is an ``EngineRunner``. With ``correct`` (a segmentation) the clicks re-run the
+        student with that segment as its previous mask and only that segment is replaced; the
+        clicks given are all the clicks of the correction so far (the student takes them all).
+
+        Raises:
+            LogicError: a student that takes no prompts, or no box and no click.
+        """
+        self.validateInputs(ctNode, petNode)
+        info = modelInfo(model)
+        if not info["metadata"].get("takes_prompts"):
+            raise LogicError(f"model {Path(model).name} takes no prompts: run it on the ROI (Run), or use a teacher "
+                             "for clicks")
+        clicks = Prompts.clicksFromMarkups(pointsNode, negativePointsNode)
+        if roiNode is None and not clicks:
+            raise LogicError("draw a box (markups ROI) around the lesion or click on it (markups points) first")
+        if correct is not None and not clicks:
+            raise LogicError("a correction needs clicks: place points on what was missed (positive) "
+                             "or wrongly included (negative)")
+        box = self.requireUsableRoi(roiNode, ctNode) if roiNode is not None else None
+        work, ctPath, petPath, previous = self._exportJobInputs(ctNode, petNode, correct)
+        outPath = work / "label.nii.gz"
+        command = self.engineCommand("predict", "--model", str(model), "--ct", str(ctPath), "--pet", str(petPath),
+                                     "--out", str(outPath), "--json-progress", "--device", device)
+        command += [f"--prompt-box={formatRoi(box)}"] if box is not None else []
+        command += [Prompts.pointsOption(clicks)] if clicks else []
+        command += ["--prompt-mask", str(previous), "--prompt-segment", str(segmentIndex + 1)] if previous else []
+        classes = info.get("classes") or DEFAULT_CLASSES
+
+        def imported() -> JobResult:
+            if correct is None:
+                name = self.scene.GenerateUniqueName(f"{ctNode.GetName()} DistillSeg")
+                node = self.importLabelmap(outPath, ctNode, classes, name=name)
+            else:
+                from DistillSegLib.io.volume import read_image
+
+                node, label = correct, read_image(outPath)
+                self.setSegmentMask(node, label.with_array(label.array == segmentIndex + 1), segmentIndex)
+            _keepProvenance(node, outPath)
+            return JobResult(True, message="segmentation done", segmentationNode=node)
 
         self._start(command, onProgress, onFinished, imported)
 

@@ -103,11 +103,16 @@ class DistillSegGui(VTKObservationMixin):
         self.promptModalityComboBox.toolTip = _("The image the teacher sees")
         self.segmentWithTeacherButton = qt.QPushButton(_("Segment with teacher (ROI box and clicks)"))
         self.correctWithClicksButton = qt.QPushButton(_("Correct the selected segmentation with the clicks"))
+        self.clicksToStudentCheckBox = qt.QCheckBox(_("Clicks re-run the selected student when it takes prompts"))
+        self.clicksToStudentCheckBox.checked = True
+        self.clicksToStudentCheckBox.toolTip = _("A promptable student (trained with --promptable) answers the "
+                                                 "clicks in 3D, in about a second; otherwise the teacher does")
         form.addRow(_("Clicks:"), self.pointsSelector)
         form.addRow(_("Background clicks:"), self.negativePointsSelector)
         form.addRow(_("Teacher sees:"), self.promptModalityComboBox)
         form.addRow(self.segmentWithTeacherButton)
         form.addRow(self.correctWithClicksButton)
+        form.addRow(self.clicksToStudentCheckBox)
         layout.addWidget(section)
         self.segmentWithTeacherButton.connect("clicked(bool)", lambda _: self.onSegmentWithTeacher(correct=False))
         self.correctWithClicksButton.connect("clicked(bool)", lambda _: self.onSegmentWithTeacher(correct=True))
@@ -367,9 +372,34 @@ class DistillSegGui(VTKObservationMixin):
         self.status(_("Done ({what}). Correct it in the Segment Editor or with clicks, then update the table.").format(
             what=job.message))
 
+    def selectedStudentTakesPrompts(self) -> bool:
+        """Whether the selected student model is promptable (False when none is selected)."""
+        from .Logic import modelInfo
+
+        model = self.ui.studentModelComboBox.currentData
+        if not model:
+            return False
+        try:
+            return bool(modelInfo(model)["metadata"].get("takes_prompts"))
+        except LogicError:
+            return False
+
     def onSegmentWithTeacher(self, correct: bool) -> None:
         """The teacher on the ROI box and clicks: a new segmentation, or (``correct``) the
-        selected segmentation's first segment corrected with the clicks."""
+        selected segmentation's first segment corrected with the clicks -- by the selected
+        student instead when it takes prompts and the radiologist asked for it."""
+        if correct and self.clicksToStudentCheckBox.checked and self.selectedStudentTakesPrompts():
+            def startStudent(pet, onProgress, onFinished):
+                self.scene.startStudentPromptSegmentation(
+                    self.ui.ctSelector.currentNode(), pet, self.ui.studentModelComboBox.currentData,
+                    roiNode=self.ui.roiSelector.currentNode(), pointsNode=self.pointsSelector.currentNode(),
+                    negativePointsNode=self.negativePointsSelector.currentNode(),
+                    correct=self.ui.segmentationSelector.currentNode(), device=self.ui.deviceComboBox.currentText,
+                    onProgress=onProgress, onFinished=onFinished)
+
+            self.startSegmentationJob(startStudent, _("the student is correcting..."))
+            return
+
         def start(pet, onProgress, onFinished):
             self.scene.startTeacherSegmentation(
                 self.ui.ctSelector.currentNode(), pet, self.ui.teacherComboBox.currentData,

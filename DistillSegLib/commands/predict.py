@@ -182,6 +182,10 @@ def _predict_student(args, progress, cancel):
     from ..student.model_file import load_model
 
     model = load_model(resolve_model(args.model))
+    from .prompt_options import has_user_prompt
+
+    if has_user_prompt(args):
+        return _predict_student_with_prompt(args, model, progress, cancel)
     if not (args.roi or args.roi_from):
         require_roi_for_crop_model(model, None)  # before the (slow) loading of the study
     case = _load_case(args)
@@ -193,6 +197,27 @@ def _predict_student(args, progress, cancel):
     prediction = predict_case(model, case, roi, args.device, cancel)
     prediction.label.meta["provenance"] = {"source": "student", "student": student_record(model)}
     return prediction.label, prediction.probability, case, model.config.classes, prediction.seconds
+
+
+def _predict_student_with_prompt(args, model, progress, cancel):
+    """A promptable student guided by the radiologist's box/clicks (and previous mask)."""
+    from ..io.labels import SegmentClass
+    from ..provenance import student_record
+    from ..student.prompt_inference import predict_with_prompt, require_promptable
+    from .prompt_options import user_prompt_from_args
+
+    require_promptable(model)  # before the (slow) loading of the study
+    case = _load_case(args)
+    prompt = user_prompt_from_args(args, case)
+    prompt.on_grid(case.ct, "CT")  # a box or click outside the CT: one error line, before any progress
+    progress.start("predict", 3)
+    progress.update(1)
+    prediction = predict_with_prompt(model, case, prompt, args.device, cancel)
+    prediction.label.meta["provenance"] = {"source": "student", "student": student_record(model),
+                                           "prompt": prompt.describe(), "segment": int(prompt.segment)}
+    names = prediction.label.meta["label_names"]
+    classes = tuple(SegmentClass(names.get(v, f"label {v}")) for v in range(1, max(names) + 1))
+    return prediction.label, prediction.probability, case, classes, prediction.seconds
 
 
 def _predict_teacher(args, progress, cancel):

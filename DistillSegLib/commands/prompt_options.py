@@ -1,4 +1,6 @@
-"""The radiologist's prompt options of ``distillseg predict --teacher`` (RAS mm), parsed in one place.
+"""The radiologist's prompt options of ``distillseg predict`` (RAS mm), parsed in one place.
+
+They prompt a teacher (``--teacher``) or a promptable student (``--model``).
 
     --prompt-box x0,y0,z0,x1,y1,z1        a 3D box (two opposite corners, RAS mm)
     --prompt-points "R,A,S,+;R,A,S,-"     clicks: '+' positive (lesion), '-' negative
@@ -13,19 +15,22 @@ from __future__ import annotations
 import argparse
 
 PROMPT_HELP = """\
-Radiologist's prompts (--teacher only; RAS mm, as Slicer shows them):
+Radiologist's prompts (--teacher, or --model of a promptable student; RAS mm, as Slicer shows them):
   --prompt-box x0,y0,z0,x1,y1,z1 segments inside a box. LiteMedSAM/SAM go slice by slice from
   the box's middle slice, each slice boxed by its neighbour's mask; SAM-Med3D/SegAnyPET take
   the box's centre as a click and keep the result inside the box.
   --prompt-points "R,A,S,+;R,A,S,-" adds positive (+) and negative (-) clicks (inside the box).
   --prompt-mask PREVIOUS corrects a previous result with new clicks (its segment
   --prompt-segment N, default 1, is replaced; its other segments are kept).
+  A promptable student (trained with `distillseg train --promptable`) takes the same options
+  without --teacher: it segments in 3D around the box (the box replaces --roi), clicks and the
+  previous mask are input channels. A student that takes no prompts refuses them.
   Negative coordinates: write --prompt-box=-10,... or --prompt-points="-10,...".
 """
 
 
 def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("radiologist's prompts (with --teacher; RAS mm)")
+    group = parser.add_argument_group("radiologist's prompts (with --teacher or a promptable --model; RAS mm)")
     group.add_argument("--prompt-box", metavar="BOX", help="x0,y0,z0,x1,y1,z1: a 3D box around the lesion")
     group.add_argument("--prompt-points", metavar="POINTS", help="'R,A,S,+;R,A,S,-': positive (+) and negative (-) clicks")
     group.add_argument("--prompt-mask", metavar="PREVIOUS", help="label map to correct with the clicks (mask prompt)")
@@ -41,8 +46,12 @@ def check_prompt_arguments(args: argparse.Namespace) -> None:
     """Refuse prompt options that cannot go together (before any file is read)."""
     from ..errors import DistillSegError
 
-    if has_user_prompt(args) and not args.teacher:
-        raise DistillSegError("--prompt-box/--prompt-points/--prompt-mask prompt a teacher: add --teacher NAME")
+    if has_user_prompt(args) and not (args.teacher or args.model):
+        raise DistillSegError("--prompt-box/--prompt-points/--prompt-mask prompt a teacher or a promptable student: "
+                              "add --teacher NAME or --model MODEL")
+    if has_user_prompt(args) and args.model and (args.roi or args.roi_from):
+        raise DistillSegError("a prompted student segments around its prompt (the box is the region of interest): "
+                              "drop --roi/--roi-from")
     if has_user_prompt(args) and args.prompt_from:
         raise DistillSegError("give either --prompt-from (automatic prompts) or the radiologist's "
                               "--prompt-box/--prompt-points/--prompt-mask, not both")

@@ -78,8 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--field-of-view", choices=["crop", "whole-body"], help="what the training images cover (default: crop)")
     group.add_argument("--class-name", help="name of the foreground class (default: tumour)")
     from ..distill.options import add_distillation_arguments
+    from ..distill.prompt_options import add_prompt_training_arguments
 
     add_distillation_arguments(parser)
+    add_prompt_training_arguments(parser)
 
 
 def distil_arguments(dataset: str | Path, strategy: str, out: str | Path, init: str | Path | None = None,
@@ -143,6 +145,9 @@ def student_config_from_args(args: argparse.Namespace):
         values["field_of_view"] = args.field_of_view
     if args.class_name:
         values["classes"] = (SegmentClass(args.class_name),)
+    from ..distill.prompt_options import prompt_config_values
+
+    values.update(prompt_config_values(args))
     return StudentConfig(**values)
 
 
@@ -321,6 +326,9 @@ def _train(args, out, checkpoint, labelled_src, unlabelled_src, val_src, device,
         metadata["init_from"] = {"path": Path(args.init).name, "weights_sha256": payload["metadata"]["weights_sha256"]}
     if args.resume:
         check_resume(checkpoint, args, config, labelled_src, unlabelled_src, val_src)
+    from ..distill.prompt_options import prompt_simulation_from_args
+
+    prompt_simulation = prompt_simulation_from_args(args, config)  # before the (slow) loading of the cases
     options = TrainingOptions(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
         val_every=args.val_every, checkpoint_every=args.checkpoint_every, refresh_every=args.refresh_every,
@@ -350,7 +358,7 @@ def _train(args, out, checkpoint, labelled_src, unlabelled_src, val_src, device,
 
             strategy = with_skd(strategy, args)
         trainer = Trainer(config, options, strategy, labelled, unlabelled, validation, progress, cancel,
-                          checkpoint, init_weights, metadata)
+                          checkpoint, init_weights, metadata, prompt_simulation)
         if args.resume:
             trainer.resume()
             progress.message(f"resumed from {checkpoint} at step {trainer.step}")

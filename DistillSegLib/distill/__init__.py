@@ -9,6 +9,8 @@
 * :mod:`.knowsam` — KnowSAM: second student, learned fusion, learnable prompt, SAM-induced KD.
 * :mod:`.tskd` — TS-KD: LoRA fine-tuning of the teacher, distillation on a transfer set.
 * :mod:`.skd` — ``--skd``: KnowSAM's SAM-induced KD term added to any strategy.
+* :mod:`.box_distillation` — ``boxdistil``: a promptable student learns the teacher's answers
+  to boxes on unlabelled cases (:mod:`.prompt_simulation`: simulated prompts on labels).
 * :mod:`.teaching` — what the methods share: teacher rounds, prompts, mixed batches;
   :mod:`.losses` — losses and schedules; :mod:`.options` — the command-line options.
 
@@ -32,6 +34,7 @@ STRATEGY_MODULES: dict[str, str] = {
     "knowsam": "knowsam:KnowSAMStrategy",
     "tskd": "tskd:TSKDStrategy",
     "selftrain": "selftrain:SelfTrainStrategy",
+    "boxdistil": "box_distillation:BoxDistillationStrategy",
 }
 
 

@@ -167,6 +167,8 @@ class Trainer:
         labelled, unlabelled, validation: :class:`PreparedCase` lists (this rank's shard
             for the first two), whole volumes at the student's spacing.
         labelled_sampler, unlabelled_sampler: :class:`PatchSampler` over them.
+        prompt_simulation: how prompts are simulated on labelled patches
+            (:class:`~.prompt_simulation.PromptSimulation`; None for a prompt-free student).
         step_rng: the current step's ``np.random.Generator``.
     """
 
@@ -183,6 +185,7 @@ class Trainer:
         checkpoint_path: str | os.PathLike | None = None,
         init_weights: Mapping[str, torch.Tensor] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        prompt_simulation: Any = None,
     ) -> None:
         import torch.distributed as dist
 
@@ -207,6 +210,12 @@ class Trainer:
         self.validation = list(validation)
         self.labelled_sampler = PatchSampler(self.labelled, config.patch_size, options.pos_fraction)
         self.unlabelled_sampler = PatchSampler(self.unlabelled, config.patch_size, options.pos_fraction)
+        # A promptable student learns from simulated prompts on its labelled patches.
+        if prompt_simulation is None and config.takes_prompts:
+            from .prompt_simulation import PromptSimulation
+
+            prompt_simulation = PromptSimulation()
+        self.prompt_simulation = prompt_simulation
 
         torch.manual_seed(_seed_from(options.seed, 0))  # identical initial weights on every rank
         self.network = build_student(config).to(self.device)
@@ -253,6 +262,10 @@ class Trainer:
         self, extra: Mapping[str, Mapping[str, np.ndarray]] | None = None, augment: bool = True
     ) -> dict[str, torch.Tensor]:
         """A batch of ``options.batch_size`` labelled patches (``image``, ``label`` + extras)."""
+        if self.prompt_simulation is not None:  # image channels then simulated prompt channels
+            from .prompt_simulation import prompted_labelled_batch
+
+            return prompted_labelled_batch(self, extra, augment)
         locations = self.labelled_sampler.sample(self.step_rng, self.options.batch_size)
         return make_batch(self.labelled, locations, self.step_rng, extra, augment)
 
@@ -323,6 +336,7 @@ class Trainer:
             },
             "training": {**self.options.to_dict(), "steps_done": self.step, "world_size": self.world_size},
             "validation_metrics": self.validation_metrics,
+            **({"prompt_simulation": self.prompt_simulation.to_dict()} if self.prompt_simulation is not None else {}),
         }
 
     def save_checkpoint(self) -> None:

@@ -33,6 +33,13 @@ class StudentConfig:
         classes: foreground classes (label values 1..N); background is class 0.
         field_of_view: ``"crop"`` (trained on crops around the tumour; run inside an ROI)
             or ``"whole-body"``.
+        in_channels: image channels (CT, PET).
+        prompt_channels: prompt input channels after the image channels, in this order
+            (:mod:`.prompt_channels`): ``box`` (mask of the box), ``box_distance`` (signed
+            distance to the box's surface), ``positive`` / ``negative`` (Gaussian maps of the
+            clicks), ``previous`` (the mask being corrected). Empty: the student takes no
+            prompts (every model file written before prompts existed).
+        click_sigma_mm: standard deviation of a click's Gaussian map, mm.
     """
 
     spacing: tuple[float, float, float] = (2.5, 2.5, 3.27)
@@ -47,6 +54,8 @@ class StudentConfig:
     classes: tuple[SegmentClass, ...] = field(default_factory=lambda: (SegmentClass("tumour"),))
     field_of_view: FieldOfView = "crop"
     in_channels: int = 2  # CT, PET
+    prompt_channels: tuple[str, ...] = ()
+    click_sigma_mm: float = 6.0
 
     def __post_init__(self) -> None:
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
@@ -64,6 +73,14 @@ class StudentConfig:
             raise DistillSegError(f"field of view must be 'crop' or 'whole-body', got {self.field_of_view!r}")
         if not self.classes:
             raise DistillSegError("a student needs at least one foreground class")
+        from .prompt_channels import check_prompt_channels
+
+        check_prompt_channels(self.prompt_channels, self.click_sigma_mm)
+
+    @property
+    def takes_prompts(self) -> bool:
+        """Whether the network has prompt input channels (it then also runs without a prompt)."""
+        return bool(self.prompt_channels)
 
     @property
     def num_classes(self) -> int:
@@ -77,6 +94,8 @@ class StudentConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["classes"] = [asdict(c) for c in self.classes]
+        if not self.prompt_channels:  # a prompt-free model file stays readable by older DistillSeg
+            del data["prompt_channels"], data["click_sigma_mm"]
         return data
 
     @classmethod

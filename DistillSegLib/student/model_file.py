@@ -47,6 +47,10 @@ class StudentModel:
     def field_of_view(self) -> str:
         return self.config.field_of_view
 
+    @property
+    def takes_prompts(self) -> bool:
+        return self.config.takes_prompts
+
 
 def weights_sha256(weights: dict[str, torch.Tensor]) -> str:
     """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
@@ -79,7 +83,8 @@ def model_payload(
         "config": config.to_dict(),
         "classes": {str(i + 1): {"name": c.name, "category": list(c.category), "type": list(c.type),
                                  "color": list(c.color)} for i, c in enumerate(config.classes)},
-        "channels": ["CT", "PET"],
+        "channels": ["CT", "PET", *config.prompt_channels],
+        "takes_prompts": config.takes_prompts,
         "field_of_view": config.field_of_view,
         "parameters": sum(v.numel() for k, v in weights.items() if "running" not in k and "num_batches" not in k),
         "weights_sha256": weights_hash,
