@@ -536,22 +536,10 @@ class SceneLogic:
         command += ["--modality", modality] if modality else []
         checkpoint = Catalogue.teacherCheckpoint(teacher, checkpoint)
         command += ["--checkpoint", checkpoint] if checkpoint else []
-        command += [f"--prompt-box={formatRoi(box)}"] if box is not None else []
-        command += [Prompts.pointsOption(clicks)] if clicks else []
-        command += ["--prompt-mask", str(previous), "--prompt-segment", str(segmentIndex + 1)] if previous else []
+        command += _promptOptions(box, clicks, previous, segmentIndex)
 
-        def imported() -> JobResult:
-            if correct is None:
-                name = self.scene.GenerateUniqueName(f"{ctNode.GetName()} {teacher}")
-                node = self.importLabelmap(outPath, ctNode, DEFAULT_CLASSES, name=name)
-            else:
-                from DistillSegLib.io.volume import read_image
-
-                node, label = correct, read_image(outPath)
-                self.setSegmentMask(node, label.with_array(label.array == segmentIndex + 1), segmentIndex)
-            _keepProvenance(node, outPath)
-            return JobResult(True, message=f"{teacher} done", segmentationNode=node)
-
+        imported = self._promptedResultImporter(outPath, ctNode, DEFAULT_CLASSES, f"{ctNode.GetName()} {teacher}",
+                                                correct, segmentIndex, f"{teacher} done")
         self._start(command, onProgress, onFinished, imported)
 
     def startStudentPromptSegmentation(self, ctNode, petNode, model: str | os.PathLike, roiNode=None,
@@ -584,24 +572,31 @@ class SceneLogic:
         outPath = work / "label.nii.gz"
         command = self.engineCommand("predict", "--model", str(model), "--ct", str(ctPath), "--pet", str(petPath),
                                      "--out", str(outPath), "--json-progress", "--device", device)
-        command += [f"--prompt-box={formatRoi(box)}"] if box is not None else []
-        command += [Prompts.pointsOption(clicks)] if clicks else []
-        command += ["--prompt-mask", str(previous), "--prompt-segment", str(segmentIndex + 1)] if previous else []
+        command += _promptOptions(box, clicks, previous, segmentIndex)
         classes = info.get("classes") or DEFAULT_CLASSES
+
+        imported = self._promptedResultImporter(outPath, ctNode, classes, f"{ctNode.GetName()} DistillSeg",
+                                                correct, segmentIndex, "segmentation done")
+        self._start(command, onProgress, onFinished, imported)
+
+    def _promptedResultImporter(self, outPath: Path, ctNode, classes, name: str, correct, segmentIndex: int,
+                                message: str) -> Callable[[], JobResult]:
+        """What a prompted job (teacher or promptable student) does with its label when it ends:
+        a new segmentation named ``name``, or, for a correction, only segment ``segmentIndex``
+        of ``correct`` replaced; the label's provenance is kept on the node."""
 
         def imported() -> JobResult:
             if correct is None:
-                name = self.scene.GenerateUniqueName(f"{ctNode.GetName()} DistillSeg")
-                node = self.importLabelmap(outPath, ctNode, classes, name=name)
+                node = self.importLabelmap(outPath, ctNode, classes, name=self.scene.GenerateUniqueName(name))
             else:
                 from DistillSegLib.io.volume import read_image
 
                 node, label = correct, read_image(outPath)
                 self.setSegmentMask(node, label.with_array(label.array == segmentIndex + 1), segmentIndex)
             _keepProvenance(node, outPath)
-            return JobResult(True, message="segmentation done", segmentationNode=node)
+            return JobResult(True, message=message, segmentationNode=node)
 
-        self._start(command, onProgress, onFinished, imported)
+        return imported
 
     def _exportJobInputs(self, ctNode, petNode, segmentationNode=None) -> tuple[Path, Path, Path, Path | None]:
         """A new job folder with the CT, the PET (and a segmentation as a label map) exported
@@ -965,6 +960,15 @@ def _engineVolume(path: str | os.PathLike, modality: str):
         return load_volume(path, modality)
     except DistillSegError as exc:
         raise LogicError(str(exc)) from exc
+
+
+def _promptOptions(box, clicks, previous, segmentIndex: int) -> list[str]:
+    """``predict``'s prompt options: the ROI box (RAS mm), the clicks, and the previous label
+    whose segment ``segmentIndex`` (0-based) is corrected."""
+    options = [f"--prompt-box={formatRoi(box)}"] if box is not None else []
+    options += [Prompts.pointsOption(clicks)] if clicks else []
+    options += ["--prompt-mask", str(previous), "--prompt-segment", str(segmentIndex + 1)] if previous else []
+    return options
 
 
 def _keepProvenance(segmentationNode, labelPath: Path) -> None:
