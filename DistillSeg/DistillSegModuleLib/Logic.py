@@ -522,14 +522,8 @@ class SceneLogic:
         result's provenance (teacher, prompt) is kept on the node for :meth:`addToTrainingSet`.
         """
         self.validateInputs(ctNode, petNode)
-        clicks = Prompts.clicksFromMarkups(pointsNode, negativePointsNode)
-        if roiNode is None and not clicks:
-            raise LogicError("draw a box (markups ROI) around the lesion or click on it (markups points) first")
-        if correct is not None and not clicks:
-            raise LogicError("a correction needs clicks: place points on what was missed (positive) "
-                             "or wrongly included (negative)")
-        box = self.requireUsableRoi(roiNode, ctNode) if roiNode is not None else None
-        work, ctPath, petPath, previous = self._exportJobInputs(ctNode, petNode, correct)
+        clicks, box, (work, ctPath, petPath, previous) = self._promptedJobInputs(
+            ctNode, petNode, roiNode, pointsNode, negativePointsNode, correct)
         outPath = work / "label.nii.gz"
         command = self.engineCommand("predict", "--teacher", teacher, "--ct", str(ctPath), "--pet", str(petPath),
                                      "--out", str(outPath), "--json-progress", "--device", device)
@@ -561,14 +555,8 @@ class SceneLogic:
         if not info["metadata"].get("takes_prompts"):
             raise LogicError(f"model {Path(model).name} takes no prompts: run it on the ROI (Run), or use a teacher "
                              "for clicks")
-        clicks = Prompts.clicksFromMarkups(pointsNode, negativePointsNode)
-        if roiNode is None and not clicks:
-            raise LogicError("draw a box (markups ROI) around the lesion or click on it (markups points) first")
-        if correct is not None and not clicks:
-            raise LogicError("a correction needs clicks: place points on what was missed (positive) "
-                             "or wrongly included (negative)")
-        box = self.requireUsableRoi(roiNode, ctNode) if roiNode is not None else None
-        work, ctPath, petPath, previous = self._exportJobInputs(ctNode, petNode, correct)
+        clicks, box, (work, ctPath, petPath, previous) = self._promptedJobInputs(
+            ctNode, petNode, roiNode, pointsNode, negativePointsNode, correct)
         outPath = work / "label.nii.gz"
         command = self.engineCommand("predict", "--model", str(model), "--ct", str(ctPath), "--pet", str(petPath),
                                      "--out", str(outPath), "--json-progress", "--device", device)
@@ -578,6 +566,22 @@ class SceneLogic:
         imported = self._promptedResultImporter(outPath, ctNode, classes, f"{ctNode.GetName()} DistillSeg",
                                                 correct, segmentIndex, "segmentation done")
         self._start(command, onProgress, onFinished, imported)
+
+    def _promptedJobInputs(self, ctNode, petNode, roiNode, pointsNode, negativePointsNode, correct):
+        """The clicks, the ROI box (RAS mm) and the exported job inputs of a prompted job.
+
+        Raises:
+            LogicError: no box and no click, or a correction without clicks.
+        """
+        clicks = Prompts.clicksFromMarkups(pointsNode, negativePointsNode)
+        if roiNode is None and not clicks:
+            raise LogicError("draw a box (markups ROI) around the lesion or click on it (markups points) first")
+        if correct is not None and not clicks:
+            raise LogicError("a correction needs clicks: place points on what was missed (positive) "
+                             "or wrongly included (negative)")
+        box = self.requireUsableRoi(roiNode, ctNode) if roiNode is not None else None
+        work, ctPath, petPath, previous = self._exportJobInputs(ctNode, petNode, correct)
+        return clicks, box, (work, ctPath, petPath, previous)
 
     def _promptedResultImporter(self, outPath: Path, ctNode, classes, name: str, correct, segmentIndex: int,
                                 message: str) -> Callable[[], JobResult]:
