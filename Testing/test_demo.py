@@ -42,6 +42,12 @@ def test_split_is_the_documented_one(sts_dir):
     assert sts_split(list(everything), seed=1).validation != VALIDATION_CASES  # the seed matters
     with pytest.raises(DistillSegError, match="STS_001"):
         sts_split([c for c in everything if c != "STS_001"])
+    # scoring on the pool cases a cut run does not use: never the unlabelled or validation ones
+    untouched = split.subset(max_unlabelled=6).scored_on_untouched(split)
+    assert untouched.validation == UNLABELLED_CASES[6:] and untouched.unlabelled == UNLABELLED_CASES[:6]
+    assert not set(untouched.validation) & set(VALIDATION_CASES + LABELLED_CASES)
+    with pytest.raises(DistillSegError, match="no untouched cases"):
+        split.scored_on_untouched(split)
 
 
 def test_suv_threshold_is_41_percent_of_suvmax_and_finds_the_tumour(sts_case_dir):

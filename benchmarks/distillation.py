@@ -75,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "'dev' Dice: what settings are chosen on, never the validation cases; default on)")
     parser.add_argument("--validation", action=argparse.BooleanOptionalAction, default=True,
                         help="score on the validation cases (--no-validation for runs that choose settings)")
+    parser.add_argument("--score-on", choices=("validation", "untouched"), default="validation",
+                        help="cases every student is scored on: the split's 10 validation cases (default), or the "
+                             "'untouched' unlabelled-pool cases this run does not use as unlabelled studies (with "
+                             "--max-unlabelled-cases 6: the 9 cases no setting was ever chosen on)")
     parser.add_argument("--ema-decay", type=float, default=0.0,
                         help="distilled students keep an EMA copy that prompts the teachers (0: off)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: every core; 1 is faster "
@@ -127,6 +131,12 @@ def main(argv=None) -> int:
     data = resolve_data_dir(args.data)
     sources = {c.case_id: c for c in find_cases(data)}
     split = sts_split(list(sources)).subset(args.max_val_cases, args.max_unlabelled_cases)
+    if args.score_on == "untouched":
+        try:
+            split = split.scored_on_untouched(sts_split(list(sources)))
+        except DistillSegError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     progress, cancel = Progress(), CancelToken()
     started = time.perf_counter()
 
@@ -249,7 +259,8 @@ def summarise(args, data, split, strategies, seeds, runs, suv, suv_eval, teacher
         "benchmark": "distillation", "command": " ".join([sys.executable, *sys.argv]),
         "device": f"CPU, {os.cpu_count()} cores, torch {torch.__version__}",
         "load_average_end": os.getloadavg()[0],
-        "data": str(data), "split": {**split.to_dict(), "validation_used": list(split.validation),
+        "data": str(data), "scored_on": args.score_on,
+        "split": {**split.to_dict(), "validation_used": list(split.validation),
                                      "unlabelled_used": list(split.unlabelled)},
         "protocol": PROTOCOL, "cuts": cuts_of(args, seeds),
         "settings": {"steps": args.steps, "warmup_steps": args.warmup_steps, "refresh_every": args.refresh_every,
@@ -314,7 +325,8 @@ def format_table(result: dict) -> str:
                      f"{f(s['inference_seconds_per_case'], 2):>9}{f(s.get('gain_over_supervised_points'), 1):>10}")
         for error in s.get("failed") or []:
             lines.append(f"  failed: {error[:100]}")
-        for key, where in (("paired", "validation"), ("paired_dev", "unlabelled (dev)")):
+        scored_on = result.get("scored_on", "validation")
+        for key, where in (("paired", f"{scored_on} cases"), ("paired_dev", "unlabelled (dev)")):
             paired = s.get(key)
             if paired and paired["seeds"]:
                 ci = paired["dice"]["ci95"]

@@ -73,6 +73,23 @@ class DemoSplit:
         return DemoSplit(self.labelled, tuple(validation) if validation else self.validation,
                          tuple(unlabelled) if unlabelled else self.unlabelled, self.seed)
 
+    def scored_on_untouched(self, full: "DemoSplit") -> "DemoSplit":
+        """This split scored on the cases of ``full``'s unlabelled pool that it does not use.
+
+        A run with ``--max-unlabelled-cases 6`` leaves 9 pool cases that no training run
+        reads and no setting was chosen on: a test set for settings frozen beforehand. They
+        take the validation role here (scored, never trained on); the real validation cases
+        are left out.
+
+        Raises:
+            DistillSegError: the split uses the whole pool, so no case is untouched.
+        """
+        untouched = tuple(c for c in full.unlabelled if c not in self.unlabelled)
+        if not untouched:
+            raise DistillSegError("no untouched cases: this split uses every unlabelled case; "
+                                  "cut it with --max-unlabelled-cases")
+        return DemoSplit(self.labelled, untouched, self.unlabelled, self.seed)
+
     def to_dict(self) -> dict:
         return {
             "seed": self.seed,
