@@ -10,7 +10,8 @@
 * :mod:`.tskd` — TS-KD: LoRA fine-tuning of the teacher, distillation on a transfer set.
 * :mod:`.skd` — ``--skd``: KnowSAM's SAM-induced KD term added to any strategy.
 * :mod:`.box_distillation` — ``boxdistil``: a promptable student learns the teacher's answers
-  to boxes on unlabelled cases (:mod:`.prompt_simulation`: simulated prompts on labels).
+  to boxes on unlabelled cases (:mod:`.prompt_simulation`: simulated prompts on labels);
+  ``boxself``, its control without a teacher, answers the same boxes with the student itself.
 * :mod:`.teaching` — what the methods share: teacher rounds, prompts, mixed batches;
   :mod:`.losses` — losses and schedules; :mod:`.options` — the command-line options.
 
@@ -35,6 +36,7 @@ STRATEGY_MODULES: dict[str, str] = {
     "tskd": "tskd:TSKDStrategy",
     "selftrain": "selftrain:SelfTrainStrategy",
     "boxdistil": "box_distillation:BoxDistillationStrategy",
+    "boxself": "box_distillation:BoxSelfTrainingStrategy",
 }
 
 
