@@ -85,11 +85,16 @@ def train(args, out: Path, name: str, strategy: str, steps: int, init: Path | No
 
 def score(args, out: Path, name: str, model: Path, log: Path) -> dict:
     result = out / f"interactive_{name}.json"
-    if not result.exists():
+    wanted = args.cases.split(",")
+    done = json.loads(result.read_text()) if result.exists() else None
+    if done is None or [row["case"] for row in done["rows"]] != wanted:  # a run cut short is scored again
         run([sys.executable, "benchmarks/interactive.py", "--promptable", str(model), "--cases", args.cases,
              "--walks", "", "--teacher-clicks", "0", "--no-gt-boxes", "--modalities", "CT", "--threads",
              str(args.threads), "--out", str(result)], log)
-    return json.loads(result.read_text())
+    scored = json.loads(result.read_text())
+    if [row["case"] for row in scored["rows"]] != wanted:
+        raise SystemExit(f"error: {result} scores {[row['case'] for row in scored['rows']]}, not {wanted}")
+    return scored
 
 
 def per_level(interactive: dict) -> dict[str, dict[str, float]]:
