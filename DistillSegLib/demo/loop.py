@@ -536,7 +536,7 @@ def run_loop(workbench: Workbench, data_dir: Path, split: DemoSplit, seeds: Sequ
              initial_model: Path | None = None) -> list[dict[str, Any]]:
     """Every arm of every seed; returns their records (see :func:`run_arm`). ``initial_model``:
     start from this student (trained on the split's labelled cases) instead of training one."""
-    from .run import write_labels
+    from .ground_truth import write_labels
 
     progress = progress or Progress(enabled=False)
     cancel = cancel or CancelToken()

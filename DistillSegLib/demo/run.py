@@ -44,6 +44,7 @@ from ..io.case import Case
 from ..errors import CancelledError, DistillSegError
 from ..progress import CancelToken, Progress
 from ..io.volume import Volume, write_image
+from .ground_truth import write_labels
 from .split import QUICK_UNLABELLED_CASES, QUICK_VALIDATION_CASES, DemoSplit, sts_split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -155,18 +156,6 @@ def resolve_data_dir(data: str | os.PathLike | None) -> Path:
 
 
 # ----------------------------------------------------------------------------- steps
-
-def write_labels(cases: Sequence[Case], folder: Path) -> dict[str, Path]:
-    """Ground truth of ``cases`` on their CT grid as ``folder/<case>.nii.gz`` (0/1 uint8)."""
-    paths = {}
-    for case in cases:
-        label = case.label_on_ct
-        if label is None:
-            raise DistillSegError(f"validation case {case.case_id} has no label")
-        paths[case.case_id] = write_image(label.with_array((label.array > 0).astype(np.uint8)),
-                                          folder / f"{case.case_id}.nii.gz")
-    return paths
-
 
 def run_suv_baseline(cases: Sequence[Case], folder: Path, progress: Progress, cancel: CancelToken) -> dict[str, Any]:
     """41% of SUVmax on every case (ROI = the whole crop); writes the masks; timings and thresholds."""

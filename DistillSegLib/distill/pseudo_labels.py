@@ -234,7 +234,7 @@ def confirmed_components(summaries: list[dict], confirm: float) -> set[int]:
 def slice_round(case: PreparedCase, foreground: np.ndarray, teachers: Mapping[str, tuple[Any, str]], config,
                 settings: RoundSettings, cache, prompt_factory: Callable, on_slices=None) -> tuple[dict, dict]:
     """Plain prompts (one box per slice around all foreground, or a 3D teacher's own kinds)."""
-    from .teaching import cached_teacher_output
+    from .teacher_prompting import cached_teacher_output
 
     probability, confidence = {}, {}
     for key, (teacher, modality) in teachers.items():
@@ -274,7 +274,7 @@ def run_round(trainer, teachers: Mapping[str, tuple[Any, str]], cache, settings:
         cases: other prepared cases to run on (e.g. the labelled ones, KnowSAM); the
             unlabelled sampler is then left alone.
     """
-    from .teaching import make_prompt, student_foreground
+    from .teacher_prompting import make_prompt, student_foreground
 
     prompt_factory = prompt_factory or make_prompt
     network = network or trainer.prompting_network()
@@ -382,7 +382,7 @@ def audit_round(cases, outputs: RoundOutputs, pseudo_labels: Mapping[str, np.nda
 def evaluated_network_dice(trainer, record: dict[str, Any]) -> None:
     """Add the Dice of the trainer's own student (the network that is evaluated and saved)
     on each audited case to an :func:`audit_round` record, as ``evaluated``."""
-    from .teaching import student_foreground
+    from .teacher_prompting import student_foreground
 
     for case in trainer.unlabelled:
         row = record["cases"].get(case.case_id)
