@@ -114,7 +114,7 @@ class DemoSettings:
         return data
 
 
-# The full demo aims at < 30 min and --quick at < 5 min on 2 CPU cores (issue 6). The
+# The full demo aims at < 30 min and --quick at < 5 min on 2 CPU cores (a laptop's budget). The
 # teacher dominates: LiteMedSAM's encoder costs ~75 GFLOP, about 2.8 s of this CPU, per
 # axial slice and modality, whatever the slice size (the decoder ~0.2 s), i.e. minutes per
 # case, both in the distillation round (unlabelled cases, student grid) and in the
@@ -286,7 +286,7 @@ def train_students(
     cancel: CancelToken,
     errors: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The supervised student and each distilled one, under one protocol (issue 13, item 7).
+    """The supervised student and each distilled one, under one protocol, so that the control differs only by the teachers.
 
     With distillation strategies: a supervised warm-up of ``settings.warmup_steps`` steps
     (its own learning-rate schedule) gives the common starting weights; then *every* arm

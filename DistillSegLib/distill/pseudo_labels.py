@@ -3,7 +3,7 @@ and the quality of what comes back is measured.
 
 Two ways of prompting (``RoundSettings.prompts``):
 
-* ``"components"`` (default; issue 13, item 3): the student's foreground is split into 3D
+* ``"components"`` (default): the student's foreground is split into 3D
   connected components (:func:`~DistillSegLib.teachers.auto_prompt.component_map`, on
   the student grid, so that every teacher gets the same components); each slice-wise
   teacher answers one box per component and slice, with box refinement and slices past
@@ -15,12 +15,12 @@ Two ways of prompting (``RoundSettings.prompts``):
 * ``"slice"``: one box per axial slice around all foreground (the first version's prompt;
   3D teachers always take their own prompt kinds this way).
 
-Grids (``RoundSettings.grid``; issue 13, item 2): ``"native"`` shows each teacher its
+Grids (``RoundSettings.grid``): ``"native"`` shows each teacher its
 modality on its own grid (the CT, or the PET on its native grid; DESIGN.md, "Teachers")
 and brings only the outputs onto the student grid; ``"student"`` shows them the student's
 2.5 mm grid (the first version: LiteMedSAM lost ~4 Dice on CT there).
 
-Quality (issue 13, item 1): when unlabelled cases carry an ``audit_label`` (their label,
+Quality: when unlabelled cases carry an ``audit_label`` (their label,
 which training never reads), :func:`audit_round` scores the student's prediction, every
 teacher and the strategy's pseudo-label against it, per case and on average.
 """

@@ -25,7 +25,7 @@ In the trainer — ``tskd``: task-specific knowledge distillation (TS-KD, Liang 
 * Stage 1 (once, at the first round; skipped on resume because the tuned weights are part
   of the checkpoint): the teacher (LiteMedSAM by default; ``--teacher-modality CT``, ``PET``
   or ``both``: one teacher per modality, their mean) is tuned on the labelled cases.
-  ``tuning="decoder"`` (default, issue 13 item 4): prompt encoder, mask decoder and IoU
+  ``tuning="decoder"`` (default; a CPU cannot afford re-encoding every slice at every step): prompt encoder, mask decoder and IoU
   head, with jittered boxes and negative boxes whose answer is empty
   (:mod:`DistillSegLib.teachers.tuning`), reusing the stored slice embeddings;
   ``tuning="lora"``: the paper's LoRA on the image encoder (rank 4 on ``qkv``), ground-truth
