@@ -2,7 +2,7 @@
 
 Every ``import`` in ``DistillSegLib`` (top-level and inside functions, absolute and relative)
 is read with :mod:`ast` and resolved to an engine package; the rules below are the
-architecture of ``README.md`` ("Layout") and ``../shared/DESIGN.md``.
+architecture of ``docs/engine.md`` ("Layout") and ``../shared/DESIGN.md``.
 """
 
 from __future__ import annotations

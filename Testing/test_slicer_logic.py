@@ -509,7 +509,7 @@ def test_a_new_roi_is_placed_around_the_pet_hot_spot_and_an_empty_one_is_refused
 
     # The widget searches what the red slice view shows; here a view around the lesion. (On
     # STS_001 the hottest PET voxel of the whole crop is not in the tumour: the user navigates
-    # to the lesion first, as the README says.)
+    # to the lesion first, as docs/slicer.md says.)
     mask = read_image(folder / "CT_mask.nii.gz")
     view = np.concatenate(roi_from_mask(mask, 30.0))
     hot_low, hot_high = Pet.hotSpotBox(pet, view, margin_mm=0.0)  # the 41%-of-SUVmax region itself
