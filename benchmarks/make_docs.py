@@ -145,11 +145,12 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def scalars(data: dict, limit: int = 25) -> str:
-    """Top-level and one-level-down numbers and short strings, as a list (the generic section)."""
+def scalars(data: dict, limit: int = 30, depth: int = 5) -> str:
+    """Numbers (up to ``depth`` keys down, outside lists) and top-level short strings, as a list:
+    the section of a file whose kind has no table here."""
     lines = []
     for path, value in walk(data):
-        if len(path) > 2 or not path or any(k.startswith("command") or "load" in k for k in path):
+        if len(path) > depth or not path or any(k.startswith("command") or "load" in k or k.isdigit() for k in path):
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             lines.append(f"- `{'.'.join(path)}`: {number(value)}")
