@@ -272,9 +272,11 @@ def section(path: Path, results: Path = RESULTS) -> tuple[str, str]:
     found = commands(data)
     if found:
         lines += ["", "Command" + ("s" if len(found) > 1 else "") + ":", ""]
-        lines += [f"    {c}" for c in found[:6]] + ([f"    ... {len(found) - 6} more in the file"] if len(found) > 6 else [])
+        lines += [f"    {c}" for c in found[:6]]
+        lines += [f"    ... {len(found) - 6} more in the file"] if len(found) > 6 else []
     else:
-        script = "`distillseg demo`" if name.endswith("/report") else (f"`{script_of(name)}`" if script_of(name) else None)
+        script = script_of(name)
+        script = "`distillseg demo`" if name.endswith("/report") else (f"`{script}`" if script else None)
         lines += ["", f"Command: not recorded in the file; written by {script or 'a script not found by name'}."]
     load = loads(data)
     lines += ["", f"Machine load (1-min load averages recorded in the file): {min(load):.1f} .. {max(load):.1f}"

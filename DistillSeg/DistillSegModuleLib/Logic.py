@@ -213,7 +213,9 @@ class SceneLogic:
                                  device: str = "auto", onProgress: ProgressCallback | None = None,
                                  onFinished: FinishedCallback | None = None) -> None:
         """See :meth:`Jobs.startTeacherSegmentation`."""
-        return self.jobs.startTeacherSegmentation(ctNode, petNode, teacher, roiNode, pointsNode, negativePointsNode, modality, checkpoint, correct, segmentIndex, device, onProgress, onFinished)
+        return self.jobs.startTeacherSegmentation(ctNode, petNode, teacher, roiNode, pointsNode,
+                                                  negativePointsNode, modality, checkpoint, correct, segmentIndex,
+                                                  device, onProgress, onFinished)
 
     def startStudentPromptSegmentation(self, ctNode, petNode, model: str | os.PathLike, roiNode=None,
                                        pointsNode=None, negativePointsNode=None, correct=None,
@@ -221,7 +223,9 @@ class SceneLogic:
                                        onProgress: ProgressCallback | None = None,
                                        onFinished: FinishedCallback | None = None) -> None:
         """See :meth:`Jobs.startStudentPromptSegmentation`."""
-        return self.jobs.startStudentPromptSegmentation(ctNode, petNode, model, roiNode, pointsNode, negativePointsNode, correct, segmentIndex, device, onProgress, onFinished)
+        return self.jobs.startStudentPromptSegmentation(ctNode, petNode, model, roiNode, pointsNode,
+                                                        negativePointsNode, correct, segmentIndex, device,
+                                                        onProgress, onFinished)
 
     def importLabelmap(self, labelPath: str | os.PathLike, ctNode, classes: dict | None = None,
                        name: str = "DistillSeg"):
@@ -278,4 +282,5 @@ class SceneLogic:
                           extra: Sequence[str] = (), onProgress: ProgressCallback | None = None,
                           onFinished: FinishedCallback | None = None) -> None:
         """See :meth:`TrainingSet.startDistillation`."""
-        return self.trainingSet.startDistillation(dataset, strategy, outModel, initModel, steps, extra, onProgress, onFinished)
+        return self.trainingSet.startDistillation(dataset, strategy, outModel, initModel, steps, extra, onProgress,
+                                                  onFinished)

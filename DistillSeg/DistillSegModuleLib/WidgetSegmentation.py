@@ -1,4 +1,5 @@
-"""The DistillSeg GUI, one section: segmenting (Run, the teacher's box and clicks), cancelling, the lesion table and the Segment Editor.
+"""The DistillSeg GUI, one section: segmenting (Run, the teacher's box and clicks), cancelling,
+the lesion table and the Segment Editor.
 
 A part of :class:`~DistillSegModuleLib.Widget.DistillSegGui` (which holds ``ui``, ``logic``,
 ``scene`` and the shared helpers such as ``status`` and ``updateButtons``); its Qt and Slicer
