@@ -148,7 +148,7 @@ def test_skd_switch_adds_kd_to_supervised(tiny_cases, warm_weights, tmp_path):
 
 
 def test_both_arms_restart_from_one_warm_up(tiny_cases, tmp_path, monkeypatch):
-    """Issue 13, item 7: the supervised arm gets the distilled arm's warm start, restart and steps."""
+    """A fair control: the supervised arm gets the distilled arm's warm start, restart and steps."""
     from DistillSegLib.demo.run import DemoSettings, train_students
     from DistillSegLib.demo.split import DemoSplit
     from DistillSegLib.progress import CancelToken, Progress

@@ -11,7 +11,7 @@ is also given at the case level (:mod:`case_stats`: a bootstrap over cases x see
 median case, leave-one-case-out), and, when ``selftrain`` runs, each distillation strategy
 is compared with it: the control with the same schedule and no teacher.
 
-The target of issue 6: a distilled student beating the supervised one by >= 3 Dice points
+The project's target: a distilled student beating the supervised one by >= 3 Dice points
 (mean of three seeds) while running >= 20x faster per case than the LiteMedSAM teacher on
 both modalities (``--teacher-cases`` times the teacher on the first validation cases).
 

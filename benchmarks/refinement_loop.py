@@ -19,11 +19,11 @@ command again continues where it stopped, and ``--summarise`` rewrites the table
 figure from every record in ``WORK`` (seeds and arms may run as separate commands).
 
 The demo split has 15 unlabelled cases, so rounds of 5 give 3 rounds (5 -> 20 labelled
-cases): the issue's 4 rounds (5 -> 25) would need 5 validation cases in the training set.
+cases): 4 rounds (5 -> 25) would need 5 validation cases in the training set.
 
     DISTILLSEG_DATA=../shared/data DISTILLSEG_CACHE=/work/cache DISTILLSEG_EMBEDDING_DISK_GB=40 \\
         .venv/bin/python benchmarks/refinement_loop.py --seeds 0,1 --arms supervised
-    ... --seeds 0,1 --arms distillation --strategy tskd --scratch-arms ""   # the run in the README
+    ... --seeds 0,1 --arms distillation --strategy tskd --scratch-arms ""   # the run in docs/methods.md
     ... --summarise      # table, benchmarks/results/refinement_loop.json and .png from every record
 """
 

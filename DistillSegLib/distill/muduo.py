@@ -31,7 +31,7 @@ tuned on the labelled cases first (``--tune-teachers``, default 200 steps,
 (PET, 3 points) when their checkpoints are given. Pseudo-labels are refreshed in rounds
 (:mod:`.teaching`). Each step: labelled batch -> ``supervised_weight (CE + Dice)``;
 unlabelled batch -> random fusion of the two teachers, threshold, ``lambda(t)`` x the
-pseudo-label loss. Which unlabelled voxels count (issue 13, item 5):
+pseudo-label loss. Which unlabelled voxels count (so that a wrong teacher answer can be left out):
 
 * ``selection="none"`` (default): every patch counts;
 * ``selection="batch"``: the paper's rule, the better-agreeing half of each batch;

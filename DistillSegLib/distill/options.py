@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 
+# ``--preset``'s choices; what each sets is in :mod:`.presets`, which builds on these options.
+PRESETS = ("default", "paper")
+
 
 def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
     """Options read by the ``muduo``, ``knowsam`` and ``tskd`` strategies and ``--skd``."""
     group = parser.add_argument_group(
         "distillation (strategies muduo, knowsam, tskd; teachers default to the embedded LiteMedSAM)")
-    from .presets import add_preset_argument
-
     add_preset_argument(group)
     group.add_argument("--skd", action="store_true",
                        help="add KnowSAM's SAM-induced KD (KL at T=10) to the strategy (knowsam has it built in)")
@@ -84,3 +85,10 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
                              "first (jittered and negative boxes; embeddings reused), STEPS steps (muduo default 200, "
                              "tskd: --teacher-steps; others 0: off)")
     rounds.add_argument("--tune-seed", type=int, metavar="SEED", help="seed of the teacher tuning (default 0)")
+
+
+def add_preset_argument(group) -> None:
+    group.add_argument("--preset", choices=PRESETS, default=None,
+                       help="paper: the strategy's paper configuration (muduo, knowsam, tskd; options given "
+                            "explicitly still win); default: this project's defaults, which depart from the papers "
+                            "(docs/methods.md)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-PRESETS = ("default", "paper")
+from .options import PRESETS, add_distillation_arguments  # noqa: F401  (the option is defined with the others)
 
 # The paper's settings as ``distillseg train`` options, by strategy (MuDuo: the official
 # script, see DistillSegLib/distill/muduo.py; TS-KD: LoRA on the encoder; KnowSAM: the fused
@@ -38,13 +38,6 @@ COMMON_CAVEAT = ("teachers answer in rounds of --refresh-every steps (the papers
                  "for the papers' schedule (hours per 100 steps on a CPU)")
 
 
-def add_preset_argument(group) -> None:
-    group.add_argument("--preset", choices=PRESETS, default=None,
-                       help="paper: the strategy's paper configuration (muduo, knowsam, tskd; options given "
-                            "explicitly still win); default: this project's defaults, which depart from the papers "
-                            "(docs/methods.md)")
-
-
 def apply_preset(args: argparse.Namespace, strategy: str) -> list[str]:
     """Fill ``args``' unset distillation options from ``--preset``; returns the caveats to show.
 
@@ -53,7 +46,6 @@ def apply_preset(args: argparse.Namespace, strategy: str) -> list[str]:
             ``selftrain``).
     """
     from ..errors import DistillSegError
-    from .options import add_distillation_arguments
 
     preset = getattr(args, "preset", None)
     if preset in (None, "default"):
