@@ -202,7 +202,7 @@ def test_corrected_segmentation_round_trips_and_same_case_is_replaced(study, log
 
     case_id = logic.addToTrainingSet(dataset, ct, pet)  # no segmentation: added unlabelled
     assert [(c.case_id, c.labelled) for c in find_cases(dataset)] == [(case_id, False)]
-    assert logic.trainCommand(dataset, "muduo", "new.pt")[-2:] == ["--unlabelled", "rest"]
+    assert logic.trainCommand(dataset, "dualview", "new.pt")[-2:] == ["--unlabelled", "rest"]
     assert "--unlabelled" not in logic.trainCommand(dataset, "supervised", "new.pt")
 
     assert logic.addToTrainingSet(dataset, ct, pet, segmentation) == case_id
@@ -559,10 +559,10 @@ def test_teacher_selection_becomes_train_options():
     assert arguments("knowsam", "litemedsam", None) == []
     assert arguments("tskd", "sam", "sam_vit_b_01ec64.pth") == ["--teacher", "sam", "--teacher-checkpoint",
                                                                  "sam_vit_b_01ec64.pth"]
-    assert arguments("muduo", "seganypet", "p.pth") == ["--pet-teacher", "seganypet", "--pet-teacher-checkpoint",
+    assert arguments("dualview", "seganypet", "p.pth") == ["--pet-teacher", "seganypet", "--pet-teacher-checkpoint",
                                                         "p.pth"]
     with pytest.raises(LogicError, match="needs its checkpoint"):
-        arguments("muduo", "sam-med3d", "")
+        arguments("dualview", "sam-med3d", "")
     with pytest.raises(LogicError, match="cannot use teacher"):
         arguments("knowsam", "seganypet", "p.pth")
 

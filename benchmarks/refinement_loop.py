@@ -12,7 +12,7 @@ replaced by the reference, ``setSegmentMask``), *Add to training set* (``addToTr
 the nnU-Net training set, ``DS_<hash>`` ids), *Distil* (``startDistillation``). Validation
 scoring runs in this process with the engine's ``predict_case`` and ``evaluate_folders``.
 
-Two arms: ``supervised``, and ``distillation`` (``--strategy``, default muduo, with the pool's
+Two arms: ``supervised``, and ``distillation`` (``--strategy``, default dualview, with the pool's
 cases not yet corrected as unlabelled studies of the training set). Every arm of every seed
 keeps its record in ``WORK/seed<S>/<arm>/loop.json`` after each round; running the same
 command again continues where it stopped, and ``--summarise`` rewrites the table, JSON and

@@ -17,7 +17,7 @@ from . import Prompts
 from .Jobs import FinishedCallback, JobResult, ProgressCallback
 from .Nodes import DICOM_UIDS_ATTRIBUTE, SERIES_UID_ATTRIBUTE, LogicError, ijkToRasArray
 
-STRATEGIES = ("supervised", "selftrain", "muduo", "knowsam", "tskd")
+STRATEGIES = ("supervised", "selftrain", "dualview", "knowsam", "tskd")
 
 
 class TrainingSet:
@@ -95,7 +95,7 @@ class TrainingSet:
     def teacherArguments(strategy: str, teacher: str | None, checkpoint: str | os.PathLike | None) -> list[str]:
         """``distillseg train`` options that give ``strategy`` the selected teacher.
 
-        knowsam and tskd take one 2D teacher (litemedsam or sam); muduo takes a CT teacher
+        knowsam and tskd take one 2D teacher (litemedsam or sam); dualview takes a CT teacher
         (litemedsam or sam-med3d) and a PET teacher (litemedsam or seganypet), the one not
         selected staying LiteMedSAM (options of ``DistillSegLib/distill/options.py``).
         """
@@ -106,12 +106,12 @@ class TrainingSet:
             raise LogicError(f"teacher {teacher} needs its checkpoint file")
         if strategy in ("knowsam", "tskd") and teacher == "sam":
             return ["--teacher", "sam", "--teacher-checkpoint", *file]
-        if strategy == "muduo" and teacher == "sam-med3d":
+        if strategy == "dualview" and teacher == "sam-med3d":
             return ["--ct-teacher", "sam-med3d", "--ct-teacher-checkpoint", *file]
-        if strategy == "muduo" and teacher == "seganypet":
+        if strategy == "dualview" and teacher == "seganypet":
             return ["--pet-teacher", "seganypet", "--pet-teacher-checkpoint", *file]
         raise LogicError(f"strategy {strategy} cannot use teacher {teacher} (knowsam/tskd: litemedsam or sam; "
-                         "muduo: litemedsam, sam-med3d or seganypet)")
+                         "dualview: litemedsam, sam-med3d or seganypet)")
 
     def trainCommand(self, dataset: str | os.PathLike, strategy: str, outModel: str | os.PathLike,
                      initModel: str | os.PathLike | None = None, steps: int | None = None,

@@ -5,7 +5,7 @@ unlabelled), with one seed:
 
 1. the classic SUV-threshold baseline (41% of SUVmax, :mod:`DistillSegLib.metrics.baselines`);
 2. the supervised student (``supervised`` strategy, labelled cases only);
-3. one or more distilled students (default ``muduo``; teachers: the embedded LiteMedSAM
+3. one or more distilled students (default ``dualview``; teachers: the embedded LiteMedSAM
    on the CT and on the PET view), same split, seed and number of steps;
 4. the LiteMedSAM teacher on the validation cases, on CT and on PET, prompted with boxes
    from the (first) distilled student's prediction: the teacher's realistic, prompt-free
@@ -85,7 +85,7 @@ class DemoSettings:
 
     steps: int = 600
     warmup_steps: int = 200
-    strategies: tuple[str, ...] = ("muduo",)
+    strategies: tuple[str, ...] = ("dualview",)
     seed: int = 0
     max_validation: int | None = None
     max_unlabelled: int | None = 4
@@ -123,10 +123,10 @@ class DemoSettings:
 # cases (59 slices x 2, ~5.5 min; the ground-truth-box upper bound reuses the embeddings),
 # students 600 + 400 steps with validation curves (~9 min). The students and the SUV
 # baseline are evaluated on the whole validation list.
-# MuDuo's defaults tune both teachers' decoders on the labelled cases first (200 steps):
+# dualview's defaults tune both teachers' decoders on the labelled cases first (200 steps):
 # that samples ~400 labelled slices whose embeddings an empty cache must compute first
 # (~10 min on 2 cores), which the demo's 30 min cannot hold; the demo distils with the
-# shipped teachers and MuDuo's other defaults. The benchmark (benchmarks/distillation.py,
+# shipped teachers and dualview's other defaults. The benchmark (benchmarks/distillation.py,
 # results/distillation_muduo_weighted.json) measures the defaults, tuning included.
 DISTILLATION_OPTIONS = ("--tune-teachers", "0")
 FULL_SETTINGS = DemoSettings(max_unlabelled=3, max_teacher_cases=2, strategy_options=DISTILLATION_OPTIONS)

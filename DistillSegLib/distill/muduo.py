@@ -121,7 +121,7 @@ class MuDuoConfig:
 # whole run averages 0.04 against the labelled term's 0.5 over 400 steps: ~8 %).
 from .presets import PAPER_OPTIONS as _PRESETS  # noqa: E402  (``--preset paper``)
 
-PAPER_OPTIONS = _PRESETS["muduo"]
+PAPER_OPTIONS = _PRESETS["dualview"]
 VIEWS = ("both", "CT", "PET")
 # The random fusion is audited at these fusion weights: the midpoints of ten equal bins of
 # U(0, 1), so the mean Dice over them is the expected Dice of the label trained on.
@@ -248,7 +248,10 @@ def muduo_consistency(student_probability: torch.Tensor, p_ct: torch.Tensor, p_p
 
 
 class MuDuoStrategy(DistillationStrategy):
-    name = "muduo"
+    """``dualview``: MuDuo's dual-view distillation with this project's defaults (see the
+    package docstring and ``docs/methods.md``); ``--preset paper`` restores the paper's."""
+
+    name = "dualview"
 
     def __init__(self, config: MuDuoConfig | None = None, ct_teacher: str = DEFAULT_TEACHER,
                  pet_teacher: str = DEFAULT_TEACHER, ct_checkpoint: str | None = None,
