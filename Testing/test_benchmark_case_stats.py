@@ -84,3 +84,40 @@ def test_runs_of_several_files_are_joined_and_must_agree(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps({"runs": b}))
     with pytest.raises(ValueError, match="differs"):
         case_stats.load_runs(f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}")
+
+
+def promptable_run(tmp_path: Path, seed: int, gain: float, **settings) -> Path:
+    """A single-seed promptable_distillation.json: boxdistil ``gain`` above boxself on every case."""
+    import json
+
+    cases = [f"c{i}" for i in range(6)]
+    levels = ("automatic", "box", "box+1", "box+2", "box+3")
+    scores = {arm: {level: {c: 0.7 + (gain if arm == "boxdistil" else 0.0) for c in cases} for level in levels}
+              for arm in ("supervised", "boxself", "boxdistil")}
+    run = {"command": f"seed {seed}", "device": "CPU", "load_average_end": 1.0, "scored_on": "validation",
+           "settings": {"arms": "supervised,boxself,boxdistil", "steps": 600, **settings, "seed": seed},
+           "train_seconds": {arm: 1.0 for arm in scores}, "per_case_dice": scores,
+           "mean_dice": {arm: {level: 0.7 for level in levels} for arm in scores}}
+    path = tmp_path / f"seed{seed}-steps{run['settings']['steps']}.json"
+    path.write_text(json.dumps(run))
+    return path
+
+
+def test_promptable_runs_of_two_seeds_pool_into_one_result(tmp_path):
+    import promptable_distillation
+
+    result = promptable_distillation.combine([promptable_run(tmp_path, 0, 0.02), promptable_run(tmp_path, 1, 0.04)])
+    box = result["comparisons"]["boxdistil - boxself"]["box"]
+    assert box["n_seeds"] == 2 and box["n_cases"] == 6
+    assert box["mean_points"] == pytest.approx(3.0)
+    assert result["mean_dice"]["boxdistil"]["box"] == pytest.approx(0.73)
+
+
+def test_promptable_runs_with_other_settings_or_one_seed_twice_are_refused(tmp_path):
+    import promptable_distillation
+
+    with pytest.raises(ValueError, match="other settings"):
+        promptable_distillation.combine([promptable_run(tmp_path, 0, 0.02),
+                                         promptable_run(tmp_path, 1, 0.02, steps=300)])
+    with pytest.raises(ValueError, match="seed given twice"):
+        promptable_distillation.combine([promptable_run(tmp_path, 0, 0.02), promptable_run(tmp_path, 0, 0.02)])

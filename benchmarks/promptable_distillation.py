@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -54,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--refresh-every", type=int, default=200, help="round length of the box arms")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--combine", nargs="+", metavar="JSON",
+                        help="train nothing: pool finished single-seed runs (their promptable_distillation.json) "
+                             "into one result under --out")
     return parser.parse_args(argv)
 
 
@@ -110,15 +115,22 @@ def per_level(interactive: dict) -> dict[str, dict[str, float]]:
 
 
 def main(argv=None) -> int:
-    import numpy as np
-
-    import case_stats
     from DistillSegLib.atomic import write_json_atomic
     from DistillSegLib.demo.split import VALIDATION_CASES
 
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.combine:
+        try:
+            result = combine([Path(p) for p in args.combine])
+        except (ValueError, OSError, KeyError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        write_json_atomic(out / "promptable_distillation.json", result)
+        print_table(result["mean_dice"], result["comparisons"])
+        print(f"wrote {out / 'promptable_distillation.json'} (seeds {result['seeds']})")
+        return 0
     log = out / "log.txt"
     started = time.perf_counter()
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -131,12 +143,7 @@ def main(argv=None) -> int:
         scores[arm] = per_level(score(args, out, arm, model, log))
     summary = {arm: {level: float(np.mean(list(v.values()))) for level, v in levels.items() if v}
                for arm, levels in scores.items()}
-    comparisons = {}
-    for arm, baseline in (("boxdistil", "boxself"), ("boxdistil", "supervised"), ("boxself", "supervised")):
-        if arm in scores and baseline in scores:
-            comparisons[f"{arm} - {baseline}"] = {
-                level: case_stats.case_statistics({args.seed: scores[arm][level]}, {args.seed: scores[baseline][level]})
-                for level in LEVELS if scores[arm].get(level) and scores[baseline].get(level)}
+    comparisons = compare({args.seed: scores})
     result = {"benchmark": "promptable_distillation", "command": " ".join([sys.executable, *sys.argv]),
               "date": time.strftime("%Y-%m-%d"), "device": f"CPU, {os.cpu_count()} cores",
               "load_average_end": os.getloadavg()[0], "scored_on": "validation" if args.cases.split(",") == list(VALIDATION_CASES) else "given cases",
@@ -144,14 +151,68 @@ def main(argv=None) -> int:
               "train_seconds": seconds, "mean_dice": summary, "per_case_dice": scores, "comparisons": comparisons,
               "total_seconds": time.perf_counter() - started}
     write_json_atomic(out / "promptable_distillation.json", result)
+    print_table(summary, comparisons)
+    print(f"wrote {out / 'promptable_distillation.json'}")
+    return 0
+
+
+def compare(scores_by_seed: dict[int, dict]) -> dict:
+    """Case-level statistics (:mod:`case_stats`) of each arm against its control, per prompt level.
+
+    ``scores_by_seed``: ``{seed: {arm: {level: {case: Dice}}}}``; the seeds are pooled (the
+    bootstrap resamples cases, then seeds within them).
+    """
+    import case_stats
+
+    comparisons = {}
+    for arm, baseline in (("boxdistil", "boxself"), ("boxdistil", "supervised"), ("boxself", "supervised")):
+        seeds = [s for s, scores in scores_by_seed.items() if arm in scores and baseline in scores]
+        if not seeds:
+            continue
+        comparisons[f"{arm} - {baseline}"] = {
+            level: case_stats.case_statistics({s: scores_by_seed[s][arm][level] for s in seeds},
+                                              {s: scores_by_seed[s][baseline][level] for s in seeds})
+            for level in LEVELS
+            if all(scores_by_seed[s][arm].get(level) and scores_by_seed[s][baseline].get(level) for s in seeds)}
+    return comparisons
+
+
+def print_table(summary: dict, comparisons: dict) -> None:
+    import case_stats
+
     print(f"{'arm':<12}" + "".join(f"{level:>11}" for level in LEVELS))
     for arm, levels in summary.items():
         print(f"{arm:<12}" + "".join(f"{levels.get(level, float('nan')):>11.3f}" for level in LEVELS))
     for name, by_level in comparisons.items():
         for level, stats in by_level.items():
             print(case_stats.describe(f"{name.split(' - ')[0]} ({level})", name.split(" - ")[1], stats))
-    print(f"wrote {out / 'promptable_distillation.json'}")
-    return 0
+
+
+def combine(paths: list[Path]) -> dict:
+    """One result from several single-seed runs of this benchmark: the same settings but the
+    seed, each seed once (else :class:`ValueError`). Means are over cases and seeds."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    def fixed(run):
+        return {k: v for k, v in run["settings"].items() if k not in ("seed", "threads", "data")}
+    for path, run in zip(paths, runs):
+        if fixed(run) != fixed(runs[0]):
+            raise ValueError(f"{path}: other settings than {paths[0]}: {fixed(run)} != {fixed(runs[0])}")
+    seeds = [run["settings"]["seed"] for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"a seed given twice: {seeds}")
+    scores_by_seed = {run["settings"]["seed"]: run["per_case_dice"] for run in runs}
+    arms = [arm for arm in runs[0]["per_case_dice"] if all(arm in run["per_case_dice"] for run in runs)]
+    summary = {arm: {level: float(np.mean([np.mean(list(run["per_case_dice"][arm][level].values())) for run in runs]))
+                     for level in LEVELS if all(run["per_case_dice"][arm].get(level) for run in runs)}
+               for arm in arms}
+    return {"benchmark": "promptable_distillation", "combined_from": [str(p) for p in paths],
+            "commands": [run["command"] for run in runs], "seeds": seeds,
+            "date": time.strftime("%Y-%m-%d"), "device": runs[0]["device"],
+            "load_average_end": [run["load_average_end"] for run in runs], "scored_on": runs[0]["scored_on"],
+            "settings": {**fixed(runs[0]), "seeds": seeds},
+            "train_seconds": {arm: float(np.mean([run["train_seconds"][arm] for run in runs])) for arm in arms},
+            "mean_dice": summary, "mean_dice_per_seed": {run["settings"]["seed"]: run["mean_dice"] for run in runs},
+            "per_case_dice_per_seed": scores_by_seed, "comparisons": compare(scores_by_seed)}
 
 
 if __name__ == "__main__":
