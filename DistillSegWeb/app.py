@@ -6,7 +6,8 @@ images) and the ROI / segmentation display; :class:`~.workflow.Workflow` drives 
 ``place-roi``, ``run-student``, ``segment-with-teacher``, ``cancel``, ``lesion-table``,
 ``update-table``, ``save-segmentation``, ``add-to-training-set``, ``distil-steps``, ``distil``,
 ``student-model``, ``status``. ``#status`` also carries the state a script waits for:
-``data-busy`` (the running job), ``data-done`` (jobs finished so far), ``data-error``.
+``data-busy`` (the running job), ``data-done`` (jobs finished so far), ``data-error``,
+``data-model`` (the student file Run uses).
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ class WebApp:
                     v3.VDivider(classes="my-2")
                     html.Div("{{ status }}", id="status", classes="text-body-2",
                              style=("status_error ? 'color: #ff6e6e' : ''",),
-                             raw_attrs=[':data-busy="busy"', ':data-done="done"', ':data-error="status_error"'])
+                             raw_attrs=[':data-busy="busy"', ':data-done="done"', ':data-error="status_error"',
+                                        ':data-model="model"'])
             with v3.VMain(), html.Div(style="height: calc(100vh - 48px); display: flex;"):
                 self.layout_manager.initialize_layout_grid(self.ui)
 
