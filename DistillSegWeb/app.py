@@ -22,6 +22,7 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
+from trame_slicer.segmentation import SegmentationEffectErase, SegmentationEffectNoTool, SegmentationEffectPaint
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
 from .paths import ensure_module_logic_importable
@@ -35,7 +36,9 @@ from DistillSegModuleLib.Nodes import ensureSegmentationConverters  # noqa: E402
 from .workflow import TABLE_COLUMNS, Settings, Workflow, tableRows  # noqa: E402
 
 PET_OPACITY = 0.4  # the module's fusion (Widget.showStudy)
+ROI_FILL_OPACITY = 0.05  # the box often fills the view: its outline and handles are what matter
 LAYOUT_ID = "DistillSeg"
+EFFECTS = {"paint": SegmentationEffectPaint, "erase": SegmentationEffectErase, "none": SegmentationEffectNoTool}
 DEFAULT_STEPS = 200
 
 
@@ -61,6 +64,8 @@ class WebApp:
         self.logic = SceneLogic(self.slicer.scene, self.runner, python=settings.python)
         self.workflow = Workflow(self.logic, settings, onChange=self.push)
         self.done = 0
+        self.editor = self.slicer.segmentation_editor
+        self.editor.segmentation_modified.connect(self._on_segmentation_edited)
         self._init_state()
         self._build_ui()
         self.ctrl.on_server_ready.add(self._on_ready)
@@ -101,6 +106,7 @@ class WebApp:
                                   "value": str(e.path)} for e in w.studentModels()]
             self.state.done = self.done
             self.state.has_training_set = w.settings.trainingSet is not None
+            self.state.effect = self.effect
 
     def _init_state(self) -> None:
         self.state.trame__title = "DistillSeg"
@@ -108,6 +114,8 @@ class WebApp:
         self.state.pet_path = ""
         self.state.distil_steps = DEFAULT_STEPS
         self.state.strategy = "supervised"
+        self.effect = "none"
+        self.edits = 0
         self.push()
         self.state.change("model")(self._on_model_changed)
 
@@ -126,8 +134,33 @@ class WebApp:
             raise
 
     def _finished(self, job) -> None:
+        if job.ok and job.segmentationNode is not None:
+            self.set_effect("none")  # the editor follows the new result from the next stroke on
         self.done += 1
         self.push()
+
+    # ----------------------------------------------------------------- correction (Segment Editor effects)
+
+    def set_effect(self, name: str) -> None:
+        """Paint or Erase the result's first segment in the slice views (``"none"``: stop)."""
+        if name != "none":
+            self.workflow._requireSegmentation()
+            if self.editor.active_segmentation_node is not self.workflow.segmentation:
+                self.editor.set_active_segmentation(self.workflow.segmentation, self.workflow.ct)
+        self.editor.set_active_effect_type(EFFECTS[name])
+        self.effect = name
+        self.workflow.status = {"paint": "Paint: drag in a slice view to add to the lesion",
+                                "erase": "Erase: drag in a slice view to remove from the lesion",
+                                "none": self.workflow.status}[name]
+        self.push()
+
+    def _on_segmentation_edited(self, *_) -> None:
+        """A stroke ended: the lesion table follows the corrected segmentation."""
+        if self.effect == "none" or self.workflow.segmentation is None:
+            return
+        self.edits += 1
+        self.workflow.savedPath = None  # the saved file no longer matches what is shown
+        self._guarded(self.workflow.refreshTable)
 
     # ----------------------------------------------------------------- display
 
@@ -160,7 +193,11 @@ class WebApp:
         self._guarded(lambda: self.load(self.state.ct_path, self.state.pet_path))
 
     def on_place_roi(self) -> None:
-        self._guarded(lambda: self.center_on(self.workflow.placeRoi()))
+        def place() -> None:
+            self.center_on(self.workflow.placeRoi())
+            self.workflow.roi.GetDisplayNode().SetFillOpacity(ROI_FILL_OPACITY)
+
+        self._guarded(place)
 
     def on_run(self) -> None:
         self._guarded(lambda: self.workflow.run(self._finished))
@@ -241,6 +278,11 @@ class WebApp:
                     disabled=("!has_segmentation || !!busy",), size="small")
             v3.VBtn("Save segmentation", id="save-segmentation", click=self.on_save,
                     disabled=("!has_segmentation",), size="small")
+        with html.Div(classes="d-flex flex-wrap ga-1 mt-1"):
+            for name, title in (("paint", "Paint"), ("erase", "Erase"), ("none", "Stop editing")):
+                v3.VBtn(title, id=f"effect-{name}", click=lambda name=name: self._guarded(lambda: self.set_effect(name)),
+                        disabled=("!has_segmentation || !!busy",), size="small",
+                        color=(f"effect === '{name}' ? 'primary' : undefined",))
         html.Div("saved {{ saved_path }}", v_if=("saved_path",), id="saved-path", classes="text-caption")
 
     def _training_panel(self) -> None:

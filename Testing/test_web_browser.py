@@ -2,8 +2,9 @@
 
 The flow a user clicks through: the study given with --ct/--pet is on screen, Place ROI at
 the PET hot spot, Run (the bundled student on the warm engine), the lesion table, Save (the
-NIfTI must be bit-identical to ``distillseg predict``'s for the same ROI and model), Add to
-training set, a 10-step Distil that selects the new student. A second test checks that a
+NIfTI must be bit-identical to ``distillseg predict``'s for the same ROI and model), a Paint
+stroke that changes the table and is kept by the next Save, Add to training set, a 10-step
+Distil that selects the new student. A second test checks that a
 server bound beyond this machine refuses a browser without the access token.
 
 Skipped with the reason when trame-slicer, Playwright or Chromium are missing (``make
@@ -26,8 +27,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import require_data
+from DistillSegLib.io.volume import read_image
 from web_driver import (JOB_TIMEOUT_MS, ROOT, chromium_page, click_and_wait_done, lesion_rows, missing_web_tools,
-                        web_server)
+                        stroke, total_mtv, web_server)
 
 pytestmark = pytest.mark.skipif(missing_web_tools() is not None, reason=missing_web_tools() or "")
 
@@ -86,6 +88,22 @@ def test_the_workflow_in_chromium(case, tmp_path):
         page.wait_for_selector("#saved-path", timeout=JOB_TIMEOUT_MS)
         saved = Path(page.inner_text("#saved-path").removeprefix("saved ").strip())
         assert saved.parent == out and saved.is_file()
+        as_run = tmp_path / "as-run.nii.gz"
+        as_run.write_bytes(saved.read_bytes())
+
+        # A Paint stroke across the lesion's edge in the axial view: the table follows it.
+        page.click("#effect-paint")
+        page.wait_for_selector("#status:has-text('Paint:')", timeout=JOB_TIMEOUT_MS)
+        stroke(page, 0, (0.45, 0.45), (0.62, 0.52))
+        page.wait_for_function(f"!document.querySelector('#lesion-table tbody').innerText.includes('{rows[0][1]}')",
+                               timeout=JOB_TIMEOUT_MS)
+        assert total_mtv(page) > mtv, "painting added to the lesion"
+        screenshot(page, tmp_path, "web-paint")
+        page.click("#effect-none")
+        page.click("#save-segmentation")
+        page.wait_for_selector("#saved-path", timeout=JOB_TIMEOUT_MS)
+        painted, predicted = read_image(saved).array, read_image(as_run).array
+        assert (painted >= predicted).all() and painted.sum() > predicted.sum(), "Save keeps the correction"
 
         page.click("#add-to-training-set")
         page.wait_for_selector("#case-id", timeout=JOB_TIMEOUT_MS)
@@ -107,7 +125,7 @@ def test_the_workflow_in_chromium(case, tmp_path):
                     "--pet", str(pet), f"--roi={roi}", "--out", str(expected), "--device", "cpu",
                     "--threads", THREADS], check=True, cwd=ROOT, capture_output=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert saved.read_bytes() == expected.read_bytes(), "the saved segmentation differs from `distillseg predict`"
+    assert as_run.read_bytes() == expected.read_bytes(), "the saved segmentation differs from `distillseg predict`"
     record_timing(case, first_frame_s=round(first_frame_s, 2), run_result_on_screen_s=round(run_on_screen_s, 2),
                   lesions=len(rows), mtv_ml=mtv)
 

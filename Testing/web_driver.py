@@ -134,3 +134,21 @@ def lesion_rows(page) -> list[list[str]]:
     """The lesion table as shown: one list of cell texts per lesion."""
     return [[cell.inner_text() for cell in row.query_selector_all("td")]
             for row in page.query_selector_all("#lesion-table tbody tr")]
+
+
+def stroke(page, view: int, start: tuple[float, float], end: tuple[float, float], steps: int = 10) -> None:
+    """A mouse drag in slice view number ``view`` (0: axial), from ``start`` to ``end`` given as
+    fractions of the view's width and height."""
+    box = page.query_selector_all(".remote-controlled-area")[view].bounding_box()
+    points = [(box["x"] + box["width"] * (start[0] + (end[0] - start[0]) * i / steps),
+               box["y"] + box["height"] * (start[1] + (end[1] - start[1]) * i / steps)) for i in range(steps + 1)]
+    page.mouse.move(*points[0])
+    page.mouse.down()
+    for point in points[1:]:
+        page.mouse.move(*point)
+    page.mouse.up()
+
+
+def total_mtv(page) -> float:
+    """The sum of the MTV column of the lesion table as shown (mL)."""
+    return sum(float(row[1]) for row in lesion_rows(page))
