@@ -184,13 +184,17 @@ class WebApp:
     # ----------------------------------------------------------------- actions
 
     def load(self, ct: str, pet: str) -> None:
+        self.workflow._requireIdle()
+        self.set_effect("none")  # the editor lets go of the old segmentation before it is removed
         self.workflow.load(ct, pet)
         self.state.ct_path, self.state.pet_path = str(ct), str(pet)
         self.show_study()
         self.push()
 
-    def on_load(self) -> None:
-        self._guarded(lambda: self.load(self.state.ct_path, self.state.pet_path))
+    def on_load(self, ct: str, pet: str) -> None:
+        """The paths come with the click (what the fields show), not from the synced state,
+        which may lag behind the click."""
+        self._guarded(lambda: self.load(ct, pet))
 
     def on_place_roi(self) -> None:
         def place() -> None:
@@ -217,9 +221,15 @@ class WebApp:
     def on_add(self) -> None:
         self._guarded(self.workflow.addToTrainingSet)
 
-    def on_distil(self) -> None:
-        self._guarded(lambda: self.workflow.distil(int(self.state.distil_steps), self.state.strategy,
-                                                   onDone=self._finished))
+    def on_distil(self, steps, strategy: str) -> None:
+        def distil() -> None:
+            try:
+                count = int(steps)
+            except (TypeError, ValueError):
+                raise LogicError(f"steps must be a whole number (got {steps!r})") from None
+            self.workflow.distil(count, strategy, onDone=self._finished)
+
+        self._guarded(distil)
 
     # ----------------------------------------------------------------- page
 
@@ -248,7 +258,8 @@ class WebApp:
                       hide_details=True, classes="mb-1")
         v3.VTextField(v_model=("pet_path",), label="PET (file or DICOM folder)", density="compact", id="pet-path",
                       hide_details=True, classes="mb-1")
-        v3.VBtn("Load", id="load-study", click=self.on_load, disabled=("!!busy",), size="small")
+        v3.VBtn("Load", id="load-study", click=(self.on_load, "[ct_path, pet_path]"), disabled=("!!busy",),
+                size="small")
 
     def _segmentation_panel(self) -> None:
         html.Div("Segment", classes="text-subtitle-1")
@@ -295,7 +306,7 @@ class WebApp:
                        density="compact", hide_details=True, id="distil-strategy")
             v3.VTextField(v_model_number=("distil_steps",), type="number", label="Steps", density="compact",
                           hide_details=True, id="distil-steps", style="max-width: 100px")
-            v3.VBtn("Distil", id="distil", click=self.on_distil,
+            v3.VBtn("Distil", id="distil", click=(self.on_distil, "[distil_steps, strategy]"),
                     disabled=("!has_training_set || !!busy",), size="small")
 
     def start(self, host: str, port: int) -> None:

@@ -59,6 +59,7 @@ class Workflow:
         self.settings = settings
         self.onChange = onChange
         self.ct = self.pet = self.roi = self.segmentation = None
+        self._studyNodes: list = []  # what to remove when the next study is loaded
         self.status = "load a CT and a PET"
         self.error = False
         self.busy = ""
@@ -100,7 +101,8 @@ class Workflow:
     # ----------------------------------------------------------------- actions
 
     def load(self, ctPath: str | os.PathLike, petPath: str | os.PathLike) -> None:
-        """Load CT and PET files (or DICOM folders: PET converted to SUVbw) into a cleared scene.
+        """Load CT and PET files (or DICOM folders: PET converted to SUVbw); the previous study's
+        nodes (volumes, ROI, segmentations, tables) are removed once the new one is loaded.
 
         Raises:
             LogicError: unreadable or non-overlapping inputs (the scene is left as it was).
@@ -108,7 +110,11 @@ class Workflow:
         self._requireIdle()
         dicom = Path(ctPath).is_dir() or Path(petPath).is_dir()
         ct, pet = (self.logic.loadDicomStudy(ctPath, petPath) if dicom else self.logic.loadStudy(ctPath, petPath))
+        for node in self._studyNodes:
+            if node.GetScene() is not None:
+                self.logic.scene.RemoveNode(node)
         self.ct, self.pet = ct, self.logic.suvPet(pet)
+        self._studyNodes = [ct, pet] + ([self.pet] if self.pet is not pet else [])
         self.roi = self.segmentation = None
         self.rows, self.roiText, self.savedPath, self.caseId = [], "", None, ""
         self._say(f"loaded {ct.GetName()} and {pet.GetName()} (PET in SUV over the CT)")
@@ -118,6 +124,7 @@ class Workflow:
         self._requireStudy()
         if self.roi is None:
             self.roi = self.logic.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "DistillSeg ROI")
+            self._studyNodes.append(self.roi)
         self.logic.placeRoiAtHotSpot(self.roi, self.pet)
         bounds = self.logic.requireUsableRoi(self.roi, self.ct)
         self.roiText = formatRoi(bounds)
@@ -183,7 +190,8 @@ class Workflow:
         self.segmentation = node
         self.savedPath = None
         self.rows = statistics if statistics is not None else self.logic.lesionStatistics(node, self.ct, self.pet)
-        self.logic.lesionTable(self.rows, node, node.GetNodeReference("DistillSeg.LesionTable"))
+        table = self.logic.lesionTable(self.rows, node, node.GetNodeReference("DistillSeg.LesionTable"))
+        self._studyNodes += [node, table]
 
     def refreshTable(self) -> list[dict]:
         """Recompute the lesion table from the (corrected) segmentation."""

@@ -29,7 +29,7 @@ import pytest
 from conftest import require_data
 from DistillSegLib.io.volume import read_image
 from web_driver import (JOB_TIMEOUT_MS, ROOT, chromium_page, click_and_wait_done, lesion_rows, missing_web_tools,
-                        stroke, total_mtv, web_server)
+                        stroke, total_mtv, wait_for_status, web_server)
 
 pytestmark = pytest.mark.skipif(missing_web_tools() is not None, reason=missing_web_tools() or "")
 
@@ -66,7 +66,7 @@ def test_the_workflow_in_chromium(case, tmp_path):
         url = server.wait_for_address()
         assert url.startswith("http://127.0.0.1:") and "secret=" not in url, "local by default, no token needed"
         page.goto(url)
-        page.wait_for_selector("#status:has-text('loaded')", timeout=JOB_TIMEOUT_MS)
+        wait_for_status(page, "loaded")
         first_frame_s = time.monotonic() - server.launched
 
         page.click("#place-roi")
@@ -128,6 +128,30 @@ def test_the_workflow_in_chromium(case, tmp_path):
     assert as_run.read_bytes() == expected.read_bytes(), "the saved segmentation differs from `distillseg predict`"
     record_timing(case, first_frame_s=round(first_frame_s, 2), run_result_on_screen_s=round(run_on_screen_s, 2),
                   lesions=len(rows), mtv_ml=mtv)
+
+
+@pytest.mark.slow
+def test_a_dicom_study_loaded_in_the_page(tmp_path):
+    """No --ct/--pet: the user types the DICOM folders and presses Load (PET series in SUV)."""
+    folder = require_data("sts-petct-dicom", "STS_007")
+    with web_server("--out", str(tmp_path), "--models", str(tmp_path / "models"), "--device", "cpu",
+                    "--threads", THREADS) as server, chromium_page() as page:
+        page.goto(server.wait_for_address())
+        page.wait_for_selector("#status:has-text('load a CT and a PET')", timeout=JOB_TIMEOUT_MS)
+        assert page.is_disabled("#run-student") and page.is_disabled("#save-segmentation")
+        page.fill("#ct-path", str(folder / "CT" / "image"))
+        page.fill("#pet-path", str(folder / "PET" / "image"))
+        page.click("#load-study")
+        assert "SUV" in wait_for_status(page, "loaded")
+        page.click("#place-roi")
+        page.wait_for_selector("#roi-text", timeout=JOB_TIMEOUT_MS)
+        assert "done" in click_and_wait_done(page, "run-student")
+        assert lesion_rows(page) and total_mtv(page) > 0.1
+
+        page.fill("#pet-path", str(folder / "missing"))
+        page.click("#load-study")
+        page.wait_for_selector("#status[data-error='true']", timeout=JOB_TIMEOUT_MS)
+        assert lesion_rows(page), "a failed load leaves the study and its result as they were"
 
 
 def test_a_network_bound_server_refuses_a_browser_without_the_token(tmp_path):

@@ -152,3 +152,13 @@ def stroke(page, view: int, start: tuple[float, float], end: tuple[float, float]
 def total_mtv(page) -> float:
     """The sum of the MTV column of the lesion table as shown (mL)."""
     return sum(float(row[1]) for row in lesion_rows(page))
+
+
+def wait_for_status(page, text: str, timeout_ms: int = JOB_TIMEOUT_MS) -> str:
+    """Wait until ``#status`` says ``text`` or reports an error (then fail with its message)."""
+    page.wait_for_function(
+        "([text]) => { const s = document.querySelector('#status'); "
+        "return s && (s.innerText.includes(text) || s.dataset.error === 'true'); }", arg=[text], timeout=timeout_ms)
+    status = page.inner_text("#status")
+    assert page.get_attribute("#status", "data-error") != "true", f"the page reports an error: {status}"
+    return status
