@@ -4,7 +4,7 @@ The flow a user clicks through: the study given with --ct/--pet is on screen, Pl
 the PET hot spot, Run (the bundled student on the warm engine), the lesion table, Save (the
 NIfTI must be bit-identical to ``distillseg predict``'s for the same ROI and model), a Paint
 stroke that changes the table and is kept by the next Save, Add to training set, a 10-step
-Distil that selects the new student. A second test checks that a
+Distil that selects the new student, and a long Distil cancelled from the page. A second test checks that a
 server bound beyond this machine refuses a browser without the access token.
 
 Skipped with the reason when trame-slicer, Playwright or Chromium are missing (``make
@@ -28,7 +28,7 @@ import pytest
 
 from conftest import require_data
 from DistillSegLib.io.volume import read_image
-from web_driver import (JOB_TIMEOUT_MS, ROOT, chromium_page, click_and_wait_done, lesion_rows, missing_web_tools,
+from web_driver import (JOB_TIMEOUT_MS, ROOT, chromium_page, click_and_wait_done, done_count, lesion_rows, missing_web_tools,
                         stroke, total_mtv, wait_for_status, web_server)
 
 pytestmark = pytest.mark.skipif(missing_web_tools() is not None, reason=missing_web_tools() or "")
@@ -118,6 +118,17 @@ def test_the_workflow_in_chromium(case, tmp_path):
         assert len(trained) == 1 and not list(models.glob("*.checkpoint.pt"))
         assert page.get_attribute("#status", "data-model") == str(trained[0]), "Run now uses the new student"
         screenshot(page, tmp_path, "web-distil")
+
+        # Cancel: a long Distil stopped from the page leaves no model behind.
+        page.fill("#distil-steps", "100000")
+        before = done_count(page)
+        page.click("#distil")
+        page.wait_for_selector("#status[data-busy='distil']", timeout=JOB_TIMEOUT_MS)
+        page.click("#cancel")
+        page.wait_for_function(f"Number(document.querySelector('#status').dataset.done) > {before}",
+                               timeout=JOB_TIMEOUT_MS)
+        assert "cancelled" in page.inner_text("#status")
+        assert sorted(models.glob("*.pt")) == trained, "a cancelled Distil writes no model"
 
     # The engine's own predict on the same study, ROI and model: the saved file, byte for byte.
     expected = tmp_path / "predict.nii.gz"
