@@ -7,7 +7,7 @@ images) and the ROI / segmentation display; :class:`~.workflow.Workflow` drives 
 ``update-table``, ``save-segmentation``, ``add-to-training-set``, ``distil-steps``, ``distil``,
 ``student-model``, ``status``. ``#status`` also carries the state a script waits for:
 ``data-busy`` (the running job), ``data-done`` (jobs finished so far), ``data-error``,
-``data-model`` (the student file Run uses).
+``data-model`` (the student file Run uses), ``data-edits`` (Paint/Erase strokes applied).
 """
 
 from __future__ import annotations
@@ -102,11 +102,15 @@ class WebApp:
             self.state.has_roi = w.roi is not None
             self.state.has_segmentation = w.segmentation is not None
             self.state.model = str(w.modelPath or "")
-            self.state.models = [{"title": f"{e.title} ({'bundled' if e.source == 'bundled' else 'yours'})",
-                                  "value": str(e.path)} for e in w.studentModels()]
+            if self.models is None or (w.modelPath is not None
+                                       and str(w.modelPath) not in {m["value"] for m in self.models}):
+                self.models = [{"title": f"{e.title} ({'bundled' if e.source == 'bundled' else 'yours'})",
+                                "value": str(e.path)} for e in w.studentModels()]  # checks files: not every push
+            self.state.models = self.models
             self.state.done = self.done
             self.state.has_training_set = w.settings.trainingSet is not None
             self.state.effect = self.effect
+            self.state.edits = self.edits
 
     def _init_state(self) -> None:
         self.state.trame__title = "DistillSeg"
@@ -116,6 +120,7 @@ class WebApp:
         self.state.strategy = "supervised"
         self.effect = "none"
         self.edits = 0
+        self.models: list[dict] | None = None  # the student list, read again when a new student appears
         self.push()
         self.state.change("model")(self._on_model_changed)
 
@@ -248,7 +253,7 @@ class WebApp:
                     html.Div("{{ status }}", id="status", classes="text-body-2",
                              style=("status_error ? 'color: #ff6e6e' : ''",),
                              raw_attrs=[':data-busy="busy"', ':data-done="done"', ':data-error="status_error"',
-                                        ':data-model="model"'])
+                                        ':data-model="model"', ':data-edits="edits"'])
             with v3.VMain(), html.Div(style="height: calc(100vh - 48px); display: flex;"):
                 self.layout_manager.initialize_layout_grid(self.ui)
 

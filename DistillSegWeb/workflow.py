@@ -69,7 +69,8 @@ class Workflow:
         self.savedPath: Path | None = None
         self.caseId = ""
         self.runSeconds: float | None = None
-        self.modelPath: Path | None = self.studentModels()[0].path if self.studentModels() else None
+        models = self.studentModels()
+        self.modelPath: Path | None = models[0].path if models else None
 
     # ----------------------------------------------------------------- helpers
 

@@ -28,8 +28,8 @@ import pytest
 
 from conftest import require_data
 from DistillSegLib.io.volume import read_image
-from web_driver import (JOB_TIMEOUT_MS, ROOT, chromium_page, click_and_wait_done, done_count, lesion_rows, missing_web_tools,
-                        stroke, total_mtv, wait_for_status, web_server)
+from web_driver import (JOB_TIMEOUT_MS, ROOT, UI_TIMEOUT_MS, chromium_page, click_and_wait_done, done_count,
+                        lesion_rows, missing_web_tools, stroke_and_wait, total_mtv, wait_for_status, web_server)
 
 pytestmark = pytest.mark.skipif(missing_web_tools() is not None, reason=missing_web_tools() or "")
 
@@ -70,7 +70,7 @@ def test_the_workflow_in_chromium(case, tmp_path):
         first_frame_s = time.monotonic() - server.launched
 
         page.click("#place-roi")
-        page.wait_for_selector("#roi-text", timeout=JOB_TIMEOUT_MS)
+        page.wait_for_selector("#roi-text", timeout=UI_TIMEOUT_MS)
         roi = page.inner_text("#roi-text").removeprefix("ROI ").strip()
         assert len(roi.split(",")) == 6
 
@@ -85,28 +85,26 @@ def test_the_workflow_in_chromium(case, tmp_path):
         assert shot.stat().st_size > 10_000
 
         page.click("#save-segmentation")
-        page.wait_for_selector("#saved-path", timeout=JOB_TIMEOUT_MS)
+        page.wait_for_selector("#saved-path", timeout=UI_TIMEOUT_MS)
         saved = Path(page.inner_text("#saved-path").removeprefix("saved ").strip())
         assert saved.parent == out and saved.is_file()
         as_run = tmp_path / "as-run.nii.gz"
         as_run.write_bytes(saved.read_bytes())
 
-        # A Paint stroke across the lesion's edge in the axial view: the table follows it.
+        # A Paint stroke across the axial view (through the lesion and out of it): the table follows.
         page.click("#effect-paint")
-        page.wait_for_selector("#status:has-text('Paint:')", timeout=JOB_TIMEOUT_MS)
-        stroke(page, 0, (0.45, 0.45), (0.62, 0.52))
-        page.wait_for_function(f"!document.querySelector('#lesion-table tbody').innerText.includes('{rows[0][1]}')",
-                               timeout=JOB_TIMEOUT_MS)
-        assert total_mtv(page) > mtv, "painting added to the lesion"
+        wait_for_status(page, "Paint:", UI_TIMEOUT_MS)
+        stroke_and_wait(page, 0, (0.1, 0.5), (0.9, 0.5))
+        assert total_mtv(page) > mtv, "painting added to the segmentation"
         screenshot(page, tmp_path, "web-paint")
         page.click("#effect-none")
         page.click("#save-segmentation")
-        page.wait_for_selector("#saved-path", timeout=JOB_TIMEOUT_MS)
+        page.wait_for_selector("#saved-path", timeout=UI_TIMEOUT_MS)
         painted, predicted = read_image(saved).array, read_image(as_run).array
         assert (painted >= predicted).all() and painted.sum() > predicted.sum(), "Save keeps the correction"
 
         page.click("#add-to-training-set")
-        page.wait_for_selector("#case-id", timeout=JOB_TIMEOUT_MS)
+        page.wait_for_selector("#case-id", timeout=UI_TIMEOUT_MS)
         case_id = page.inner_text("#case-id").removeprefix("case ").strip()
         assert (training / "labelsTr" / f"{case_id}.nii.gz").is_file()
         assert (training / "imagesTr" / f"{case_id}_0001.nii.gz").is_file(), "PET on the CT grid"
@@ -123,7 +121,7 @@ def test_the_workflow_in_chromium(case, tmp_path):
         page.fill("#distil-steps", "100000")
         before = done_count(page)
         page.click("#distil")
-        page.wait_for_selector("#status[data-busy='distil']", timeout=JOB_TIMEOUT_MS)
+        page.wait_for_selector("#status[data-busy='distil']", timeout=UI_TIMEOUT_MS)
         page.click("#cancel")
         page.wait_for_function(f"Number(document.querySelector('#status').dataset.done) > {before}",
                                timeout=JOB_TIMEOUT_MS)
@@ -148,20 +146,20 @@ def test_a_dicom_study_loaded_in_the_page(tmp_path):
     with web_server("--out", str(tmp_path), "--models", str(tmp_path / "models"), "--device", "cpu",
                     "--threads", THREADS) as server, chromium_page() as page:
         page.goto(server.wait_for_address())
-        page.wait_for_selector("#status:has-text('load a CT and a PET')", timeout=JOB_TIMEOUT_MS)
+        page.wait_for_selector("#status:has-text('load a CT and a PET')", timeout=UI_TIMEOUT_MS)
         assert page.is_disabled("#run-student") and page.is_disabled("#save-segmentation")
         page.fill("#ct-path", str(folder / "CT" / "image"))
         page.fill("#pet-path", str(folder / "PET" / "image"))
         page.click("#load-study")
         assert "SUV" in wait_for_status(page, "loaded")
         page.click("#place-roi")
-        page.wait_for_selector("#roi-text", timeout=JOB_TIMEOUT_MS)
+        page.wait_for_selector("#roi-text", timeout=UI_TIMEOUT_MS)
         assert "done" in click_and_wait_done(page, "run-student")
         assert lesion_rows(page) and total_mtv(page) > 0.1
 
         page.fill("#pet-path", str(folder / "missing"))
         page.click("#load-study")
-        page.wait_for_selector("#status[data-error='true']", timeout=JOB_TIMEOUT_MS)
+        page.wait_for_selector("#status[data-error='true']", timeout=UI_TIMEOUT_MS)
         assert lesion_rows(page), "a failed load leaves the study and its result as they were"
 
 

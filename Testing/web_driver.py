@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("DISTILLSEG_CHROMIUM", "/usr/bin/chromium")
 STARTUP_TIMEOUT_S = 120
 JOB_TIMEOUT_MS = 600_000  # a hang guard, not a timing: Distil on a loaded 2-core machine
+UI_TIMEOUT_MS = 120_000  # the same for what happens without a job (a click, a stroke, a load)
 ADDRESS = re.compile(r"open (http://\S+)")
 
 
@@ -147,6 +148,14 @@ def stroke(page, view: int, start: tuple[float, float], end: tuple[float, float]
     for point in points[1:]:
         page.mouse.move(*point)
     page.mouse.up()
+
+
+def stroke_and_wait(page, view: int, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """:func:`stroke`, then wait until the server applied it (``#status[data-edits]`` grew)."""
+    before = int(page.get_attribute("#status", "data-edits") or 0)
+    stroke(page, view, start, end)
+    page.wait_for_function(f"Number(document.querySelector('#status').dataset.edits) > {before}",
+                           timeout=UI_TIMEOUT_MS)
 
 
 def total_mtv(page) -> float:
