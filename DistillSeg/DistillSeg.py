@@ -47,7 +47,7 @@ class DistillSeg(ScriptedLoadableModule):
             "PyTorch 2.8).<br>"
             'See the <a href="https://github.com/distillseg/SlicerDistillSeg#use-in-3d-slicer">documentation</a>.')
         self.parent.acknowledgementText = _(
-            "Methods: MuDuo (mutual distillation of modality-specific SAM-Med3D and SegAnyPET teachers), "
+            "Methods built on: MuDuo (dualview: mutual distillation of modality-specific SAM-Med3D and SegAnyPET teachers), "
             "KnowSAM (SAM-guided co-training with SAM-induced knowledge distillation) and TS-KD "
             "(task-specific knowledge distillation of a LoRA-fine-tuned foundation model). "
             "Data: The Cancer Imaging Archive (TCIA), CC BY 3.0: Vallieres M et al., Soft-tissue-Sarcoma, "

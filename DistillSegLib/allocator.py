@@ -16,7 +16,7 @@ line, the demo, training and the warm engine call it first) and puts them into t
 environment so that child processes (data loaders, ``torchrun`` workers, the module's
 engine) start with them. A variable already set by the user wins;
 ``DISTILLSEG_MALLOC_TUNING=0`` leaves glibc's defaults. Elsewhere (macOS, Windows, musl) it
-does nothing. Measured in ``benchmarks/allocator.py`` (README, "Speed").
+does nothing. Measured in ``benchmarks/allocator.py`` (docs/engine.md, "Speed").
 
 The price is that freed memory stays in the process: :func:`release_free_memory`
 (``malloc_trim``) hands it back after the large, rare phases (teacher tuning, each teacher

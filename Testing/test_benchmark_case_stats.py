@@ -57,7 +57,7 @@ def test_only_shared_seeds_and_cases_are_paired():
         case_stats.paired_gains({5: {"a": 1.0}}, base)
 
 
-def test_recorded_muduo_figures_match_the_issue(tmp_path):
+def test_recorded_muduo_figures_match_the_published_ones(tmp_path):
     """The published MuDuo run: +5.4 points, median case +3.2, t over cases +0.1 .. +10.7."""
     import json
 

@@ -1,6 +1,6 @@
 """Every failure is one clear line: ``error: ...`` and exit 2, nothing half-written, checks that
 need no model before any loading, progress that never garbles stderr, library warnings only
-with --debug (issue 14, items 6, 9-12)."""
+with --debug."""
 
 from __future__ import annotations
 

@@ -134,20 +134,20 @@ def test_demo_without_data_is_one_clear_error(tmp_path):
 def test_distillation_options_reach_the_strategy_and_bad_ones_are_named():
     from DistillSegLib.demo.run import DISTILLATION_OPTIONS, QUICK_SETTINGS, strategy_instance
 
-    strategy = strategy_instance("muduo", ("--consistency", "0.5", "--rampup-fraction", "0.25"))
+    strategy = strategy_instance("dualview", ("--consistency", "0.5", "--rampup-fraction", "0.25"))
     assert (strategy.config.consistency, strategy.config.rampup_fraction) == (0.5, 0.25)
-    defaults = strategy_instance("muduo")
+    defaults = strategy_instance("dualview")
     assert (defaults.config.consistency, defaults.config.selection, defaults.teaching.tune_steps) == (1.0, "none", 200)
-    assert strategy_instance("muduo", QUICK_SETTINGS.strategy_options).teaching.tune_steps == 0  # the demo's budget
+    assert strategy_instance("dualview", QUICK_SETTINGS.strategy_options).teaching.tune_steps == 0  # the demo's budget
     from DistillSegLib.distill.muduo import PAPER_OPTIONS, MuDuoConfig
 
-    paper = strategy_instance("muduo", PAPER_OPTIONS)  # the official script's settings, one option list away
+    paper = strategy_instance("dualview", PAPER_OPTIONS)  # the official script's settings, one option list away
     assert paper.config == MuDuoConfig(consistency=0.1, rampup_fraction=1.0, supervised_weight=0.5, selection="batch",
                                        confidence_weight=False, loss="dice")
     assert paper.teaching.tune_steps == 0
     assert QUICK_SETTINGS.strategy_options == DISTILLATION_OPTIONS
     with pytest.raises(DistillSegError, match="--consistncy"):
-        strategy_instance("muduo", ("--consistncy", "1"))
+        strategy_instance("dualview", ("--consistncy", "1"))
 
 
 def test_the_benchmark_refuses_a_bad_option_before_training(tmp_path):
@@ -155,14 +155,14 @@ def test_the_benchmark_refuses_a_bad_option_before_training(tmp_path):
     from DistillSegLib.demo.run import check_strategies
 
     with pytest.raises(DistillSegError, match="unknown --loss dicece"):
-        check_strategies(["muduo"], ("--loss", "dicece"))
+        check_strategies(["dualview"], ("--loss", "dicece"))
     with pytest.raises(DistillSegError, match="invalid choice: 'bogus'"):
         check_strategies(["tskd"], ("--selection", "bogus"))
     with pytest.raises(DistillSegError, match="unknown distillation strategy supervised"):
         check_strategies(["supervised"])
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "distillation.py"), "--out", str(tmp_path / "bench"),
-         "--strategies", "muduo", "--strategy-options", "--loss dicece"],
+         "--strategies", "dualview", "--strategy-options", "--loss dicece"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2, result.stderr
     assert "unknown --loss dicece" in result.stderr and "Traceback" not in result.stderr

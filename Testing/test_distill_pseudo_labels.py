@@ -1,4 +1,4 @@
-"""Issue 13's distillation pieces as pure functions: weighted pseudo-label losses, MuDuo's
+"""The distillation pieces as pure functions: weighted pseudo-label losses, MuDuo's
 per-case agreement weights, KnowSAM's entropy-guided mix-up, the round audit, the paired
 statistics of the benchmark, post-processing and the EMA prompting student."""
 

@@ -94,7 +94,7 @@ def test_muduo_runs_with_two_litemedsam_views(tiny_cases, warm_weights, tmp_path
     assert p_ct.max() > 0.5 and p_pet.max() > 0.5  # both views really segmented something
     assert not np.allclose(p_ct, p_pet)  # two different views, two different answers
     assert strategy.outputs.components[case_id]  # prompted per component of the student's mask
-    assert trainer.model_metadata()["strategy"] == "muduo"
+    assert trainer.model_metadata()["strategy"] == "dualview"
 
 
 def test_tskd_stage1_changes_only_lora_then_distils(tiny_cases, warm_weights, tmp_path):
@@ -148,7 +148,7 @@ def test_skd_switch_adds_kd_to_supervised(tiny_cases, warm_weights, tmp_path):
 
 
 def test_both_arms_restart_from_one_warm_up(tiny_cases, tmp_path, monkeypatch):
-    """Issue 13, item 7: the supervised arm gets the distilled arm's warm start, restart and steps."""
+    """A fair control: the supervised arm gets the distilled arm's warm start, restart and steps."""
     from DistillSegLib.demo.run import DemoSettings, train_students
     from DistillSegLib.demo.split import DemoSplit
     from DistillSegLib.progress import CancelToken, Progress
@@ -156,14 +156,14 @@ def test_both_arms_restart_from_one_warm_up(tiny_cases, tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILLSEG_CACHE", str(tmp_path / "cache"))
     labelled, unlabelled = tiny_cases
     split = DemoSplit((labelled.case_id,), (), (unlabelled.case_id,), 0)
-    settings = DemoSettings(steps=4, warmup_steps=2, strategies=("muduo",), refresh_every=10, val_every=100,
+    settings = DemoSettings(steps=4, warmup_steps=2, strategies=("dualview",), refresh_every=10, val_every=100,
                             batch_size=1, strategy_options=("--tune-teachers", "0"))
     trained = train_students(split, {c.case_id: c for c in tiny_cases}, CONFIG, settings, tmp_path / "models",
                              Progress(enabled=False), CancelToken())
-    assert set(trained) == {"supervised", "muduo"}
-    for name in ("supervised", "muduo"):
+    assert set(trained) == {"supervised", "dualview"}
+    for name in ("supervised", "dualview"):
         assert [h["step"] for h in trained[name]["history"]] == [1, 2, 3, 4]  # warm-up 1-2, own restart 3-4
         assert trained[name]["warmup_seconds"] > 0
     # same warm-up losses: the same run, shared
-    assert [h["loss"] for h in trained["supervised"]["history"][:2]] == [h["loss"] for h in trained["muduo"]["history"][:2]]
+    assert [h["loss"] for h in trained["supervised"]["history"][:2]] == [h["loss"] for h in trained["dualview"]["history"][:2]]
     assert (tmp_path / "models" / "warmup.pt").exists()

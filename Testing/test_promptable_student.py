@@ -326,6 +326,57 @@ def test_boxdistil_learns_the_teachers_answer_to_a_box(prepared, sts_001):
     assert torch.isfinite(loss) and "teacher_boxes" in logs
 
 
+def test_boxself_answers_each_box_with_the_student_itself(prepared):
+    """The control without a teacher: no teacher is loaded, the answer to a box is the
+    student's own prompted answer, inside the box, and it trains like boxdistil's."""
+    from dataclasses import replace
+
+    from DistillSegLib.distill import get_strategy_class
+    from DistillSegLib.distill.box_distillation import BoxSelfTrainingStrategy, prompt_window, student_answer
+
+    truth = prepared.label > 0
+    low, high = bounding_box_of(truth)
+    box = (low, high)
+    window = prompt_window(box, prepared.shape, TINY)
+    for axis, piece in enumerate(window):  # the box and a patch of context, inside the case
+        assert piece.start <= low[axis] and piece.stop > high[axis] and piece.stop <= prepared.shape[axis]
+        assert piece.stop - piece.start >= min(TINY.patch_size[axis], prepared.shape[axis])
+    unlabelled = replace(prepared, label=None, source=None)  # the student needs no image of the source case
+    trainer = make_trainer([prepared], unlabelled=[unlabelled], steps=2,
+                           prompt_simulation=PromptSimulation(prompt_free_fraction=0.0, max_clicks=0))
+    assert get_strategy_class("boxself") is BoxSelfTrainingStrategy
+    strategy = BoxSelfTrainingStrategy(boxes_per_case=2)
+    strategy.setup(trainer)
+    assert strategy.model is None
+    answer = student_answer(trainer, unlabelled, box)
+    inside = np.zeros(prepared.shape, bool)
+    inside[tuple(slice(a, b + 1) for a, b in zip(low, high))] = True
+    assert answer.shape == prepared.shape and not answer[~inside].any()
+
+    class Says(torch.nn.Module):  # a network that answers one class everywhere, and checks its input
+        def __init__(self, foreground: bool):
+            super().__init__()
+            self.foreground = foreground
+
+        def forward(self, x):
+            assert x.shape[1] == 2 + len(TINY.prompt_channels)  # image + the box as prompt channels
+            logits = torch.zeros((x.shape[0], 2, *x.shape[2:]))
+            logits[:, int(self.foreground)] = 1.0
+            return logits
+
+    assert np.array_equal(student_answer(trainer, unlabelled, box, Says(True)) > 0, inside)  # the whole box
+    assert not student_answer(trainer, unlabelled, box, Says(False)).any()
+    trainer.step_rng = np.random.default_rng(0)
+    trainer.prompt_simulation = PromptSimulation(prompt_free_fraction=0.0, max_clicks=0)
+    strategy.on_round_start(trainer, 0)
+    assert len(strategy.answers.answers.get(prepared.case_id, [])) in (0, 2)
+    strategy.answers.add(prepared.case_id, box, truth.astype(np.uint8))
+    trainer.strategy = strategy
+    loss, logs = strategy.loss(trainer, 1)
+    assert torch.isfinite(loss) and "own_boxes" in logs
+    assert strategy.metadata()["teacher"] is None
+
+
 def test_boxdistil_needs_a_promptable_student(prepared):
     from dataclasses import replace
 

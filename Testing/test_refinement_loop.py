@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Roles as in the demo split (STS_002 labelled, STS_019 validation, the others unlabelled).
 TINY = DemoSplit(labelled=("STS_002",), validation=("STS_019",), unlabelled=("STS_025", "STS_008"), seed=0)
 TINY_SETTINGS = LoopSettings(round_size=1, rounds=2, initial_steps=2, round_steps=1, scratch_arms=(),
-                             strategy="muduo", strategy_options=("--consistency", "0.5", "--tune-teachers", "0"),
+                             strategy="dualview", strategy_options=("--consistency", "0.5", "--tune-teachers", "0"),
                              refresh_every=1)
 SEED = 3
 
@@ -61,7 +61,7 @@ class InProcessWorkbench(EngineWorkbench):
     """The engine workbench with each Distil run in this process through the `distillseg` entry
     point (the same `train` arguments, without an interpreter start-up per round), recording them.
     The distillation strategy's teacher rounds are left out (LiteMedSAM costs minutes on a CPU;
-    the strategies are tested in test_distill_strategies.py): a muduo Distil trains supervised."""
+    the strategies are tested in test_distill_strategies.py): a dualview Distil trains supervised."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -120,11 +120,11 @@ def test_each_round_starts_from_the_previous_student(tiny_loop):
 def test_the_distillation_arm_learns_from_the_pool_not_yet_corrected(tiny_loop):
     _, workbench, records = tiny_loop
     rounds = records[DISTILLATION]["rounds"]
-    assert [r["strategy"] for r in rounds] == ["muduo", "muduo", SUPERVISED]  # the pool is used up in round 2
+    assert [r["strategy"] for r in rounds] == ["dualview", "dualview", SUPERVISED]  # the pool is used up in round 2
     assert [len(r["unlabelled"]) for r in rounds] == [2, 1, 0] and "no unlabelled study left" in rounds[2]["note"]
     distil_calls = [c for c in workbench.calls if "round" in Path(c[c.index("--out") + 1]).name
                     and f"/{DISTILLATION}/" in c[c.index("--out") + 1]]
-    assert [c[c.index("--strategy") + 1] for c in distil_calls] == ["muduo", "muduo", SUPERVISED]
+    assert [c[c.index("--strategy") + 1] for c in distil_calls] == ["dualview", "dualview", SUPERVISED]
     for call in distil_calls[:2]:
         assert call[call.index("--unlabelled") + 1] == "rest"  # the module's Distil: the training set's studies
         assert call[call.index("--consistency") + 1] == "0.5" and call[call.index("--refresh-every") + 1] == "1"

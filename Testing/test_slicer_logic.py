@@ -202,7 +202,7 @@ def test_corrected_segmentation_round_trips_and_same_case_is_replaced(study, log
 
     case_id = logic.addToTrainingSet(dataset, ct, pet)  # no segmentation: added unlabelled
     assert [(c.case_id, c.labelled) for c in find_cases(dataset)] == [(case_id, False)]
-    assert logic.trainCommand(dataset, "muduo", "new.pt")[-2:] == ["--unlabelled", "rest"]
+    assert logic.trainCommand(dataset, "dualview", "new.pt")[-2:] == ["--unlabelled", "rest"]
     assert "--unlabelled" not in logic.trainCommand(dataset, "supervised", "new.pt")
 
     assert logic.addToTrainingSet(dataset, ct, pet, segmentation) == case_id
@@ -509,7 +509,7 @@ def test_a_new_roi_is_placed_around_the_pet_hot_spot_and_an_empty_one_is_refused
 
     # The widget searches what the red slice view shows; here a view around the lesion. (On
     # STS_001 the hottest PET voxel of the whole crop is not in the tumour: the user navigates
-    # to the lesion first, as the README says.)
+    # to the lesion first, as docs/slicer.md says.)
     mask = read_image(folder / "CT_mask.nii.gz")
     view = np.concatenate(roi_from_mask(mask, 30.0))
     hot_low, hot_high = Pet.hotSpotBox(pet, view, margin_mm=0.0)  # the 41%-of-SUVmax region itself
@@ -559,10 +559,10 @@ def test_teacher_selection_becomes_train_options():
     assert arguments("knowsam", "litemedsam", None) == []
     assert arguments("tskd", "sam", "sam_vit_b_01ec64.pth") == ["--teacher", "sam", "--teacher-checkpoint",
                                                                  "sam_vit_b_01ec64.pth"]
-    assert arguments("muduo", "seganypet", "p.pth") == ["--pet-teacher", "seganypet", "--pet-teacher-checkpoint",
+    assert arguments("dualview", "seganypet", "p.pth") == ["--pet-teacher", "seganypet", "--pet-teacher-checkpoint",
                                                         "p.pth"]
     with pytest.raises(LogicError, match="needs its checkpoint"):
-        arguments("muduo", "sam-med3d", "")
+        arguments("dualview", "sam-med3d", "")
     with pytest.raises(LogicError, match="cannot use teacher"):
         arguments("knowsam", "seganypet", "p.pth")
 
@@ -660,3 +660,33 @@ def test_a_study_is_exported_for_the_engine_once_per_version_and_uncompressed(st
     assert again != first and not first.exists() and read_image(again).array.flat[0] == 1234
     logic.cleanup()
     assert not again.exists()
+
+
+def test_runs_on_one_study_reuse_its_exported_volumes_until_the_ct_changes(study, logic, scene, tiny_student):
+    """One trip for the data: the CT and PET are converted and written for the engine once per
+    loaded study; a second Run reuses them, a changed CT is written again (only the CT)."""
+    folder, ct, pet = study
+    roi = slicer.vtkMRMLMarkupsROINode()
+    scene.AddNode(roi)
+    logic.placeRoiAroundSegmentation(roi, logic.importLabelmap(folder / "CT_mask.nii.gz", ct, name="reference"), ct)
+
+    def run() -> None:
+        ended = []
+        logic.startSegmentation(ct, pet, tiny_student, roi, "cpu", onFinished=ended.append)
+        logic.runner.wait(PROCESS_TIMEOUT_S)
+        assert ended and ended[0].ok, ended[0].message
+
+    run()
+    ct_file, pet_file = logic.exportedVolume(ct), logic.exportedVolume(pet)
+    files = {p: p.stat().st_mtime_ns for p in ct_file.parent.iterdir()}
+    assert set(files) == {ct_file, pet_file}  # the first Run wrote both, nothing else stays
+    stats_volume = logic.study.nodeVolume(pet)
+    run()
+    assert {p: p.stat().st_mtime_ns for p in ct_file.parent.iterdir()} == files  # nothing written again
+    assert logic.study.nodeVolume(pet) is stats_volume  # and nothing converted again
+    ct.GetImageData().GetPointData().GetScalars().SetValue(0, -999)  # the CT's voxels change
+    ct.GetImageData().Modified()
+    run()
+    now = {p: p.stat().st_mtime_ns for p in ct_file.parent.iterdir()}
+    assert not ct_file.exists() and now[pet_file] == files[pet_file] and len(now) == 2
+    assert logic.study.nodeVolume(ct).array.flat[0] == -999

@@ -182,7 +182,7 @@ def test_every_ui_name_used_in_code_exists_with_the_expected_class():
                      "addToTrainingSetButton", "trainingSetPathLineEdit", "strategyComboBox", "distilButton",
                      "cancelDistilButton", "distilProgressBar", "statusLabel", "loadFilesButton", "loadDicomButton",
                      "loadSampleButton", "placeRoiButton"):
-        assert required in used, f"{required} is in the issue's GUI but the code never uses it"
+        assert required in used, f"{required} is in the specified GUI but the code never uses it"
 
 
 def test_ui_choices_match_the_logic():

@@ -1,5 +1,5 @@
 """``distillseg train``: a resume keeps the arguments it started with, an empty case list is not
-"all", one run at a time per model file, and checks that need no data come first (issue 14)."""
+"all", one run at a time per model file, and checks that need no data come first."""
 
 from __future__ import annotations
 

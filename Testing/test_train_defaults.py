@@ -29,11 +29,11 @@ def test_the_default_warm_up_depends_on_strategy_and_init():
     parser = build_parser()
     base = ["train", "--data", "d", "--out", "m.pt"]
     for extra, expected in ((["--strategy", "selftrain"], DEFAULT_WARMUP_STEPS),
-                            (["--strategy", "muduo"], DEFAULT_WARMUP_STEPS),
-                            (["--strategy", "muduo", "--init", "s.pt"], 0),
+                            (["--strategy", "dualview"], DEFAULT_WARMUP_STEPS),
+                            (["--strategy", "dualview", "--init", "s.pt"], 0),
                             ([], 0),  # supervised
-                            (["--strategy", "muduo", "--warmup-steps", "0"], 0),
-                            (["--strategy", "muduo", "--init", "s.pt", "--warmup-steps", "7"], 7)):
+                            (["--strategy", "dualview", "--warmup-steps", "0"], 0),
+                            (["--strategy", "dualview", "--init", "s.pt", "--warmup-steps", "7"], 7)):
         args = parser.parse_args(base + extra)
         assert warmup_steps_for(args.strategy, args.warmup_steps, bool(args.init)) == expected, extra
     assert DEFAULT_WARMUP_STEPS == 200  # the benchmark's protocol
@@ -70,18 +70,18 @@ def test_preset_paper_sets_the_papers_options_and_explicit_ones_win():
     from DistillSegLib.distill.presets import apply_preset
     from DistillSegLib.errors import DistillSegError
 
-    paper = strategy_instance("muduo", ("--preset", "paper"))
+    paper = strategy_instance("dualview", ("--preset", "paper"))
     assert paper.config == MuDuoConfig(consistency=0.1, rampup_fraction=1.0, supervised_weight=0.5,
                                        selection="batch", confidence_weight=False, loss="dice")
     assert paper.teaching.tune_steps == 0
-    assert strategy_instance("muduo", ("--preset", "paper", "--consistency", "0.3")).config.consistency == 0.3
+    assert strategy_instance("dualview", ("--preset", "paper", "--consistency", "0.3")).config.consistency == 0.3
     assert strategy_instance("knowsam", ("--preset", "paper")).config.prompt_from == "fused"
     assert strategy_instance("knowsam", ("--preset", "paper")).config.teacher_tuning == "lora"
     assert strategy_instance("tskd", ("--preset", "paper")).config.tuning == "lora"
-    assert strategy_instance("muduo").config == MuDuoConfig()  # no preset: the defaults
+    assert strategy_instance("dualview").config == MuDuoConfig()  # no preset: the defaults
     parser = argparse.ArgumentParser()
     add_distillation_arguments(parser)
-    caveats = apply_preset(parser.parse_args(["--preset", "paper"]), "muduo")
+    caveats = apply_preset(parser.parse_args(["--preset", "paper"]), "dualview")
     assert any("SAM-Med3D" in c for c in caveats)  # what the preset cannot restore is said
     with pytest.raises(DistillSegError, match="no paper configuration"):
         strategy_instance("selftrain", ("--preset", "paper"))
@@ -110,3 +110,13 @@ def test_help_and_methods_page_name_every_strategy_and_its_departures(cli):
 def test_a_strategy_without_unlabelled_cases_is_refused_before_the_warm_up(data, tmp_path, cli):
     result = cli("train", "--data", data, "--labelled", "STS_001", "--strategy", "selftrain", "--out", tmp_path / "x.pt")
     assert result.returncode == 2 and "--unlabelled" in result.stderr and result.stdout == ""
+
+
+def test_the_former_name_muduo_is_refused_with_what_to_use(data, tmp_path, cli):
+    """``muduo``'s defaults are not the paper's method, so the strategy is ``dualview``; a script
+    that still asks for ``muduo`` stops with one line saying what to use, before anything loads."""
+    result = cli("train", "--data", data, "--labelled", "STS_001", "--unlabelled", "STS_002", "--strategy", "muduo",
+                 "--out", tmp_path / "x.pt")
+    assert result.returncode == 2 and result.stdout == "" and not (tmp_path / "x.pt").exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "dualview" in lines[0] and "--preset paper" in lines[0], result.stderr

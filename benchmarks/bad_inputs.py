@@ -18,8 +18,9 @@ warning or a correct result was possible (not silent, listed apart). Target: 0 s
 
 Each command runs in a process forked from one warm parent (torch and MONAI imported once),
 with its own stdout/stderr files and a time limit; the engine's inputs go to one real
-``distillseg serve`` process. The inputs come from two rounds of hostile testing: issue 14's
-(``Testing/test_cli_errors.py``, ``test_plausibility.py``, ``test_dicom.py``) and issue 23's.
+``distillseg serve`` process. The inputs come from two rounds of hostile testing: round 1
+(``Testing/test_cli_errors.py``, ``test_plausibility.py``, ``test_dicom.py``) and round 2
+(the engine's protocol, geometry and PET headers). Older JSON files name them by their tracker entries (14, 23).
 The student is the bundled ``sts-petct-crop``; everything runs on the STS crops, so the whole
 catalogue takes a few minutes on a 2-core CPU::
 
@@ -69,7 +70,7 @@ class BadInput:
     """One input of the catalogue: the command line and what a careful reader expects of it."""
 
     name: str
-    round: str  # "issue 14" or "issue 23"
+    round: str  # "round 1" or "round 2"
     kind: str  # "refuse", "warn" or "correct"
     expected: str  # in words, for the table
     argv: list[str] = field(default_factory=list)
@@ -258,8 +259,8 @@ def build(work: Path, timeout: float) -> list[BadInput]:  # noqa: C901 - one cat
     def pet_variant(name: str, edit: Callable) -> Path:
         return dicom_copy(raw_files, work / name, edit)
 
-    # ===================================================================== issue 23
-    r = "issue 23"
+    # ===================================================================== round 2
+    r = "round 2"
     # -- scan timing (DICOM PET SUV)
     folder = pet_variant("inj_after_scan", lambda ds, i: setattr(radio(ds), "RadiopharmaceuticalStartDateTime",
                                                                   "20000907114511"))
@@ -533,8 +534,8 @@ def build(work: Path, timeout: float) -> list[BadInput]:  # noqa: C901 - one cat
         ["predict", "--model", MODEL, "--ct", one_slice, "--pet", pet, "--roi", "all", "--out", work / "one.nii.gz"],
         "single voxel thick")
 
-    # ===================================================================== issue 14 (last round)
-    r = "issue 14"
+    # ===================================================================== round 1 (listed last)
+    r = "round 1"
     (work / "empty.nii.gz").write_bytes(b"")
     (work / "text.nii.gz").write_text("not an image\n")
     (work / "empty.pt").write_bytes(b"")
@@ -683,9 +684,9 @@ ENGINE_LINES = [
 
 def run_engine(timeout: float) -> list[BadInput]:
     """All engine inputs to one ``distillseg serve``, then its input closed: every line answered, then ``bye``."""
-    items = [BadInput(name, "issue 23", "refuse", "an error reply; the engine keeps reading", fragment=fragment)
+    items = [BadInput(name, "round 2", "refuse", "an error reply; the engine keeps reading", fragment=fragment)
              for name, _, fragment in ENGINE_LINES]
-    closing = BadInput("engine: stdin closed after the lines above", "issue 23", "refuse",
+    closing = BadInput("engine: stdin closed after the lines above", "round 2", "refuse",
                        "bye, exit 0 (no process left)", fragment="bye")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     started = time.perf_counter()
@@ -781,8 +782,8 @@ def main() -> int:
     print(f"\n{'input':<{width}}  {'round':<8}  {'expected':<45}  {'verdict':<14}  got")
     for item in items:
         print(f"{item.name:<{width}}  {item.round:<8}  {item.expected[:45]:<45}  {item.verdict:<14}  {item.got}")
-    print(f"\n{len(items)} inputs ({sum(i.round == 'issue 23' for i in items)} of issue 23, "
-          f"{sum(i.round == 'issue 14' for i in items)} of issue 14): "
+    print(f"\n{len(items)} inputs ({sum(i.round == 'round 2' for i in items)} of round 2, "
+          f"{sum(i.round == 'round 1' for i in items)} of round 1): "
           + ", ".join(f"{n} {v}" for v, n in sorted(tally.items())))
     print(f"wall {wall:.0f} s, load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}")
     result = {

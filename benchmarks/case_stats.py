@@ -14,7 +14,7 @@ Input: the ``runs`` of ``benchmarks/distillation.py``'s JSON (``per_case_dice`` 
 seed). Gains are in Dice points (100 x Dice difference).
 
     python benchmarks/case_stats.py benchmarks/results/distillation_muduo_weighted.json:muduo
-    python benchmarks/case_stats.py A.json:muduo:selftrain:B.json --out stats.json
+    python benchmarks/case_stats.py A.json:dualview:selftrain:B.json --out stats.json
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ is also given at the case level (:mod:`case_stats`: a bootstrap over cases x see
 median case, leave-one-case-out), and, when ``selftrain`` runs, each distillation strategy
 is compared with it: the control with the same schedule and no teacher.
 
-The target of issue 6: a distilled student beating the supervised one by >= 3 Dice points
+The project's target: a distilled student beating the supervised one by >= 3 Dice points
 (mean of three seeds) while running >= 20x faster per case than the LiteMedSAM teacher on
 both modalities (``--teacher-cases`` times the teacher on the first validation cases).
 
@@ -20,10 +20,10 @@ teacher rounds cost minutes per unlabelled case, so runs are cut with the option
 every departure from the protocol is written to the JSON under ``cuts`` with the reason.
 
     .venv/bin/python benchmarks/distillation.py --out benchmarks/results/distillation
-    # the CPU runs of benchmarks/results/distillation_muduo_weighted.json (MuDuo's defaults)
+    # the CPU runs of benchmarks/results/distillation_muduo_weighted.json (dualview's defaults, then named muduo)
     # and distillation_tskd.json (--strategies tskd); the strategy options of the older
     # runs are in each JSON's "command":
-    .venv/bin/python benchmarks/distillation.py --out /tmp/bench/muduo --seeds 0,1,2 --strategies muduo \\
+    .venv/bin/python benchmarks/distillation.py --out /tmp/bench/dualview --seeds 0,1,2 --strategies dualview \\
         --steps 600 --warmup-steps 200 --refresh-every 200 --max-unlabelled-cases 6 --teacher-cases 0 --threads 1
     # the control without a teacher, frozen protocol benchmarks/protocols/teacher_vs_selftrain.json
     # (distillation_selftrain_seeds012.json + _seeds34.json; case statistics: benchmarks/case_stats.py)

@@ -14,7 +14,7 @@ Workloads (the demo split of ``DistillSegLib/demo/split.py``: labelled STS_001-0
 
 * ``box``: ``predict --teacher litemedsam --prompt-box`` around STS_019's tumour (the
   radiologist's box; the slice walk of the interactive teacher);
-* ``muduo``, ``tskd``: the Slicer module's *Distil* (``distil_arguments``, default steps and
+* ``dualview``, ``tskd``: the Slicer module's *Distil* (``distil_arguments``, default steps and
   round length) with that strategy on the 5 labelled cases and the 15-case pool;
 * ``demo-quick``, ``demo``: ``distillseg demo --quick`` and the full ``distillseg demo``.
 
@@ -22,8 +22,8 @@ A run longer than ``--time-limit`` is stopped and recorded as unfinished, with t
 up to then (so is one that ends with a signal, e.g. the system's out-of-memory killer:
 ``returncode`` -9). Memory figures are in GiB (2^30 bytes), like ``free -g``. Results are merged into ``benchmarks/results/memory.json`` under ``--label``.
 
-    nice -n 10 .venv/bin/python benchmarks/memory.py --label after --workloads muduo
-    nice -n 10 .venv/bin/python benchmarks/memory.py --label before --code /work/main --workloads muduo
+    nice -n 10 .venv/bin/python benchmarks/memory.py --label after --workloads dualview
+    nice -n 10 .venv/bin/python benchmarks/memory.py --label before --code /work/main --workloads dualview
     .venv/bin/python benchmarks/memory.py --summarise
 """
 
@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DISTILLSEG_DATA", ROOT.parent / "shared" / "data"))
 RESULTS = ROOT / "benchmarks" / "results" / "memory.json"
-WORKLOADS = ("box", "muduo", "tskd", "demo-quick", "demo")
+WORKLOADS = ("box", "dualview", "tskd", "demo-quick", "demo")
 GB = 2 ** 30
 
 
@@ -80,7 +80,7 @@ def command(workload: str, code: Path, work: Path, steps: int | None) -> list[st
         return ["predict", "--teacher", "litemedsam", f"--prompt-box={tumour_box_ras(case)}",
                 "--ct", str(case / "CT_image.nii.gz"), "--pet", str(case / "PET_image.nii.gz"),
                 "--out", str(work / "box.nii.gz"), "--threads", "1", "--json-progress"]
-    if workload in ("muduo", "tskd"):
+    if workload in ("dualview", "tskd"):
         labelled, unlabelled = demo_split(code)
         arguments = ["train", "--data", str(sts), "--strategy", workload, "--out", str(work / f"{workload}.pt"),
                      "--json-progress", "--labelled", ",".join(labelled), "--unlabelled", ",".join(unlabelled),
@@ -174,7 +174,7 @@ def summarise(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workloads", default="box,muduo,tskd,demo-quick",
+    parser.add_argument("--workloads", default="box,dualview,tskd,demo-quick",
                         help=f"comma-separated, from {', '.join(WORKLOADS)}")
     parser.add_argument("--label", default="after", help="key of this measurement in the JSON (before/after)")
     parser.add_argument("--code", default=str(ROOT), help="engine checkout to measure (PYTHONPATH)")

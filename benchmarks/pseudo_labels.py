@@ -1,6 +1,6 @@
 """Pseudo-label quality: what the teachers give back for a student's prompts, per way of prompting.
 
-The fast signal of issue 13: no training, only one teacher round. A student model prompts
+The fast signal for the distillation's pseudo-labels: no training, only one teacher round. A student model prompts
 LiteMedSAM (CT on the CT grid / PET on its native grid, or both on the student grid) on
 unlabelled cases of the demo split; each configuration's teacher outputs and their fusion
 are scored against the cases' labels (which training never reads), beside the prompting

@@ -12,18 +12,18 @@ replaced by the reference, ``setSegmentMask``), *Add to training set* (``addToTr
 the nnU-Net training set, ``DS_<hash>`` ids), *Distil* (``startDistillation``). Validation
 scoring runs in this process with the engine's ``predict_case`` and ``evaluate_folders``.
 
-Two arms: ``supervised``, and ``distillation`` (``--strategy``, default muduo, with the pool's
+Two arms: ``supervised``, and ``distillation`` (``--strategy``, default dualview, with the pool's
 cases not yet corrected as unlabelled studies of the training set). Every arm of every seed
 keeps its record in ``WORK/seed<S>/<arm>/loop.json`` after each round; running the same
 command again continues where it stopped, and ``--summarise`` rewrites the table, JSON and
 figure from every record in ``WORK`` (seeds and arms may run as separate commands).
 
 The demo split has 15 unlabelled cases, so rounds of 5 give 3 rounds (5 -> 20 labelled
-cases): the issue's 4 rounds (5 -> 25) would need 5 validation cases in the training set.
+cases): 4 rounds (5 -> 25) would need 5 validation cases in the training set.
 
     DISTILLSEG_DATA=../shared/data DISTILLSEG_CACHE=/work/cache DISTILLSEG_EMBEDDING_DISK_GB=40 \\
         .venv/bin/python benchmarks/refinement_loop.py --seeds 0,1 --arms supervised
-    ... --seeds 0,1 --arms distillation --strategy tskd --scratch-arms ""   # the run in the README
+    ... --seeds 0,1 --arms distillation --strategy tskd --scratch-arms ""   # the run in docs/methods.md
     ... --summarise      # table, benchmarks/results/refinement_loop.json and .png from every record
 """
 

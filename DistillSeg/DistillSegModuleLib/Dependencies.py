@@ -109,8 +109,8 @@ def providedProblems(provided: Sequence[Requirement], installed: Mapping[str, st
 
 
 # Why DistillSeg cannot run in Slicer's Python on macOS (measured in a torch 2.2.2 stack on
-# Linux, README "Use in 3D Slicer"); shown by the installer and said in the module's help,
-# the README and the extension's description.
+# Linux, docs/slicer.md); shown by the installer and said in the module's help,
+# the README, docs/slicer.md and the extension's description.
 MACOS_UNSUPPORTED = (
     "DistillSeg does not run in 3D Slicer on macOS. Slicer's Python on macOS is x86_64 (Intel, or "
     "Rosetta on Apple silicon), for which PyTorch publishes nothing newer than torch 2.2.2; the engine "

@@ -22,9 +22,11 @@ cleanly: the last checkpoint stays usable and an existing MODEL is left untouche
 Under torchrun the run is data-parallel (DDP; gloo on CPU, nccl on CUDA).
 
 Strategies: supervised; selftrain (the control: the distillation schedule with the student's
-own pseudo-labels, no teacher); muduo, knowsam, tskd (foundation-model teachers). Their
+own pseudo-labels, no teacher); dualview, knowsam, tskd (foundation-model teachers). Their
 defaults depart from the papers (teachers asked in rounds, tuned LiteMedSAM teachers, other
-loss weights; muduo at its defaults is closer to a dual-view TS-KD than to MuDuo):
+loss weights). dualview is MuDuo's dual-view distillation (CT and PET teachers, random
+fusion) with defaults close to a dual-view TS-KD, hence its own name; MuDuo as published is
+"--strategy dualview --preset paper" (the former name "muduo" is refused with this advice):
 docs/methods.md lists every departure and how it was chosen; --preset paper restores what
 an option can. Without --init a strategy first warms up supervised (--warmup-steps 200).
 

@@ -12,7 +12,7 @@ The loop the Slicer module offers a radiologist, simulated on the demo's split
   set; a new student is distilled starting from the previous one (``train --init``, the
   module's *Distil*); it is scored on the validation cases (Dice, HD95, lesion F1, and the
   effort its segmentations would need: a yardstick on the same cases every round).
-* two arms: ``supervised``, and ``distillation`` with a strategy (default ``muduo``) that
+* two arms: ``supervised``, and ``distillation`` with a strategy (default ``dualview``) that
   also learns from the pool's cases not yet corrected (added to the training set without a
   label, as the module's *Add to training set* does for a study without segmentation).
   Its first student is distilled from the initial one before round 1; when the pool is
@@ -88,7 +88,7 @@ class LoopSettings:
     initial_steps: int = 1200
     round_steps: int = 400
     scratch_arms: tuple[str, ...] = (SUPERVISED,)
-    strategy: str = "muduo"
+    strategy: str = "dualview"
     strategy_options: tuple[str, ...] = ()
     refresh_every: int = 400
     roi_margin_mm: float = ROI_MARGIN_MM
@@ -536,7 +536,7 @@ def run_loop(workbench: Workbench, data_dir: Path, split: DemoSplit, seeds: Sequ
              initial_model: Path | None = None) -> list[dict[str, Any]]:
     """Every arm of every seed; returns their records (see :func:`run_arm`). ``initial_model``:
     start from this student (trained on the split's labelled cases) instead of training one."""
-    from .run import write_labels
+    from .ground_truth import write_labels
 
     progress = progress or Progress(enabled=False)
     cancel = cancel or CancelToken()
@@ -555,7 +555,7 @@ def run_loop(workbench: Workbench, data_dir: Path, split: DemoSplit, seeds: Sequ
 # ----------------------------------------------------------------------------- summary
 
 def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per arm and round, means over the seeds finished so far, and the issue's targets.
+    """Per arm and round, means over the seeds finished so far, and the loop's targets.
 
     Returns ``{"arms": {arm: [{"round", "labelled_cases", "seeds", "effort_ml", "drawn_fraction",
     "slices_touched", "validation_dice", "validation_hd95_mm", "validation_lesion_f1",
@@ -599,7 +599,7 @@ def summarise(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def targets(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The issue's targets on one arm's rows: effort per case falls >= 40 % from the first to
+    """The loop's targets on one arm's rows: effort per case falls >= 40 % from the first to
     the last round; validation Dice after the last round >= 0.80; every Distil ``--init`` (the
     distillation arm's first one included) <= 10 min."""
     with_effort = [r for r in rows if r["effort_ml"] is not None]

@@ -5,7 +5,7 @@ unlabelled), with one seed:
 
 1. the classic SUV-threshold baseline (41% of SUVmax, :mod:`DistillSegLib.metrics.baselines`);
 2. the supervised student (``supervised`` strategy, labelled cases only);
-3. one or more distilled students (default ``muduo``; teachers: the embedded LiteMedSAM
+3. one or more distilled students (default ``dualview``; teachers: the embedded LiteMedSAM
    on the CT and on the PET view), same split, seed and number of steps;
 4. the LiteMedSAM teacher on the validation cases, on CT and on PET, prompted with boxes
    from the (first) distilled student's prediction: the teacher's realistic, prompt-free
@@ -44,6 +44,7 @@ from ..io.case import Case
 from ..errors import CancelledError, DistillSegError
 from ..progress import CancelToken, Progress
 from ..io.volume import Volume, write_image
+from .ground_truth import write_labels
 from .split import QUICK_UNLABELLED_CASES, QUICK_VALIDATION_CASES, DemoSplit, sts_split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +85,7 @@ class DemoSettings:
 
     steps: int = 600
     warmup_steps: int = 200
-    strategies: tuple[str, ...] = ("muduo",)
+    strategies: tuple[str, ...] = ("dualview",)
     seed: int = 0
     max_validation: int | None = None
     max_unlabelled: int | None = 4
@@ -113,7 +114,7 @@ class DemoSettings:
         return data
 
 
-# The full demo aims at < 30 min and --quick at < 5 min on 2 CPU cores (issue 6). The
+# The full demo aims at < 30 min and --quick at < 5 min on 2 CPU cores (a laptop's budget). The
 # teacher dominates: LiteMedSAM's encoder costs ~75 GFLOP, about 2.8 s of this CPU, per
 # axial slice and modality, whatever the slice size (the decoder ~0.2 s), i.e. minutes per
 # case, both in the distillation round (unlabelled cases, student grid) and in the
@@ -122,10 +123,10 @@ class DemoSettings:
 # cases (59 slices x 2, ~5.5 min; the ground-truth-box upper bound reuses the embeddings),
 # students 600 + 400 steps with validation curves (~9 min). The students and the SUV
 # baseline are evaluated on the whole validation list.
-# MuDuo's defaults tune both teachers' decoders on the labelled cases first (200 steps):
+# dualview's defaults tune both teachers' decoders on the labelled cases first (200 steps):
 # that samples ~400 labelled slices whose embeddings an empty cache must compute first
 # (~10 min on 2 cores), which the demo's 30 min cannot hold; the demo distils with the
-# shipped teachers and MuDuo's other defaults. The benchmark (benchmarks/distillation.py,
+# shipped teachers and dualview's other defaults. The benchmark (benchmarks/distillation.py,
 # results/distillation_muduo_weighted.json) measures the defaults, tuning included.
 DISTILLATION_OPTIONS = ("--tune-teachers", "0")
 FULL_SETTINGS = DemoSettings(max_unlabelled=3, max_teacher_cases=2, strategy_options=DISTILLATION_OPTIONS)
@@ -155,18 +156,6 @@ def resolve_data_dir(data: str | os.PathLike | None) -> Path:
 
 
 # ----------------------------------------------------------------------------- steps
-
-def write_labels(cases: Sequence[Case], folder: Path) -> dict[str, Path]:
-    """Ground truth of ``cases`` on their CT grid as ``folder/<case>.nii.gz`` (0/1 uint8)."""
-    paths = {}
-    for case in cases:
-        label = case.label_on_ct
-        if label is None:
-            raise DistillSegError(f"validation case {case.case_id} has no label")
-        paths[case.case_id] = write_image(label.with_array((label.array > 0).astype(np.uint8)),
-                                          folder / f"{case.case_id}.nii.gz")
-    return paths
-
 
 def run_suv_baseline(cases: Sequence[Case], folder: Path, progress: Progress, cancel: CancelToken) -> dict[str, Any]:
     """41% of SUVmax on every case (ROI = the whole crop); writes the masks; timings and thresholds."""
@@ -297,7 +286,7 @@ def train_students(
     cancel: CancelToken,
     errors: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The supervised student and each distilled one, under one protocol (issue 13, item 7).
+    """The supervised student and each distilled one, under one protocol, so that the control differs only by the teachers.
 
     With distillation strategies: a supervised warm-up of ``settings.warmup_steps`` steps
     (its own learning-rate schedule) gives the common starting weights; then *every* arm

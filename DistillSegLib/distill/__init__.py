@@ -5,12 +5,16 @@
 * :mod:`.supervised` — the supervised-only baseline every method is measured beside.
 * :mod:`.selftrain` — the control without a teacher: the distillation schedule and loss
   with the student's own pseudo-labels.
-* :mod:`.muduo` — MuDuo: teacher agreement, selection, random fusion, consistency.
+* :mod:`.muduo` — MuDuo's terms (teacher agreement, selection, random fusion, consistency)
+  and ``dualview``, the strategy built on them: two teacher views (CT and PET), decoders tuned
+  on the labels, confidence-weighted CE + Dice. Its defaults depart enough from the paper to
+  carry their own name; ``--strategy dualview --preset paper`` is MuDuo as published.
 * :mod:`.knowsam` — KnowSAM: second student, learned fusion, learnable prompt, SAM-induced KD.
 * :mod:`.tskd` — TS-KD: LoRA fine-tuning of the teacher, distillation on a transfer set.
 * :mod:`.skd` — ``--skd``: KnowSAM's SAM-induced KD term added to any strategy.
 * :mod:`.box_distillation` — ``boxdistil``: a promptable student learns the teacher's answers
-  to boxes on unlabelled cases (:mod:`.prompt_simulation`: simulated prompts on labels).
+  to boxes on unlabelled cases (:mod:`.prompt_simulation`: simulated prompts on labels);
+  ``boxself``, its control without a teacher, answers the same boxes with the student itself.
 * :mod:`.teaching` — what the methods share: teacher rounds, prompts, mixed batches;
   :mod:`.losses` — losses and schedules; :mod:`.options` — the command-line options.
 
@@ -30,11 +34,12 @@ from ..errors import DistillSegError
 # name -> "module:ClassName" relative to this package
 STRATEGY_MODULES: dict[str, str] = {
     "supervised": "supervised:SupervisedStrategy",
-    "muduo": "muduo:MuDuoStrategy",
+    "dualview": "muduo:MuDuoStrategy",
     "knowsam": "knowsam:KnowSAMStrategy",
     "tskd": "tskd:TSKDStrategy",
     "selftrain": "selftrain:SelfTrainStrategy",
     "boxdistil": "box_distillation:BoxDistillationStrategy",
+    "boxself": "box_distillation:BoxSelfTrainingStrategy",
 }
 
 
@@ -42,8 +47,17 @@ def strategy_names() -> list[str]:
     return sorted(STRATEGY_MODULES)
 
 
+# Former names, refused with what to use instead: a script must not silently get another method.
+RENAMED: dict[str, str] = {
+    "muduo": "'muduo' is now called 'dualview' (its defaults are not the paper's method); MuDuo as published: "
+             "--strategy dualview --preset paper",
+}
+
+
 def get_strategy_class(name: str) -> type:
     """The strategy class registered under ``name``."""
+    if name in RENAMED:
+        raise DistillSegError(f"unknown strategy {name!r}: {RENAMED[name]}")
     if name not in STRATEGY_MODULES:
         raise DistillSegError(f"unknown strategy {name!r}: choose one of {', '.join(strategy_names())}")
     module_name, class_name = STRATEGY_MODULES[name].split(":")

@@ -64,7 +64,7 @@ from ..teachers.lora import add_lora, lora_parameters
 from .losses import binary_entropy, foreground_probability, ramped_weight, two_class_logits
 from .teaching import (DEFAULT_TEACHER, DistillationStrategy, TeachingSettings, concatenate_slices,
                        foreground_logits, labelled_slices, load_teacher, make_prompt, student_foreground, tuned_teacher)
-from .tskd import finetune_teacher
+from .teacher_prompting import finetune_teacher
 
 
 PROMPT_SOURCES = ("best", "fused")
@@ -233,37 +233,6 @@ class LearnablePrompt(nn.Module):
         pooled = self.features(image_embedding).mean(dim=(2, 3))
         sparse = self.tokens(pooled).view(-1, self.num_tokens, self.embed_dim)
         return sparse, self.dense(image_embedding)
-
-
-def decode_with_prompts(sam: nn.Module, image_embedding: torch.Tensor, mask_logits: torch.Tensor | None = None,
-                        boxes: torch.Tensor | None = None, prompt: LearnablePrompt | None = None,
-                        with_iou: bool = False):
-    """Run a SAM-style prompt encoder + mask decoder on precomputed image embeddings.
-
-    Works with any model exposing ``prompt_encoder`` and ``mask_decoder`` with the
-    ``segment_anything`` interface (SAM ViT-B/L/H, LiteMedSAM). The decoder runs one image
-    at a time: segment-anything's ``MaskDecoder`` repeats the image embedding per prompt,
-    so it takes one image per call.
-
-    Args:
-        sam: the teacher.
-        image_embedding: ``(B, 256, h, w)`` from ``sam.image_encoder`` (64 x 64 for SAM
-            and LiteMedSAM).
-        mask_logits: optional ``(B, 1, 4h, 4w)`` mask prompt logits (see
-            :func:`DistillSegLib.teachers.prompts.mask_prompt`).
-        boxes: optional ``(B, 4)`` or ``(B, 1, 4)`` boxes ``x0, y0, x1, y1`` in input pixels.
-        prompt: optional learnable prompt adding sparse tokens and a dense residual.
-
-    Returns:
-        ``(B, 1, 4h, 4w)`` low-resolution mask logits (256 x 256 for SAM and LiteMedSAM);
-        with ``with_iou`` also the predicted IoU ``(B,)``.
-    """
-    if boxes is not None and boxes.ndim == 2:
-        boxes = boxes[:, None, :]
-    from ..teachers.slicewise import decode_slices
-
-    learned = prompt(image_embedding) if prompt is not None else None
-    return decode_slices(sam, image_embedding, boxes=boxes, masks=mask_logits, learned=learned, with_iou=with_iou)
 
 
 @dataclass

@@ -31,7 +31,7 @@ tuned on the labelled cases first (``--tune-teachers``, default 200 steps,
 (PET, 3 points) when their checkpoints are given. Pseudo-labels are refreshed in rounds
 (:mod:`.teaching`). Each step: labelled batch -> ``supervised_weight (CE + Dice)``;
 unlabelled batch -> random fusion of the two teachers, threshold, ``lambda(t)`` x the
-pseudo-label loss. Which unlabelled voxels count (issue 13, item 5):
+pseudo-label loss. Which unlabelled voxels count (so that a wrong teacher answer can be left out):
 
 * ``selection="none"`` (default): every patch counts;
 * ``selection="batch"``: the paper's rule, the better-agreeing half of each batch;
@@ -121,7 +121,7 @@ class MuDuoConfig:
 # whole run averages 0.04 against the labelled term's 0.5 over 400 steps: ~8 %).
 from .presets import PAPER_OPTIONS as _PRESETS  # noqa: E402  (``--preset paper``)
 
-PAPER_OPTIONS = _PRESETS["muduo"]
+PAPER_OPTIONS = _PRESETS["dualview"]
 VIEWS = ("both", "CT", "PET")
 # The random fusion is audited at these fusion weights: the midpoints of ten equal bins of
 # U(0, 1), so the mean Dice over them is the expected Dice of the label trained on.
@@ -248,7 +248,10 @@ def muduo_consistency(student_probability: torch.Tensor, p_ct: torch.Tensor, p_p
 
 
 class MuDuoStrategy(DistillationStrategy):
-    name = "muduo"
+    """``dualview``: MuDuo's dual-view distillation with this project's defaults (see the
+    package docstring and ``docs/methods.md``); ``--preset paper`` restores the paper's."""
+
+    name = "dualview"
 
     def __init__(self, config: MuDuoConfig | None = None, ct_teacher: str = DEFAULT_TEACHER,
                  pet_teacher: str = DEFAULT_TEACHER, ct_checkpoint: str | None = None,

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 
+# ``--preset``'s choices; what each sets is in :mod:`.presets`, which builds on these options.
+PRESETS = ("default", "paper")
+
 
 def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options read by the ``muduo``, ``knowsam`` and ``tskd`` strategies and ``--skd``."""
+    """Options read by the ``dualview``, ``knowsam`` and ``tskd`` strategies and ``--skd``."""
     group = parser.add_argument_group(
-        "distillation (strategies muduo, knowsam, tskd; teachers default to the embedded LiteMedSAM)")
-    from .presets import add_preset_argument
-
+        "distillation (strategies dualview, knowsam, tskd; teachers default to the embedded LiteMedSAM)")
     add_preset_argument(group)
     group.add_argument("--skd", action="store_true",
                        help="add KnowSAM's SAM-induced KD (KL at T=10) to the strategy (knowsam has it built in)")
@@ -28,11 +29,11 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
                             "jittered and negative boxes (decoder, default; reuses the slice embeddings) or LoRA on "
                             "the image encoder (lora: re-encodes every slice)")
     group.add_argument("--ct-teacher", metavar="NAME",
-                       help="muduo CT teacher: litemedsam (default) or sam-med3d (default with --ct-teacher-checkpoint)")
-    group.add_argument("--ct-teacher-checkpoint", metavar="FILE", help="muduo CT teacher weights (sam_med3d_turbo.pth)")
+                       help="dualview CT teacher: litemedsam (default) or sam-med3d (default with --ct-teacher-checkpoint)")
+    group.add_argument("--ct-teacher-checkpoint", metavar="FILE", help="dualview CT teacher weights (sam_med3d_turbo.pth)")
     group.add_argument("--pet-teacher", metavar="NAME",
-                       help="muduo PET teacher: litemedsam (default) or seganypet (default with --pet-teacher-checkpoint)")
-    group.add_argument("--pet-teacher-checkpoint", metavar="FILE", help="muduo PET teacher weights (SegAnyPET)")
+                       help="dualview PET teacher: litemedsam (default) or seganypet (default with --pet-teacher-checkpoint)")
+    group.add_argument("--pet-teacher-checkpoint", metavar="FILE", help="dualview PET teacher weights (SegAnyPET)")
     group.add_argument("--prompt-from", choices=["best", "fused"],
                        help="knowsam: the network that prompts the teacher each round: the fusion head (fused, the "
                             "paper's) or whichever of U-Net, co-student and fusion is best on the labelled cases "
@@ -43,28 +44,28 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--temperature", type=float, metavar="T",
                        help="KL temperature (knowsam and --skd: 10; tskd: 2)")
     group.add_argument("--keep-fraction", type=float, metavar="F",
-                       help="muduo: fraction of unlabelled patches kept by teacher agreement (default 0.5)")
+                       help="dualview: fraction of unlabelled patches kept by teacher agreement (default 0.5)")
     group.add_argument("--consistency", type=float, metavar="W",
-                       help="muduo, selftrain: maximum weight of the ramped consistency loss (default 1.0; the paper 0.1)")
+                       help="dualview, selftrain: maximum weight of the ramped consistency loss (default 1.0; the paper 0.1)")
     group.add_argument("--rampup-fraction", type=float, metavar="F",
-                       help="muduo, selftrain: the consistency weight ramps up over this fraction of the steps (default 0.25; the paper 1.0)")
+                       help="dualview, selftrain: the consistency weight ramps up over this fraction of the steps (default 0.25; the paper 1.0)")
     group.add_argument("--supervised-weight", type=float, metavar="W",
-                       help="muduo, selftrain: weight of CE + Dice on the labelled patches (default 1.0; the paper 0.5)")
+                       help="dualview, selftrain: weight of CE + Dice on the labelled patches (default 1.0; the paper 0.5)")
     group.add_argument("--selection", choices=["batch", "case", "none"],
-                       help="muduo: which unlabelled patches count: the better-agreeing half of each batch (batch, "
+                       help="dualview: which unlabelled patches count: the better-agreeing half of each batch (batch, "
                             "the paper's), all with cases ranked by teacher agreement each round (case), all (none, default)")
     group.add_argument("--low-agreement-weight", type=float, metavar="W",
-                       help="muduo --selection case: weight of the cases outside the best-agreeing --keep-fraction")
+                       help="dualview --selection case: weight of the cases outside the best-agreeing --keep-fraction")
     group.add_argument("--ignore-disagreement", action=argparse.BooleanOptionalAction, default=None,
-                       help="muduo: voxels where the CT and PET teachers disagree do not count")
+                       help="dualview: voxels where the CT and PET teachers disagree do not count")
     group.add_argument("--confidence-weight", action=argparse.BooleanOptionalAction, default=None,
-                       help="muduo: weight unlabelled voxels by the teachers' predicted IoU (LiteMedSAM's IoU head; "
+                       help="dualview: weight unlabelled voxels by the teachers' predicted IoU (LiteMedSAM's IoU head; "
                             "default on, the paper off); selftrain: by the student's own expected IoU of its slice")
     group.add_argument("--views", choices=["both", "CT", "PET"],
-                       help="muduo: teachers on both views (default, the method) or one view only (the ablation: "
+                       help="dualview: teachers on both views (default, the method) or one view only (the ablation: "
                             "what the second view adds)")
     group.add_argument("--pseudo-loss", dest="loss", choices=["dice", "dicece"],
-                       help="muduo, selftrain: loss towards the pseudo-label: soft Dice (the paper's) or CE + soft Dice (dicece, default)")
+                       help="dualview, selftrain: loss towards the pseudo-label: soft Dice (the paper's) or CE + soft Dice (dicece, default)")
     rounds = parser.add_argument_group("teacher rounds (every distillation strategy)")
     rounds.add_argument("--teacher-grid", choices=["native", "student"],
                         help="what grid the teachers see: each modality's own (native, default) or the student's")
@@ -81,6 +82,13 @@ def add_distillation_arguments(parser: argparse.ArgumentParser) -> None:
                              "reaches S x the best component's (0: keep all, 1: only the best; default 0)")
     rounds.add_argument("--tune-teachers", type=int, metavar="STEPS",
                         help="tune each teacher's prompt encoder + mask decoder + IoU head on the labelled cases "
-                             "first (jittered and negative boxes; embeddings reused), STEPS steps (muduo default 200, "
+                             "first (jittered and negative boxes; embeddings reused), STEPS steps (dualview default 200, "
                              "tskd: --teacher-steps; others 0: off)")
     rounds.add_argument("--tune-seed", type=int, metavar="SEED", help="seed of the teacher tuning (default 0)")
+
+
+def add_preset_argument(group) -> None:
+    group.add_argument("--preset", choices=PRESETS, default=None,
+                       help="paper: the strategy's paper configuration (dualview, knowsam, tskd; options given "
+                            "explicitly still win); default: this project's defaults, which depart from the papers "
+                            "(docs/methods.md)")

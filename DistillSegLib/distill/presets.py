@@ -1,6 +1,6 @@
 """``--preset paper``: each distillation strategy as its paper configures it.
 
-The defaults of ``muduo``, ``knowsam`` and ``tskd`` depart from their papers (``docs/methods.md``
+The defaults of ``dualview`` (MuDuo's method), ``knowsam`` and ``tskd`` depart from their papers (``docs/methods.md``
 lists every departure and why). ``--preset paper`` sets the paper's value of every option
 that has one; an option given explicitly on the command line still wins. What no option can
 restore is listed in :data:`PAPER_CAVEATS` and printed when the preset is used.
@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-PRESETS = ("default", "paper")
+from .options import PRESETS, add_distillation_arguments  # noqa: F401  (the option is defined with the others)
 
 # The paper's settings as ``distillseg train`` options, by strategy (MuDuo: the official
 # script, see DistillSegLib/distill/muduo.py; TS-KD: LoRA on the encoder; KnowSAM: the fused
 # prediction prompts SAM, whose encoder is adapted).
 PAPER_OPTIONS: dict[str, tuple[str, ...]] = {
-    "muduo": ("--consistency", "0.1", "--rampup-fraction", "1.0", "--supervised-weight", "0.5",
+    "dualview": ("--consistency", "0.1", "--rampup-fraction", "1.0", "--supervised-weight", "0.5",
               "--selection", "batch", "--no-confidence-weight", "--pseudo-loss", "dice", "--tune-teachers", "0",
               "--views", "both"),
     "tskd": ("--teacher-tuning", "lora"),
@@ -28,7 +28,7 @@ PAPER_OPTIONS: dict[str, tuple[str, ...]] = {
 
 # What the preset cannot restore (printed with it).
 PAPER_CAVEATS: dict[str, str] = {
-    "muduo": ("the paper's teachers are SAM-Med3D (CT) and SegAnyPET (PET): give --ct-teacher-checkpoint and "
+    "dualview": ("the paper's teachers are SAM-Med3D (CT) and SegAnyPET (PET): give --ct-teacher-checkpoint and "
               "--pet-teacher-checkpoint, otherwise both views use the embedded LiteMedSAM with box prompts"),
     "tskd": "the paper's teacher is SAM; the embedded LiteMedSAM is used unless --teacher sam --teacher-checkpoint",
     "knowsam": ("the paper's students are a 2D U-Net and V-Net and its teacher SAM; here a 3D U-Net and SegResNet "
@@ -36,13 +36,6 @@ PAPER_CAVEATS: dict[str, str] = {
 }
 COMMON_CAVEAT = ("teachers answer in rounds of --refresh-every steps (the papers: every step); set --refresh-every 1 "
                  "for the papers' schedule (hours per 100 steps on a CPU)")
-
-
-def add_preset_argument(group) -> None:
-    group.add_argument("--preset", choices=PRESETS, default=None,
-                       help="paper: the strategy's paper configuration (muduo, knowsam, tskd; options given "
-                            "explicitly still win); default: this project's defaults, which depart from the papers "
-                            "(docs/methods.md)")
 
 
 def apply_preset(args: argparse.Namespace, strategy: str) -> list[str]:
@@ -53,7 +46,6 @@ def apply_preset(args: argparse.Namespace, strategy: str) -> list[str]:
             ``selftrain``).
     """
     from ..errors import DistillSegError
-    from .options import add_distillation_arguments
 
     preset = getattr(args, "preset", None)
     if preset in (None, "default"):
@@ -69,7 +61,7 @@ def apply_preset(args: argparse.Namespace, strategy: str) -> list[str]:
         if key != "preset" and value is not None and getattr(args, key, None) is None:
             setattr(args, key, value)
     caveats = [COMMON_CAVEAT]
-    if not (name == "muduo" and getattr(args, "ct_teacher_checkpoint", None)
+    if not (name == "dualview" and getattr(args, "ct_teacher_checkpoint", None)
             and getattr(args, "pet_teacher_checkpoint", None)):
         caveats.insert(0, PAPER_CAVEATS[name])
     return caveats

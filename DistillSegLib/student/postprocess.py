@@ -5,8 +5,8 @@ The supervised student's false positives are mostly small components it is unsur
 student, ``benchmarks/results/student_supervised_400steps.json``). Here a 3D connected
 component of the label map is kept when the student's mean foreground probability over
 it reaches ``min_mean_probability``; the largest component is always kept, so a
-prediction never becomes empty. Results are always reported with and without it
-(issue 13, item 8): this never replaces the raw output.
+prediction never becomes empty. Results are always reported with and without it,
+so its effect is visible: this never replaces the raw output.
 """
 
 from __future__ import annotations

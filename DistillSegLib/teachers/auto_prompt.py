@@ -3,7 +3,7 @@
 The plain prompt (:class:`~.prompts.Prompt`, ``"box"``) puts one box per axial slice
 around all of the student's foreground: a false-positive speck far from the tumour makes
 that box cover both, and LiteMedSAM fills a box even on a tumour-free slice. Here
-(issue 13, item 3) a slice-wise teacher is prompted per 3D connected component of the
+a slice-wise teacher is prompted per 3D connected component of the
 student's mask instead, and its answers carry what the caller needs to decide which
 components to believe:
 

@@ -3,7 +3,7 @@
 TS-KD's first stage (Liang et al. 2025, arXiv:2503.06976) fine-tunes the foundation model
 on the few labelled images before distilling it. Tuning the image encoder (LoRA,
 :mod:`.lora`) makes every slice embedding stale, which on a CPU costs ~3 s per slice and
-round; here only what runs after the encoder is tuned (issue 13, item 4), so the
+round; here only what runs after the encoder is tuned, so the
 embeddings of the untuned teacher stay valid (:attr:`SamSliceTeacher.encoder_sha256`
 does not change) and a tuning step costs only the decoder.
 

@@ -1,0 +1,158 @@
+"""Do the teachers' answers add promptable skill? A promptable student three ways, paired.
+
+From one warm start (``distillseg train --strategy supervised --promptable``, ``--warmup``
+steps on the labelled cases), each arm trains ``--steps`` more steps with the same seed:
+
+* ``supervised``: the labelled cases only (simulated boxes and clicks on their labels);
+* ``boxself``: plus the unlabelled cases, each perturbed box around the student's own
+  prediction answered by the student itself (the control without any teacher);
+* ``boxdistil``: the same boxes answered by LiteMedSAM as it answers a radiologist's box.
+
+Each is then used as a radiologist uses it, with ``benchmarks/interactive.py`` on the scored
+cases: no prompt, one 10 %-grown box, then 1..3 simulated clicks (LiteMedSAM is not run
+there). Per interaction level: the mean Dice per arm and the case-level statistics of
+``boxdistil - boxself`` and ``boxdistil - supervised`` (:mod:`case_stats`, one seed: the
+bootstrap is over cases only). Writes ``promptable_distillation.json`` under ``--out``::
+
+    .venv/bin/python benchmarks/promptable_distillation.py --out /tmp/promptable_kd --threads 1
+
+Defaults: the demo's 5 labelled cases, its first 6 unlabelled cases (those of the
+distillation benchmark) and its 10 validation cases; every setting is a default of
+``distillseg train`` (none chosen on these runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+ARMS = ("supervised", "boxself", "boxdistil")
+LEVELS = ("automatic", "box", "box+1", "box+2", "box+3")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from DistillSegLib.demo.split import LABELLED_CASES, UNLABELLED_CASES, VALIDATION_CASES
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sts-petct"))
+    parser.add_argument("--out", required=True, help="folder for the models, the per-arm results and the JSON")
+    parser.add_argument("--labelled", default=",".join(LABELLED_CASES))
+    parser.add_argument("--unlabelled", default=",".join(UNLABELLED_CASES[:6]))
+    parser.add_argument("--cases", default=",".join(VALIDATION_CASES), help="scored cases (default: validation)")
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--warmup", type=int, default=200, help="supervised promptable steps shared by every arm")
+    parser.add_argument("--steps", type=int, default=600, help="steps of each arm after the warm start")
+    parser.add_argument("--refresh-every", type=int, default=200, help="round length of the box arms")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    return parser.parse_args(argv)
+
+
+def run(command: list[str], log: Path) -> None:
+    """Run a step, its output appended to ``log``; a failed step stops the benchmark."""
+    print("$ " + " ".join(command), flush=True)
+    with open(log, "a") as handle:
+        handle.write("$ " + " ".join(command) + "\n")
+        handle.flush()
+        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+    if result.returncode:
+        raise SystemExit(f"error: step failed ({result.returncode}), see {log}")
+
+
+def train(args, out: Path, name: str, strategy: str, steps: int, init: Path | None, log: Path) -> Path:
+    model = out / f"{name}.pt"
+    if model.exists():  # resumable: a finished arm is kept
+        return model
+    command = [sys.executable, "-m", "DistillSegLib", "train", "--data", args.data, "--labelled", args.labelled,
+               "--strategy", strategy, "--promptable", "--steps", str(steps), "--seed", str(args.seed),
+               "--threads", str(args.threads), "--device", "cpu", "--out", str(model)]
+    if strategy != "supervised":
+        command += ["--unlabelled", args.unlabelled, "--refresh-every", str(args.refresh_every)]
+    if init is not None:
+        command += ["--init", str(init), "--warmup-steps", "0"]
+    run(command, log)
+    return model
+
+
+def score(args, out: Path, name: str, model: Path, log: Path) -> dict:
+    result = out / f"interactive_{name}.json"
+    wanted = args.cases.split(",")
+    done = json.loads(result.read_text()) if result.exists() else None
+    if done is None or [row["case"] for row in done["rows"]] != wanted:  # a run cut short is scored again
+        run([sys.executable, "benchmarks/interactive.py", "--promptable", str(model), "--cases", args.cases,
+             "--walks", "", "--teacher-clicks", "0", "--no-gt-boxes", "--modalities", "CT", "--threads",
+             str(args.threads), "--out", str(result)], log)
+    scored = json.loads(result.read_text())
+    if [row["case"] for row in scored["rows"]] != wanted:
+        raise SystemExit(f"error: {result} scores {[row['case'] for row in scored['rows']]}, not {wanted}")
+    return scored
+
+
+def per_level(interactive: dict) -> dict[str, dict[str, float]]:
+    """``{level: {case: Dice}}`` of one arm's ``interactive.py`` rows."""
+    levels: dict[str, dict[str, float]] = {level: {} for level in LEVELS}
+    for row in interactive["rows"]:
+        prompted = row["promptable"]
+        levels["automatic"][row["case"]] = prompted["automatic"]
+        levels["box"][row["case"]] = prompted["box"]
+        for k, click in enumerate(prompted["clicks"], start=1):
+            levels.setdefault(f"box+{k}", {})[row["case"]] = click["dice"]
+    return levels
+
+
+def main(argv=None) -> int:
+    import numpy as np
+
+    import case_stats
+    from DistillSegLib.atomic import write_json_atomic
+    from DistillSegLib.demo.split import VALIDATION_CASES
+
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "log.txt"
+    started = time.perf_counter()
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    warm = train(args, out, "warmup", "supervised", args.warmup, None, log)
+    seconds, scores = {}, {}
+    for arm in arms:
+        begin = time.perf_counter()
+        model = train(args, out, arm, arm, args.steps, warm, log)
+        seconds[arm] = time.perf_counter() - begin
+        scores[arm] = per_level(score(args, out, arm, model, log))
+    summary = {arm: {level: float(np.mean(list(v.values()))) for level, v in levels.items() if v}
+               for arm, levels in scores.items()}
+    comparisons = {}
+    for arm, baseline in (("boxdistil", "boxself"), ("boxdistil", "supervised"), ("boxself", "supervised")):
+        if arm in scores and baseline in scores:
+            comparisons[f"{arm} - {baseline}"] = {
+                level: case_stats.case_statistics({args.seed: scores[arm][level]}, {args.seed: scores[baseline][level]})
+                for level in LEVELS if scores[arm].get(level) and scores[baseline].get(level)}
+    result = {"benchmark": "promptable_distillation", "command": " ".join([sys.executable, *sys.argv]),
+              "date": time.strftime("%Y-%m-%d"), "device": f"CPU, {os.cpu_count()} cores",
+              "load_average_end": os.getloadavg()[0], "scored_on": "validation" if args.cases.split(",") == list(VALIDATION_CASES) else "given cases",
+              "settings": {k: v for k, v in vars(args).items() if k != "out"},
+              "train_seconds": seconds, "mean_dice": summary, "per_case_dice": scores, "comparisons": comparisons,
+              "total_seconds": time.perf_counter() - started}
+    write_json_atomic(out / "promptable_distillation.json", result)
+    print(f"{'arm':<12}" + "".join(f"{level:>11}" for level in LEVELS))
+    for arm, levels in summary.items():
+        print(f"{arm:<12}" + "".join(f"{levels.get(level, float('nan')):>11.3f}" for level in LEVELS))
+    for name, by_level in comparisons.items():
+        for level, stats in by_level.items():
+            print(case_stats.describe(f"{name.split(' - ')[0]} ({level})", name.split(" - ")[1], stats))
+    print(f"wrote {out / 'promptable_distillation.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
