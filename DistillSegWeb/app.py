@@ -22,7 +22,9 @@ from trame.widgets import html
 from trame.widgets import vuetify3 as v3
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
-from trame_slicer.segmentation import SegmentationEffectErase, SegmentationEffectNoTool, SegmentationEffectPaint
+from trame_slicer.segmentation import (SegmentationEffectErase, SegmentationEffectIslands, SegmentationEffectNoTool,
+                                       SegmentationEffectPaint, SegmentationEffectScissors)
+from trame_slicer.segmentation.segmentation_effect_islands import SegmentationIslandsMode
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
 from .paths import ensure_module_logic_importable
@@ -38,7 +40,13 @@ from .workflow import TABLE_COLUMNS, Settings, Workflow, tableRows  # noqa: E402
 PET_OPACITY = 0.4  # the module's fusion (Widget.showStudy)
 ROI_FILL_OPACITY = 0.05  # the box often fills the view: its outline and handles are what matter
 LAYOUT_ID = "DistillSeg"
-EFFECTS = {"paint": SegmentationEffectPaint, "erase": SegmentationEffectErase, "none": SegmentationEffectNoTool}
+# Scissors as in Slicer's Segment Editor by default: erase inside the drawn outline, through every slice.
+EFFECTS = {"paint": SegmentationEffectPaint, "erase": SegmentationEffectErase, "scissors": SegmentationEffectScissors,
+           "islands": SegmentationEffectIslands, "none": SegmentationEffectNoTool}
+EFFECT_HINTS = {"paint": "Paint: drag in a slice view to add to the lesion",
+                "erase": "Erase: drag in a slice view to remove from the lesion",
+                "scissors": "Scissors: draw an outline in a slice view; what is inside goes, on every slice",
+                "islands": "Islands: click a lesion in a slice view to remove it (a false positive)"}
 DEFAULT_STEPS = 200
 
 
@@ -147,16 +155,16 @@ class WebApp:
     # ----------------------------------------------------------------- correction (Segment Editor effects)
 
     def set_effect(self, name: str) -> None:
-        """Paint or Erase the result's first segment in the slice views (``"none"``: stop)."""
+        """Paint, Erase, Scissors or Islands on the result's first segment in the slice views (``"none"``: stop)."""
         if name != "none":
             self.workflow._requireSegmentation()
             if self.editor.active_segmentation_node is not self.workflow.segmentation:
                 self.editor.set_active_segmentation(self.workflow.segmentation, self.workflow.ct)
-        self.editor.set_active_effect_type(EFFECTS[name])
+        effect = self.editor.set_active_effect_type(EFFECTS[name])
+        if name == "islands":
+            effect.set_island_mode(SegmentationIslandsMode.REMOVE_SELECTED)
         self.effect = name
-        self.workflow.status = {"paint": "Paint: drag in a slice view to add to the lesion",
-                                "erase": "Erase: drag in a slice view to remove from the lesion",
-                                "none": self.workflow.status}[name]
+        self.workflow.status = EFFECT_HINTS.get(name, self.workflow.status)
         self.push()
 
     def _on_segmentation_edited(self, *_) -> None:
@@ -281,21 +289,23 @@ class WebApp:
         html.Div("ROI {{ roi_text }}", v_if=("roi_text",), id="roi-text", classes="text-caption")
         v3.VProgressLinear(model_value=("progress || 0",), v_show=("progress !== null",), id="job-progress",
                            height=6, color="primary", classes="my-1")
-        with v3.VTable(density="compact", id="lesion-table"):
+        # Six columns in the 420-pixel panel: small type and narrow padding, or TLG scrolls out of sight.
+        with v3.VTable(density="compact", id="lesion-table", style="font-size: 0.78rem"):
             with html.Thead(), html.Tr():
                 for _, title, unit, _ in TABLE_COLUMNS:
-                    html.Th(f"{title}" + (f" ({unit})" if unit else ""))
+                    html.Th(f"{title}" + (f" ({unit})" if unit else ""), classes="px-1")
             with html.Tbody():
                 with html.Tr(v_for="(row, i) in lesion_rows", key="i"):
                     for _, title, _, _ in TABLE_COLUMNS:
-                        html.Td(f"{{{{ row['{title}'] }}}}")
+                        html.Td(f"{{{{ row['{title}'] }}}}", classes="px-1")
         with html.Div(classes="d-flex flex-wrap ga-1 mt-1"):
             v3.VBtn("Update table", id="update-table", click=self.on_update_table,
                     disabled=("!has_segmentation || !!busy",), size="small")
             v3.VBtn("Save segmentation", id="save-segmentation", click=self.on_save,
                     disabled=("!has_segmentation",), size="small")
         with html.Div(classes="d-flex flex-wrap ga-1 mt-1"):
-            for name, title in (("paint", "Paint"), ("erase", "Erase"), ("none", "Stop editing")):
+            for name, title in (("paint", "Paint"), ("erase", "Erase"), ("scissors", "Scissors"),
+                                ("islands", "Remove lesion"), ("none", "Stop editing")):
                 v3.VBtn(title, id=f"effect-{name}", click=lambda name=name: self._guarded(lambda: self.set_effect(name)),
                         disabled=("!has_segmentation || !!busy",), size="small",
                         color=(f"effect === '{name}' ? 'primary' : undefined",))

@@ -4,7 +4,8 @@ The flow a user clicks through: the study given with --ct/--pet is on screen, Pl
 the PET hot spot, Run (the bundled student on the warm engine), the lesion table, Save (the
 NIfTI must be bit-identical to ``distillseg predict``'s for the same ROI and model), a Paint
 stroke that changes the table and is kept by the next Save, Add to training set, a 10-step
-Distil that selects the new student, and a long Distil cancelled from the page. A second test checks that a
+Distil that selects the new student, a long Distil cancelled from the page, then Scissors and
+a click that removes one island. A second test checks that a
 server bound beyond this machine refuses a browser without the access token.
 
 Skipped with the reason when trame-slicer, Playwright or Chromium are missing (``make
@@ -29,7 +30,8 @@ import pytest
 from conftest import require_data
 from DistillSegLib.io.volume import read_image
 from web_driver import (JOB_TIMEOUT_MS, ROOT, UI_TIMEOUT_MS, chromium_page, click_and_wait_done, done_count,
-                        lesion_rows, missing_web_tools, stroke_and_wait, total_mtv, wait_for_status, web_server)
+                        drag, edited, lesion_rows, missing_web_tools, stroke_and_wait, total_mtv, view_point,
+                        wait_for_status, web_server)
 
 pytestmark = pytest.mark.skipif(missing_web_tools() is not None, reason=missing_web_tools() or "")
 
@@ -80,6 +82,11 @@ def test_the_workflow_in_chromium(case, tmp_path):
         run_on_screen_s = time.monotonic() - server.launched
         assert rows and rows[0][0] == "1", f"no lesion in the table: {rows}"
         mtv = float(rows[0][1])
+        cut_off = page.evaluate("""() => {
+            const box = document.querySelector('#lesion-table').getBoundingClientRect();
+            return [...document.querySelectorAll('#lesion-table th')]
+                .filter(th => th.getBoundingClientRect().right > box.right + 1).map(th => th.innerText); }""")
+        assert not cut_off, f"lesion-table columns out of sight: {cut_off}"
         assert mtv > 0.1  # the engine's smallest lesion
         shot = screenshot(page, tmp_path, "web-run")
         assert shot.stat().st_size > 10_000
@@ -127,6 +134,20 @@ def test_the_workflow_in_chromium(case, tmp_path):
                                timeout=JOB_TIMEOUT_MS)
         assert "cancelled" in page.inner_text("#status")
         assert sorted(models.glob("*.pt")) == trained, "a cancelled Distil writes no model"
+
+        # Scissors: a square outline at the view's centre (the ROI's, inside the lesion) erases
+        # through every slice; then a click on what the stroke left removes that island.
+        page.click("#effect-scissors")
+        wait_for_status(page, "Scissors:", UI_TIMEOUT_MS)
+        before_cut = total_mtv(page)
+        square = [(0.45, 0.45), (0.55, 0.45), (0.55, 0.55), (0.45, 0.55), (0.45, 0.45)]
+        edited(page, lambda: drag(page, 0, square))
+        after_cut = total_mtv(page)
+        assert after_cut < before_cut, f"Scissors erased nothing: {before_cut} -> {after_cut} mL"
+        page.click("#effect-islands")
+        wait_for_status(page, "Islands:", UI_TIMEOUT_MS)
+        edited(page, lambda: page.mouse.click(*view_point(page, 0, (0.3, 0.5))))  # on the painted stroke
+        assert total_mtv(page) < after_cut, "the clicked island is still there"
 
     # The engine's own predict on the same study, ROI and model: the saved file, byte for byte.
     expected = tmp_path / "predict.nii.gz"

@@ -137,25 +137,36 @@ def lesion_rows(page) -> list[list[str]]:
             for row in page.query_selector_all("#lesion-table tbody tr")]
 
 
-def stroke(page, view: int, start: tuple[float, float], end: tuple[float, float], steps: int = 10) -> None:
-    """A mouse drag in slice view number ``view`` (0: axial), from ``start`` to ``end`` given as
-    fractions of the view's width and height."""
+def view_point(page, view: int, point: tuple[float, float]) -> tuple[float, float]:
+    """Page pixels of ``point``, given as fractions of slice view number ``view``'s width and
+    height (0: axial)."""
     box = page.query_selector_all(".remote-controlled-area")[view].bounding_box()
-    points = [(box["x"] + box["width"] * (start[0] + (end[0] - start[0]) * i / steps),
-               box["y"] + box["height"] * (start[1] + (end[1] - start[1]) * i / steps)) for i in range(steps + 1)]
-    page.mouse.move(*points[0])
+    return box["x"] + box["width"] * point[0], box["y"] + box["height"] * point[1]
+
+
+def drag(page, view: int, path: list[tuple[float, float]], steps: int = 10) -> None:
+    """A mouse drag in slice view ``view`` through ``path`` (fractions of the view), ``steps``
+    moves per leg."""
+    corners = [view_point(page, view, p) for p in path]
+    page.mouse.move(*corners[0])
     page.mouse.down()
-    for point in points[1:]:
-        page.mouse.move(*point)
+    for (x0, y0), (x1, y1) in zip(corners, corners[1:]):
+        for i in range(1, steps + 1):
+            page.mouse.move(x0 + (x1 - x0) * i / steps, y0 + (y1 - y0) * i / steps)
     page.mouse.up()
 
 
-def stroke_and_wait(page, view: int, start: tuple[float, float], end: tuple[float, float]) -> None:
-    """:func:`stroke`, then wait until the server applied it (``#status[data-edits]`` grew)."""
+def edited(page, action) -> None:
+    """Do ``action``, then wait until the server applied the edit (``#status[data-edits]`` grew)."""
     before = int(page.get_attribute("#status", "data-edits") or 0)
-    stroke(page, view, start, end)
+    action()
     page.wait_for_function(f"Number(document.querySelector('#status').dataset.edits) > {before}",
                            timeout=UI_TIMEOUT_MS)
+
+
+def stroke_and_wait(page, view: int, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """A straight drag from ``start`` to ``end``, then wait until the server applied it."""
+    edited(page, lambda: drag(page, view, [start, end]))
 
 
 def total_mtv(page) -> float:
