@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DATA ?= ../shared/data
 STAMP := $(VENV)/.distillseg-installed
 
-.PHONY: install demo test quick-demo clean
+.PHONY: install demo test quick-demo clean install-web test-web
 
 install: $(STAMP)
 
@@ -28,5 +28,29 @@ quick-demo: $(STAMP)
 test: $(STAMP)
 	DISTILLSEG_DATA=$(DATA) $(PY) -m pytest Testing -q
 
+# The browser front end (`distillseg web`) in a venv of its own: trame-slicer 2.0.0 pins
+# slicer-core 5.11, the test extra 5.13. Its tests need Chromium from the system's packages
+# (Debian: apt-get install -y chromium); Playwright drives it, `playwright install` is never run.
+# The module's MRML tests run here too: the front end runs that logic on slicer-core 5.11.
+WEB_VENV ?= .venv-web
+WEB_PY := $(WEB_VENV)/bin/python
+WEB_STAMP := $(WEB_VENV)/.distillseg-web-installed
+
+install-web: $(WEB_STAMP)
+
+$(WEB_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(WEB_VENV)
+	$(WEB_PY) -m pip install -q --upgrade pip
+	$(WEB_PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(WEB_PY) -m pip install -q -e '.[web]'
+	touch $(WEB_STAMP)
+
+test-web: $(WEB_STAMP)
+	@command -v chromium >/dev/null || { echo "error: chromium not found (apt-get install -y chromium)" >&2; exit 2; }
+	VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow DISTILLSEG_DATA=$(DATA) $(WEB_PY) -m pytest -q \
+		Testing/test_web_browser.py Testing/test_web_cli.py Testing/test_layering.py \
+		Testing/test_slicer_logic.py Testing/test_slicer_promptable.py Testing/test_slicer_prompts.py \
+		Testing/test_slicer_engine_runner.py Testing/test_refinement_loop.py
+
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache
+	rm -rf $(VENV) $(WEB_VENV) demo-output .pytest_cache

@@ -30,7 +30,7 @@ from . import __version__
 from .errors import CancelledError, DistillSegError
 from .progress import ProgressAwareHandler, close_all, write_line
 
-COMMANDS = ["info", "convert", "stats", "train", "predict", "evaluate", "demo", "teachers", "embed", "serve"]
+COMMANDS = ["info", "convert", "stats", "train", "predict", "evaluate", "demo", "teachers", "embed", "serve", "web"]
 
 EPILOG = """\
 Inputs: NIfTI/NRRD/MHA files or DICOM series folders (CT in HU; PET in BQML is converted

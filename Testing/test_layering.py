@@ -182,3 +182,33 @@ def test_no_import_cycle_inside_the_engine():
     assert "DistillSegLib.distill.teacher_prompting" in graph["DistillSegLib.distill.pseudo_labels"]
     cycles = import_cycles(graph)
     assert not cycles, "import circles:\n" + "\n".join(" <-> ".join(cycle) for cycle in cycles)
+
+
+# --------------------------------------------------------------------------- the browser front end
+
+WEB = ROOT / "DistillSegWeb"
+# The front end's own packages: the engine must run (and `distillseg --help` start) without them.
+WEB_ONLY_MODULES = {"DistillSegWeb", "trame", "trame_slicer", "trame_server", "trame_client", "trame_vuetify",
+                    "wslink", "aiohttp", "playwright"}
+# What needs the Slicer application (Qt): the front end calls the module's logic, never its widget.
+QT_ONLY = {"qt", "ctk", "PythonQt", "slicer.util", "DistillSegModuleLib.Widget", "DistillSegModuleLib.WidgetStudy",
+           "DistillSegModuleLib.WidgetSegmentation", "DistillSegModuleLib.WidgetTraining",
+           "DistillSegModuleLib.Parameters", "DistillSegModuleLib.Install", "DistillSegModuleLib.Samples", "DistillSeg"}
+
+
+def test_the_front_end_is_read():
+    imports = imported_modules(WEB / "workflow.py")
+    assert "DistillSegModuleLib.Logic" in imports and "DistillSegWeb.paths" in imports
+
+
+def test_no_engine_module_imports_the_web_front_end():
+    bad = sorted(f"{path.relative_to(ROOT)} imports {name}" for path in ENGINE.rglob("*.py")
+                 for name in imported_modules(path) if name.split(".")[0] in WEB_ONLY_MODULES)
+    assert not bad, "`distillseg web` only hands over (a subprocess):\n" + "\n".join(bad)
+
+
+def test_the_web_front_end_imports_no_qt():
+    bad = sorted(f"{path.relative_to(ROOT)} imports {name}" for path in WEB.rglob("*.py")
+                 for name in imported_modules(path)
+                 if name.split(".")[0] in QT_ONLY or any(name == q or name.startswith(q + ".") for q in QT_ONLY))
+    assert not bad, "the front end runs on slicer-core, without the Slicer application:\n" + "\n".join(bad)
