@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     result = {"benchmark": "promptable_distillation", "command": " ".join([sys.executable, *sys.argv]),
               "date": time.strftime("%Y-%m-%d"), "device": f"CPU, {os.cpu_count()} cores",
               "load_average_end": os.getloadavg()[0], "scored_on": "validation" if args.cases.split(",") == list(VALIDATION_CASES) else "given cases",
-              "settings": {k: v for k, v in vars(args).items() if k != "out"},
+              "settings": {k: v for k, v in vars(args).items() if k not in ("out", "combine")},
               "train_seconds": seconds, "mean_dice": summary, "per_case_dice": scores, "comparisons": comparisons,
               "total_seconds": time.perf_counter() - started}
     write_json_atomic(out / "promptable_distillation.json", result)
@@ -193,7 +193,7 @@ def combine(paths: list[Path]) -> dict:
     seed, each seed once (else :class:`ValueError`). Means are over cases and seeds."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     def fixed(run):
-        return {k: v for k, v in run["settings"].items() if k not in ("seed", "threads", "data")}
+        return {k: v for k, v in run["settings"].items() if k not in ("seed", "threads", "data", "combine")}
     for path, run in zip(paths, runs):
         if fixed(run) != fixed(runs[0]):
             raise ValueError(f"{path}: other settings than {paths[0]}: {fixed(run)} != {fixed(runs[0])}")
