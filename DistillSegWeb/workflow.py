@@ -26,10 +26,12 @@ ensure_module_logic_importable()
 
 from DistillSegModuleLib import Catalogue  # noqa: E402
 from DistillSegModuleLib.Logic import STRATEGIES, JobResult, LogicError, Progress, SceneLogic, formatRoi  # noqa: E402
+from DistillSegModuleLib.Logic import TABLE_COLUMNS as MODULE_TABLE_COLUMNS  # noqa: E402
 
-# Columns of the on-screen lesion table: (engine key, title, unit, decimals).
-TABLE_COLUMNS = (("lesion", "Lesion", "", 0), ("mtv_ml", "MTV", "mL", 2), ("suv_max", "SUVmax", "g/mL", 2),
-                 ("suv_mean", "SUVmean", "g/mL", 2), ("suv_peak", "SUVpeak", "g/mL", 2), ("tlg", "TLG", "g", 1))
+# Columns of the on-screen lesion table: (engine key, title, unit, decimals); the titles and
+# units are the module's lesion table's, the browser picks the columns and rounds them.
+TABLE_COLUMNS = tuple((key, *MODULE_TABLE_COLUMNS[key], decimals) for key, decimals in
+                      (("lesion", 0), ("mtv_ml", 2), ("suv_max", 2), ("suv_mean", 2), ("suv_peak", 2), ("tlg", 1)))
 DEFAULT_TEACHER = "litemedsam"
 
 
