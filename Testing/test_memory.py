@@ -91,11 +91,16 @@ def test_slice_sessions_keep_no_embeddings_beyond_the_shared_bound(tiny_teacher,
     teacher.embedding_store = EmbeddingStore(None, memory_bytes=2 * one.nbytes)  # room for 2 slices
     store = teacher.embedding_store
 
+    encoded = []
+    hook = teacher.model.image_encoder.register_forward_hook(lambda module, inputs, output: encoded.append(len(output)))
     first.embeddings([0, 1])
+    assert sum(encoded) == 2  # the new store is empty
     second = SliceSession(teacher, image, "CT")
     misses = store.misses
     np.testing.assert_allclose(second.embeddings([1, 0]).numpy()[1], one[0], atol=1e-5)  # batch-size rounding
-    assert store.misses == misses  # another session on the same image reuses the shared entries
+    # Another session on the same image (the next round's) reuses the shared entries: no encoding.
+    assert store.misses == misses and sum(encoded) == 2
+    hook.remove()
     first.embeddings(range(6))
     assert store.memory_used <= 2 * one.nbytes
     misses = store.misses
@@ -157,3 +162,28 @@ def test_litemedsam_encodes_one_slice_at_a_time_on_a_cpu_and_batches_on_a_gpu():
     assert encoder_batch_for("cpu") == 1 and encoder_batch_for("cuda:0") == 16
     assert load_litemedsam().batch_size == 1
     assert load_litemedsam(batch_size=4).batch_size == 4
+
+
+def test_a_later_round_or_process_reads_slice_embeddings_from_disk(tiny_teacher, sts_001, tmp_path):
+    """Each distillation round opens new sessions, and the next Distil is a new process: the
+    embeddings on disk must be found by hashing the slice, not only by a session's memory."""
+    import copy
+
+    from DistillSegLib.teachers.embeddings import EmbeddingStore
+    from DistillSegLib.teachers.slicewise import SliceSession
+
+    teacher = copy.copy(tiny_teacher)
+    image = sts_001.pet
+    teacher.embedding_store = EmbeddingStore(tmp_path, memory_bytes=1 << 30)
+    before = SliceSession(teacher, image, "PET").embeddings([3, 5, 8]).numpy()
+    assert len(list(tmp_path.rglob("*.npy"))) == 3
+
+    encoded = []
+    hook = teacher.model.image_encoder.register_forward_hook(lambda module, inputs, output: encoded.append(len(output)))
+    try:
+        teacher.embedding_store = EmbeddingStore(tmp_path, memory_bytes=1 << 30)  # a new process
+        after = SliceSession(teacher, image, "PET").embeddings([8, 3, 5, 9]).numpy()
+    finally:
+        hook.remove()
+    assert sum(encoded) == 1  # only slice 9 was new
+    np.testing.assert_array_equal(after[[1, 2, 0]], before)

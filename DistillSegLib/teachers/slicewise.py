@@ -38,6 +38,8 @@ PET_PERCENTILES = (0.5, 99.5)
 CANONICAL = "LPS"
 # A session whose teacher has no embedding store keeps at most this much of its own (64 slices of LiteMedSAM).
 SESSION_EMBEDDING_MEMORY = 256 << 20
+# Slices preprocessed at a time to look their embeddings up (3 x 256 x 256 float32 each: 0.75 MiB).
+HASH_BATCH = 32
 # Slices per prompt-decoder batch: the decoder is light, so batches only save per-call
 # overhead; independent of the image encoder's batch (one slice at a time on a CPU).
 DECODER_BATCH = 16
@@ -381,20 +383,32 @@ class SliceSession:
             return torch.zeros((0,))
         store, encoder_key = self._store(), self.teacher.encoder_sha256
         found: dict[int, np.ndarray] = {}
-        missing = []
+        missing, unhashed = [], []
         for k in sorted(set(slices)):
             key = self._keys.get((encoder_key, k))
             array = store.get(key) if key is not None else None
-            if array is None:
-                missing.append(k)
-            else:
+            if array is not None:
                 found[k] = array
+            else:
+                (unhashed if key is None else missing).append(k)
+        # A slice this session has not hashed yet may be stored already (by another session
+        # on the same image, an earlier round, or an earlier process through the disk):
+        # hashing it costs a resize, encoding it seconds.
+        for start in range(0, len(unhashed), HASH_BATCH):
+            part = unhashed[start:start + HASH_BATCH]
+            for k, image in zip(part, self.images(part)):
+                key = self._keys[(encoder_key, k)] = slice_digest(encoder_key, image)
+                array = store.get(key)
+                if array is None:
+                    missing.append(k)
+                else:
+                    found[k] = array
+        missing.sort()
         with torch.no_grad():  # not inference_mode: a decoder being tuned takes them as inputs
             for start in range(0, len(missing), self.teacher.batch_size):
                 part = missing[start:start + self.teacher.batch_size]
                 images = self.images(part)
-                keys = [slice_digest(encoder_key, image) for image in images]
-                self._keys.update({(encoder_key, k): key for k, key in zip(part, keys)})
+                keys = [self._keys[(encoder_key, k)] for k in part]
                 encoded = self.teacher.model.image_encoder(images.to(self.teacher.device)).float().cpu().numpy()
                 for k, key, embedding in zip(part, keys, encoded):
                     store.put(key, embedding)
