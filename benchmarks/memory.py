@@ -101,6 +101,39 @@ def tree(process) -> list:
         return []
 
 
+class StageClock:
+    """When each progress stage of the ``--json-progress`` log was first and last seen
+    (seconds from the start, to the sampling interval): a teacher round's or a tuning's
+    own wall time."""
+
+    def __init__(self, log: Path, start: float) -> None:
+        self.log, self.start, self.offset = log, start, 0
+        self.seen: dict[str, list[float]] = {}
+
+    def read(self) -> None:
+        try:
+            with open(self.log, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except OSError:
+            return
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
+        self.offset += len(complete)
+        now = round(time.perf_counter() - self.start, 1)
+        for line in complete.decode(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            stage = record.get("stage") if isinstance(record, dict) else None
+            if isinstance(stage, str) and stage != "message":
+                self.seen.setdefault(stage, [now, now])[1] = now
+
+    def stages(self) -> dict[str, dict[str, float]]:
+        return {stage: {"first_s": first, "last_s": last, "seconds": round(last - first, 1)}
+                for stage, (first, last) in self.seen.items()}
+
+
 def run(argv: list[str], code: Path, cache: Path, log: Path, time_limit: float, interval: float) -> dict[str, Any]:
     """Run ``python -m DistillSegLib argv`` and sample its process tree; the figures."""
     import psutil
@@ -117,8 +150,10 @@ def run(argv: list[str], code: Path, cache: Path, log: Path, time_limit: float, 
         root = psutil.Process(child.pid)
         peak_tree = peak_single = 0
         loads, cpu = [], {}
+        clock = StageClock(log, start)
         finished = True
         while child.poll() is None:
+            clock.read()
             if time.perf_counter() - start > time_limit:
                 finished = False
                 for p in reversed(tree(root)):
@@ -142,6 +177,7 @@ def run(argv: list[str], code: Path, cache: Path, log: Path, time_limit: float, 
             loads.append(os.getloadavg()[0])
             time.sleep(interval)
     wall = time.perf_counter() - start
+    clock.read()
     lines = log.read_text(errors="replace").splitlines()
     messages = []
     for line in lines:
@@ -158,6 +194,7 @@ def run(argv: list[str], code: Path, cache: Path, log: Path, time_limit: float, 
         "load_start": round(start_load[0], 2), "load_end": round(os.getloadavg()[0], 2),
         "load_mean": round(sum(loads) / len(loads), 2) if loads else None, "cpu_count": os.cpu_count(),
         "memory_messages": [m for m in messages if m and m.startswith("memory after")],
+        "stages": clock.stages(),
         "tail": lines[-5:],
     }
 
