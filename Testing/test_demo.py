@@ -48,6 +48,12 @@ def test_split_is_the_documented_one(sts_dir):
     assert not set(untouched.validation) & set(VALIDATION_CASES + LABELLED_CASES)
     with pytest.raises(DistillSegError, match="no untouched cases"):
         split.scored_on_untouched(split)
+    # a cross-validation fold on the labelled cases: the held-out one is scored, the others train
+    fold = split.subset(max_unlabelled=6).holding_out("STS_003")
+    assert fold.labelled == ("STS_001", "STS_002", "STS_004", "STS_005") and fold.validation == ("STS_003",)
+    assert fold.unlabelled == UNLABELLED_CASES[:6]
+    with pytest.raises(DistillSegError, match="STS_019 is not one of the labelled cases"):
+        split.holding_out("STS_019")
 
 
 def test_suv_threshold_is_41_percent_of_suvmax_and_finds_the_tumour(sts_case_dir):

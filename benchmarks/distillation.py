@@ -75,10 +75,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "'dev' Dice: what settings are chosen on, never the validation cases; default on)")
     parser.add_argument("--validation", action=argparse.BooleanOptionalAction, default=True,
                         help="score on the validation cases (--no-validation for runs that choose settings)")
-    parser.add_argument("--score-on", choices=("validation", "untouched"), default="validation",
-                        help="cases every student is scored on: the split's 10 validation cases (default), or the "
+    parser.add_argument("--score-on", choices=("validation", "untouched", "labelled-fold"), default="validation",
+                        help="cases every student is scored on: the split's 10 validation cases (default), the "
                              "'untouched' unlabelled-pool cases this run does not use as unlabelled studies (with "
-                             "--max-unlabelled-cases 6: the 9 cases no setting was ever chosen on)")
+                             "--max-unlabelled-cases 6: the 9 cases no setting was ever chosen on), or one "
+                             "labelled case held out of training (--hold-out): a cross-validation fold, where "
+                             "settings may be chosen")
+    parser.add_argument("--hold-out", metavar="CASE",
+                        help="with --score-on labelled-fold: the labelled case this fold scores and does not train on")
     parser.add_argument("--ema-decay", type=float, default=0.0,
                         help="distilled students keep an EMA copy that prompts the teachers (0: off)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: every core; 1 is faster "
@@ -131,12 +135,17 @@ def main(argv=None) -> int:
     data = resolve_data_dir(args.data)
     sources = {c.case_id: c for c in find_cases(data)}
     split = sts_split(list(sources)).subset(args.max_val_cases, args.max_unlabelled_cases)
-    if args.score_on == "untouched":
-        try:
+    if (args.score_on == "labelled-fold") != bool(args.hold_out):
+        print("error: --hold-out CASE goes with --score-on labelled-fold, and only with it", file=sys.stderr)
+        return 2
+    try:
+        if args.score_on == "untouched":
             split = split.scored_on_untouched(sts_split(list(sources)))
-        except DistillSegError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        elif args.score_on == "labelled-fold":
+            split = split.holding_out(args.hold_out)
+    except DistillSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     progress, cancel = Progress(), CancelToken()
     started = time.perf_counter()
 
@@ -259,7 +268,7 @@ def summarise(args, data, split, strategies, seeds, runs, suv, suv_eval, teacher
         "benchmark": "distillation", "command": " ".join([sys.executable, *sys.argv]),
         "device": f"CPU, {os.cpu_count()} cores, torch {torch.__version__}",
         "load_average_end": os.getloadavg()[0],
-        "data": str(data), "scored_on": args.score_on,
+        "data": str(data), "scored_on": args.score_on + (f" ({args.hold_out} held out)" if args.hold_out else ""),
         "split": {**split.to_dict(), "validation_used": list(split.validation),
                                      "unlabelled_used": list(split.unlabelled)},
         "protocol": PROTOCOL, "cuts": cuts_of(args, seeds),

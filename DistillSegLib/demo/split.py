@@ -90,6 +90,22 @@ class DemoSplit:
                                   "cut it with --max-unlabelled-cases")
         return DemoSplit(self.labelled, untouched, self.unlabelled, self.seed)
 
+    def holding_out(self, case_id: str) -> "DemoSplit":
+        """One fold of cross-validation on the labelled cases: ``case_id`` scored, never trained on.
+
+        Settings may be chosen on the labelled cases only; a fold trains on the other labelled
+        cases (and the same unlabelled ones) and scores the held-out case against its label.
+
+        Raises:
+            DistillSegError: ``case_id`` is not a labelled case, or no labelled case would remain.
+        """
+        if case_id not in self.labelled:
+            raise DistillSegError(f"{case_id} is not one of the labelled cases {list(self.labelled)}")
+        kept = tuple(c for c in self.labelled if c != case_id)
+        if not kept:
+            raise DistillSegError("holding out the only labelled case leaves nothing to train on")
+        return DemoSplit(kept, (case_id,), self.unlabelled, self.seed)
+
     def to_dict(self) -> dict:
         return {
             "seed": self.seed,
