@@ -72,3 +72,15 @@ def test_the_command_writes_the_decision(tmp_path, capsys):
     assert labelled_cv.main(["--incumbent", f"both={tmp_path}/none/*.json", "--challenger", "x=y",
                              "--out", str(tmp_path / "no.json")]) == 2
     assert not (tmp_path / "no.json").exists()
+
+
+def test_two_different_methods_compare_over_the_same_folds():
+    selftrain = [{**fold(c, 0.7), "runs": [{"method": "supervised", "seed": 0, "per_case_dice": {c: 0.6}},
+                                           {"method": "selftrain", "seed": 0, "per_case_dice": {c: 0.7}}]}
+                 for c in LABELLED]
+    dualview = [fold(c, 0.75) for c in LABELLED]
+    result = labelled_cv.decide(labelled_cv.fold_scores(selftrain, "selftrain"),
+                                labelled_cv.fold_scores(dualview, "dualview"), min_gain_points=2.0)
+    assert result["challenger_minus_incumbent_points"] == pytest.approx(5.0) and result["challenger_wins"]
+    with pytest.raises(ValueError, match="no 'dualview' or supervised run"):
+        labelled_cv.fold_scores(selftrain, "dualview")

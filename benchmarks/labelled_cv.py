@@ -92,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--arm", default="dualview", help="the method both candidates train (default dualview)")
+    parser.add_argument("--challenger-arm", help="the challenger's method, where it differs (e.g. the incumbent "
+                        "selftrain, the challenger dualview)")
     parser.add_argument("--incumbent", required=True, metavar="NAME=GLOB", help="the current default's folds")
     parser.add_argument("--challenger", required=True, metavar="NAME=GLOB", help="the other setting's folds")
     parser.add_argument("--min-gain", type=float, default=1.0, help="Dice points the challenger must gain (default 1)")
@@ -101,11 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         (incumbent_name, incumbent), (challenger_name, challenger) = map(read_candidate, (args.incumbent, args.challenger))
-        result = decide(fold_scores(incumbent, args.arm), fold_scores(challenger, args.arm), args.min_gain, args.min_folds)
+        result = decide(fold_scores(incumbent, args.arm), fold_scores(challenger, args.challenger_arm or args.arm),
+                        args.min_gain, args.min_folds)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     result = {"benchmark": "labelled_cv", "date": time.strftime("%Y-%m-%d"), "arm": args.arm,
+              "challenger_arm": args.challenger_arm or args.arm,
               "incumbent": incumbent_name, "challenger": challenger_name, "protocol": args.protocol,
               "scored_on": "labelled cases, one held out per fold", "device": incumbent[0]["device"],
               "load_average_end": max(r["load_average_end"] for r in incumbent + challenger),
