@@ -30,6 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from DistillSegLib.atomic import write_json_atomic  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import case_stats  # noqa: E402
+
 
 def fold_scores(results: Sequence[Mapping[str, Any]], arm: str) -> dict[str, dict[str, float]]:
     """``{held-out case: {"arm": Dice, "supervised": Dice}}`` from single-fold, single-seed results.
@@ -76,7 +79,9 @@ def decide(incumbent: Mapping[str, Mapping[str, float]], challenger: Mapping[str
             "challenger_minus_incumbent_points": gain, "per_fold_points": differences, "folds_ahead": ahead,
             "rule": f"challenger wins if its mean is >= {min_gain_points} points higher and it is ahead in "
                     f">= {min_folds_ahead} of {len(cases)} folds",
-            "challenger_wins": gain >= min_gain_points and ahead >= min_folds_ahead}
+            "challenger_wins": gain >= min_gain_points and ahead >= min_folds_ahead,
+            "case_stats": case_stats.case_statistics({0: {c: challenger[c]["arm"] for c in cases}},
+                                                     {0: {c: incumbent[c]["arm"] for c in cases}})}
 
 
 def read_candidate(spec: str) -> tuple[str, list[dict]]:
@@ -124,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     means = result["mean_dice"]
     print(f"{'mean':<10}{means['supervised']:>12.3f}{means['incumbent']:>12.3f}{means['challenger']:>12.3f}"
           f"{result['challenger_minus_incumbent_points']:>+9.1f}")
+    low, high = result["case_stats"]["bootstrap_ci95"]
+    print(f"challenger - incumbent over folds: 95 % bootstrap over cases {low:+.1f} .. {high:+.1f} points")
     print(f"{result['rule']}: {'the challenger wins' if result['challenger_wins'] else 'the incumbent stays'}")
     print(f"wrote {args.out}")
     return 0
