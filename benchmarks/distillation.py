@@ -88,7 +88,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: every core; 1 is faster "
                         "on a machine busy with other work)")
     parser.add_argument("--cut-reason", default=DEFAULT_CUT_REASON, help="why runs are cut (recorded in the JSON)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.score_on == "labelled-fold") != bool(args.hold_out):
+        parser.error("--hold-out CASE goes with --score-on labelled-fold, and only with it")
+    return args
 
 
 def cuts_of(args: argparse.Namespace, seeds: list[int]) -> list[dict]:
@@ -135,9 +138,6 @@ def main(argv=None) -> int:
     data = resolve_data_dir(args.data)
     sources = {c.case_id: c for c in find_cases(data)}
     split = sts_split(list(sources)).subset(args.max_val_cases, args.max_unlabelled_cases)
-    if (args.score_on == "labelled-fold") != bool(args.hold_out):
-        print("error: --hold-out CASE goes with --score-on labelled-fold, and only with it", file=sys.stderr)
-        return 2
     try:
         if args.score_on == "untouched":
             split = split.scored_on_untouched(sts_split(list(sources)))

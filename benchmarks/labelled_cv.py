@@ -67,21 +67,20 @@ def decide(incumbent: Mapping[str, Mapping[str, float]], challenger: Mapping[str
         if abs(incumbent[case]["supervised"] - challenger[case]["supervised"]) > tolerance:
             raise ValueError(f"fold {case}: the supervised arms differ ({incumbent[case]['supervised']} vs "
                              f"{challenger[case]['supervised']}), so the candidates did not share a warm-up")
-    differences = {c: 100.0 * (challenger[c]["arm"] - incumbent[c]["arm"]) for c in cases}
-    mean_incumbent = sum(incumbent[c]["arm"] for c in cases) / len(cases)
-    mean_challenger = sum(challenger[c]["arm"] for c in cases) / len(cases)
-    gain = 100.0 * (mean_challenger - mean_incumbent)
-    ahead = sum(d > 0 for d in differences.values())
-    return {"folds": cases, "mean_dice": {"incumbent": mean_incumbent, "challenger": mean_challenger,
-                                          "supervised": sum(incumbent[c]["supervised"] for c in cases) / len(cases)},
+    stats = case_stats.case_statistics({0: {c: challenger[c]["arm"] for c in cases}},
+                                       {0: {c: incumbent[c]["arm"] for c in cases}})
+    differences, gain = stats["per_case_points"], stats["mean_points"]
+    ahead = stats["cases_positive"]
+    def mean(candidate, key="arm"):
+        return sum(candidate[c][key] for c in cases) / len(cases)
+    return {"folds": cases, "mean_dice": {"incumbent": mean(incumbent), "challenger": mean(challenger),
+                                          "supervised": mean(incumbent, "supervised")},
             "per_fold_dice": {c: {"incumbent": incumbent[c]["arm"], "challenger": challenger[c]["arm"],
                                   "supervised": incumbent[c]["supervised"]} for c in cases},
             "challenger_minus_incumbent_points": gain, "per_fold_points": differences, "folds_ahead": ahead,
             "rule": f"challenger wins if its mean is >= {min_gain_points} points higher and it is ahead in "
                     f">= {min_folds_ahead} of {len(cases)} folds",
-            "challenger_wins": gain >= min_gain_points and ahead >= min_folds_ahead,
-            "case_stats": case_stats.case_statistics({0: {c: challenger[c]["arm"] for c in cases}},
-                                                     {0: {c: incumbent[c]["arm"] for c in cases}})}
+            "challenger_wins": gain >= min_gain_points and ahead >= min_folds_ahead, "case_stats": stats}
 
 
 def read_candidate(spec: str) -> tuple[str, list[dict]]:

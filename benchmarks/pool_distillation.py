@@ -32,6 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 from DistillSegLib.atomic import write_json_atomic  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from case_stats import per_case_dice  # noqa: E402
+
 FIXED_SETTINGS = ("steps", "warmup_steps", "refresh_every", "strategy_options")
 FIXED_FIELDS = ("scored_on", "split", "protocol", "data")
 
@@ -52,18 +55,15 @@ def supervised_mismatches(runs: Sequence[Mapping[str, Any]], base_runs: Sequence
                           tolerance: float) -> list[str]:
     """Where ``runs``' supervised per-case Dice differs from ``base_runs``' (same seed) by more
     than ``tolerance``, or the base has no such seed; empty when every seed pairs."""
-    base = {int(r["seed"]): r["per_case_dice"] for r in base_runs if r["method"] == "supervised"}
+    base = per_case_dice(base_runs, "supervised")
     problems = []
-    for run in runs:
-        if run["method"] != "supervised":
-            continue
-        seed = int(run["seed"])
+    for seed, cases in per_case_dice(runs, "supervised").items():
         if seed not in base:
             problems.append(f"seed {seed}: no supervised run in the base file")
             continue
-        for case, dice in run["per_case_dice"].items():
-            if case not in base[seed] or abs(float(dice) - float(base[seed][case])) > tolerance:
-                problems.append(f"seed {seed}, {case}: supervised Dice {dice} vs base {base[seed].get(case)}")
+        problems += [f"seed {seed}, {case}: supervised Dice {dice} vs base {base[seed].get(case)}"
+                     for case, dice in cases.items()
+                     if case not in base[seed] or abs(dice - base[seed][case]) > tolerance]
     return problems
 
 
