@@ -662,6 +662,38 @@ def test_a_study_is_exported_for_the_engine_once_per_version_and_uncompressed(st
     assert not again.exists()
 
 
+def test_the_exported_volumes_go_with_the_logic_even_without_cleanup(sts_case_dir):
+    """A logic dropped without cleanup (a web session ended, a script) left its CT and PET in
+    the temporary folder: ~10 MB each time, 90 folders after one day of tests."""
+    import gc
+
+    folder = sts_case_dir("STS_001")
+    scene = slicer.vtkMRMLScene()
+    logic = SceneLogic(scene)
+    ct, pet = logic.loadStudy(folder / "CT_image.nii.gz", folder / "PET_image.nii.gz")
+    exported = logic.exportedVolume(ct).parent
+    assert exported.is_dir()
+    del logic, ct, pet, scene
+    gc.collect()
+    assert not exported.exists()
+
+
+def test_the_exported_volumes_go_when_python_exits_without_cleanup(sts_case_dir, tmp_path):
+    """Slicer closed while the module still holds a study: the folder goes at exit."""
+    import subprocess
+
+    folder = sts_case_dir("STS_001")
+    script = (f"import sys; sys.path.insert(0, {str(ROOT / 'DistillSeg')!r}); import slicer\n"
+              "from DistillSegModuleLib.Logic import SceneLogic\n"
+              "scene = slicer.vtkMRMLScene(); logic = SceneLogic(scene)\n"
+              f"ct, pet = logic.loadStudy({str(folder / 'CT_image.nii.gz')!r}, {str(folder / 'PET_image.nii.gz')!r})\n"
+              "print(logic.exportedVolume(ct).parent)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    exported = Path(done.stdout.strip().splitlines()[-1])
+    assert exported.name.startswith("DistillSeg-study-") and not exported.exists()
+
+
 def test_runs_on_one_study_reuse_its_exported_volumes_until_the_ct_changes(study, logic, scene, tiny_student):
     """One trip for the data: the CT and PET are converted and written for the engine once per
     loaded study; a second Run reuses them, a changed CT is written again (only the CT)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,6 +41,7 @@ class Study:
         self.scene = scene
         self.dicomFiles = dicomFiles
         self._studyDir: Path | None = None  # the volumes exported for the engine (see exportedVolume)
+        self._removeStudyDir: weakref.finalize | None = None
         self._exported: dict[str, tuple[tuple[int, ...], Path]] = {}  # node ID -> (version, file)
         self._volumes: dict[str, tuple[tuple[int, ...], object]] = {}  # node ID -> (version, Volume)
 
@@ -262,7 +264,8 @@ class Study:
         Loading a study and every Run used to write the whole CT and PET again, gzipped, on
         the GUI thread (seconds per study). The engine reads these files once and they are
         temporary, so they are written uncompressed, and again only when the node changed
-        (its own or its voxels' modification time); removed with the scene or the module.
+        (its own or its voxels' modification time); removed with the scene, the module or the
+        study object, and at exit.
         """
         version = self.nodeVersion(node)
         cached = self._exported.get(node.GetID())
@@ -270,6 +273,9 @@ class Study:
             return cached[1]
         if self._studyDir is None:
             self._studyDir = Path(tempfile.mkdtemp(prefix="DistillSeg-study-"))
+            # Removed with the study, or when Python exits, even if nobody calls cleanup (a
+            # session dropped by the web server, a logic made by a script): a CT and PET each time.
+            self._removeStudyDir = weakref.finalize(self, shutil.rmtree, str(self._studyDir), ignore_errors=True)
         path = self._studyDir / f"{len(self._exported)}-{''.join(c for c in node.GetID() if c.isalnum())}.nii"
         path = self.exportVolume(node, path, compress=False)
         if cached is not None:
@@ -279,9 +285,10 @@ class Study:
 
     def _forgetExports(self) -> None:
         self._exported.clear()
-        if self._studyDir is not None:
-            shutil.rmtree(self._studyDir, ignore_errors=True)
-            self._studyDir = None
+        if self._removeStudyDir is not None:
+            self._removeStudyDir()  # runs once: also detached from exit
+            self._removeStudyDir = None
+        self._studyDir = None
 
 
 _HOW_TO_LOAD_PET = ("load the PET series with this module's 'Load DICOM series...', which converts it to SUVbw "
