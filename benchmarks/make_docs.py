@@ -15,6 +15,8 @@ checkout). So commit a new JSON first, then run::
     python benchmarks/make_docs.py --check    # exit 1 when docs/benchmarks.md is out of date
 
 ``Testing/test_benchmark_docs.py`` fails when the committed page differs from what this writes.
+The README's generated blocks (``benchmarks/readme_blocks.py``: the headline figures) are
+rewritten and checked the same way.
 """
 
 from __future__ import annotations
@@ -28,9 +30,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import readme_blocks  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "docs" / "benchmarks.md"
+README = ROOT / "README.md"
 DATE_KEYS = ("date", "written", "created")
 
 # What each split's cases are; the 10 validation cases were looked at while settings were chosen.
@@ -302,24 +308,30 @@ def render(results: Path = RESULTS) -> str:
     return HEADER.format(splits=splits, index=index) + "\n" + "\n".join(text for _, text in sections)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 when docs/benchmarks.md is out of date")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when docs/benchmarks.md or the README's generated blocks are out of date")
     args = parser.parse_args(argv)
-    text = render()
+    outputs = {PAGE: render(), README: readme_blocks.fill(README.read_text())}
+    stale = [path for path, text in outputs.items() if (path.read_text() if path.exists() else "") != text]
     if args.check:
-        current = PAGE.read_text() if PAGE.exists() else ""
-        if current != text:
-            print("docs/benchmarks.md is out of date: run python benchmarks/make_docs.py", file=sys.stderr)
-            return 1
-        return 0
-    PAGE.parent.mkdir(exist_ok=True)
-    tmp = PAGE.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(PAGE)
-    print(f"wrote {PAGE.relative_to(ROOT)} ({len(text.splitlines())} lines, {text.count('## ') - 1} files)")
+        for path in stale:
+            print(f"{path.relative_to(ROOT)} is out of date: run python benchmarks/make_docs.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path in stale:
+        write_atomic(path, outputs[path])
+    text = outputs[PAGE]
+    print(f"{PAGE.relative_to(ROOT)}: {len(text.splitlines())} lines, {text.count('## ') - 1} files; "
+          f"rewritten: {', '.join(str(p.relative_to(ROOT)) for p in stale) or 'nothing'}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
