@@ -38,10 +38,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODEL_NAME = "sts-petct-crop"
-BUNDLED_MODEL = ROOT / "DistillSeg" / "Resources" / "Models" / f"{MODEL_NAME}.pt"
+PROMPTABLE_NAME = "sts-petct-crop-promptable"  # the second bundled student: takes a box and clicks
+MODELS = ROOT / "DistillSeg" / "Resources" / "Models"
+INTERACTIVE = ROOT / "benchmarks" / "results" / "interactive_side_by_side.json"  # its heldout box and clicks
 CATALOGUE = ROOT / "Resources" / "ModelCatalogue.json"
 RESULTS = ROOT / "benchmarks" / "results" / "bundled_student.json"
 MAX_BYTES = 8 * 1024 * 1024  # the extension's budget for a bundled student
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomically: a run killed while writing leaves the previous file whole."""
+    from DistillSegLib.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, default=float) + "\n")
 
 
 def sha256_file(path: Path) -> str:
@@ -102,11 +111,15 @@ def evaluate_roi_margins(model_path: Path, data: Path, validation: list[str], ma
 
 
 def update_catalogue(entry: dict) -> None:
-    """Replace (or add) the bundled student's entry in the catalogue, teachers untouched."""
+    """Replace the bundled student's entry in place (or append it), teachers untouched."""
     catalogue = json.loads(CATALOGUE.read_text())
-    students = [s for s in catalogue.get("students", []) if s.get("name") != entry["name"]]
-    catalogue["students"] = [entry, *students]
-    CATALOGUE.write_text(json.dumps(catalogue, indent=2) + "\n")
+    students = catalogue.setdefault("students", [])
+    names = [s.get("name") for s in students]
+    if entry["name"] in names:
+        students[names.index(entry["name"])] = entry
+    else:
+        students.append(entry)
+    write_json(CATALOGUE, catalogue)
 
 
 def main() -> int:
@@ -119,13 +132,17 @@ def main() -> int:
     parser.add_argument("--stages", default="heldout,bundle",
                         help="comma-separated: heldout, bundle, margin (default: heldout,bundle)")
     parser.add_argument("--work", default="/tmp/distillseg-bundled-student", help="scratch folder")
-    parser.add_argument("--out-model", default=str(BUNDLED_MODEL))
+    parser.add_argument("--out-model", default=None,
+                        help=f"the bundled file (default: {MODELS.relative_to(ROOT)}/{MODEL_NAME}.pt, "
+                             f"or {PROMPTABLE_NAME}.pt with --promptable)")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--update-catalogue", action="store_true", help="rewrite the student's catalogue entry")
     parser.add_argument("--promptable", action="store_true",
                         help="the promptable recipe (`distillseg train --promptable`): box, clicks and previous mask "
                              "as input channels, trained with simulated prompts; recorded under steps_N_promptable")
     args = parser.parse_args()
+    if args.out_model is None:
+        args.out_model = str(MODELS / f"{PROMPTABLE_NAME if args.promptable else MODEL_NAME}.pt")
 
     from DistillSegLib.demo.split import SPLIT_SEED, sts_split
     from DistillSegLib.io.dataset import find_cases
@@ -153,8 +170,7 @@ def main() -> int:
             "train_seconds_wall": round(seconds, 1), "load_average_1_5_15": list(os.getloadavg()),
             "mean": result["mean"], "cases": result["cases"],
         }
-        results_path.parent.mkdir(parents=True, exist_ok=True)
-        results_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        write_json(results_path, results)
         print(f"held-out Dice {result['mean']['dice']:.3f} on {len(validation)} validation cases "
               f"({args.steps} steps, {seconds:.0f} s wall, load {os.getloadavg()[0]:.1f})")
 
@@ -165,7 +181,7 @@ def main() -> int:
         print(f"{'case':<10}{'+10 mm':>9}{'+50 mm':>9}")
         record["roi_margin"] = {**evaluate_roi_margins(model, data, validation, [10.0, 50.0]),
                                 "load_average_1_5_15": list(os.getloadavg())}
-        results_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        write_json(results_path, results)
 
     if "bundle" in stages:
         out = Path(args.out_model)
@@ -177,7 +193,7 @@ def main() -> int:
         record["bundle"] = {"command": " ".join(command[1:]), "training_cases": all_cases,
                             "train_seconds_wall": round(seconds, 1), "bytes": size, "sha256": sha256_file(out),
                             "load_average_1_5_15": list(os.getloadavg())}
-        results_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        write_json(results_path, results)
         print(f"bundled student {out} ({size / 1e6:.2f} MB, sha256 {record['bundle']['sha256'][:12]}...) "
               f"trained on {len(all_cases)} cases in {seconds:.0f} s")
         if args.update_catalogue:
@@ -190,26 +206,47 @@ def main() -> int:
 
 
 def catalogue_entry(model: Path, record: dict, heldout: dict, args: argparse.Namespace) -> dict:
-    """The catalogue's description of the bundled student (what ``Catalogue``/``catalogue.py`` read)."""
-    return {
-        "name": MODEL_NAME,
-        "title": "STS PET/CT tumour, crop (supervised, 30 cases)",
+    """The catalogue's description of a bundled student (what ``Catalogue``/``catalogue.py`` read)."""
+    entry = {
+        "name": PROMPTABLE_NAME if args.promptable else MODEL_NAME,
+        "title": ("STS PET/CT tumour, crop, promptable: box and clicks (supervised, 30 cases)" if args.promptable
+                  else "STS PET/CT tumour, crop (supervised, 30 cases)"),
         "file": f"Models/{model.name}",
         "sha256": record["bundle"]["sha256"],
         "bytes": record["bundle"]["bytes"],
         "field_of_view": "crop",
         "field_of_view_note": "trained on ~5 cm crops around soft-tissue sarcomas: draw an ROI around the lesion",
         "trained_on": "all 30 sts-petct cases (IBSI validation set from TCIA Soft-tissue-Sarcoma, CC BY 3.0), "
-                      f"supervised, {args.steps} steps, seed {args.seed}",
+                      f"supervised{', promptable' if args.promptable else ''}, {args.steps} steps, seed {args.seed}",
         "training_cases": record["bundle"]["training_cases"],
         "heldout_dice": round(heldout["mean"]["dice"], 3),
         "heldout_note": "mean Dice on the demo's 10 validation cases (DistillSegLib/demo/split.py) of the same "
-                        "recipe trained on the other 20 cases; the bundled model itself has seen all 30",
+                        "recipe trained on the other 20 cases; the bundled model itself has seen all 30"
+                        + (" (without a prompt, on the whole crop)" if args.promptable else ""),
         "heldout_validation_cases": heldout["validation_cases"],
         "rebuild": "DISTILLSEG_DATA=../shared/data .venv/bin/python benchmarks/bundled_student.py "
-                   f"--steps {args.steps} --seed {args.seed} --threads {args.threads} --update-catalogue",
+                   f"--steps {args.steps} --seed {args.seed} --threads {args.threads}"
+                   + (" --promptable" if args.promptable else "") + " --update-catalogue",
     }
+    if args.promptable:
+        entry["heldout_prompted"] = heldout_prompted(heldout["command"])
+    return entry
 
+
+def heldout_prompted(heldout_command: str) -> dict:
+    """Box and click Dice of the promptable heldout model, from ``interactive_side_by_side.json``.
+
+    Refused when that file scored another model than the heldout run of this recipe (its
+    ``--out`` path), so the catalogue never quotes another model's figures."""
+    scored = json.loads(INTERACTIVE.read_text())
+    out = heldout_command.split("--out ", 1)[1].split()[0]
+    if scored.get("promptable") != out:
+        raise SystemExit(f"error: {INTERACTIVE.name} scored {scored.get('promptable')}, not the heldout model {out}: "
+                         "run benchmarks/interactive.py --promptable on it first")
+    mean = scored["mean"]["promptable"]
+    return {"note": f"the heldout model (the 20 other cases) on the 10 validation cases, {INTERACTIVE.name}: "
+                    "one box 10 % larger than the tumour, then simulated clicks",
+            **{key: round(mean[key], 3) for key in ("box", "box+1 clicks", "box+2 clicks", "box+3 clicks")}}
 
 if __name__ == "__main__":
     raise SystemExit(main())
