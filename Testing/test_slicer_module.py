@@ -324,24 +324,25 @@ def test_pip_failure_is_reported_with_pips_own_message(tmp_path):
 # ------------------------------------------------------------------------- the bundled student
 
 
-def bundled_entry() -> dict:
+def bundled_entry(name: str = "sts-petct-crop") -> dict:
     from DistillSegLib.student.catalogue import load_catalogue, student_entry
 
-    entry = student_entry("sts-petct-crop", load_catalogue())
-    assert entry is not None, "the catalogue lists no bundled student"
+    entry = student_entry(name, load_catalogue())
+    assert entry is not None, f"the catalogue lists no bundled student {name}"
     return entry
 
 
-def test_bundled_student_is_listed_with_its_facts_and_loads_without_running_code():
+@pytest.mark.parametrize("name", ["sts-petct-crop", "sts-petct-crop-promptable"])
+def test_bundled_student_is_listed_with_its_facts_and_loads_without_running_code(name):
     import torch
 
     from DistillSegLib.demo.split import VALIDATION_CASES
     from DistillSegLib.student.catalogue import student_file
     from DistillSegLib.student.model_file import load_model
 
-    entry = bundled_entry()
+    entry = bundled_entry(name)
     path = student_file(entry)  # SHA-256 checked against the catalogue
-    assert path == MODULE / "Resources" / "Models" / "sts-petct-crop.pt"
+    assert path == MODULE / "Resources" / "Models" / f"{name}.pt"
     assert path.stat().st_size == entry["bytes"] <= 8 * 1024 * 1024
     assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
     payload = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code can run
@@ -349,15 +350,22 @@ def test_bundled_student_is_listed_with_its_facts_and_loads_without_running_code
     model = load_model(path)
     metadata = model.metadata
     assert model.field_of_view == entry["field_of_view"] == "crop"
+    assert model.takes_prompts == name.endswith("-promptable")
     assert sorted(metadata["training_cases"]["labelled"]) == sorted(entry["training_cases"])
     assert len(entry["training_cases"]) == 30 and metadata["strategy"] == "supervised"
     assert sorted(entry["heldout_validation_cases"]) == sorted(VALIDATION_CASES)
     assert 0.6 <= entry["heldout_dice"] <= 1.0
     assert "benchmarks/bundled_student.py" in entry["rebuild"]
+    assert ("--promptable" in entry["rebuild"]) == model.takes_prompts
     results = json.loads((ROOT / "benchmarks" / "results" / "bundled_student.json").read_text())
-    measured = results[f"steps_{metadata['training']['steps_done']}"]
+    measured = results[f"steps_{metadata['training']['steps_done']}" + ("_promptable" if model.takes_prompts else "")]
     assert round(measured["heldout"]["mean"]["dice"], 3) == entry["heldout_dice"]
     assert measured["bundle"]["sha256"] == entry["sha256"]
+    if model.takes_prompts:  # its box and click figures are those of its own heldout twin
+        scored = json.loads((ROOT / "benchmarks" / "results" / "interactive_side_by_side.json").read_text())
+        assert scored["promptable"] in measured["heldout"]["command"]
+        assert entry["heldout_prompted"]["box"] == round(scored["mean"]["promptable"]["box"], 3)
+        assert entry["heldout_prompted"]["box+3 clicks"] == round(scored["mean"]["promptable"]["box+3 clicks"], 3)
 
 
 def test_a_modified_bundled_student_is_refused(tmp_path):
