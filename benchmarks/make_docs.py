@@ -15,8 +15,8 @@ checkout). So commit a new JSON first, then run::
     python benchmarks/make_docs.py --check    # exit 1 when docs/benchmarks.md is out of date
 
 ``Testing/test_benchmark_docs.py`` fails when the committed page differs from what this writes.
-The README's generated blocks (``benchmarks/readme_blocks.py``: the headline figures) are
-rewritten and checked the same way.
+The generated blocks of ``README.md`` and ``docs/methods.md`` (``benchmarks/readme_blocks.py``:
+the headline figures) are rewritten and checked the same way.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 PAGE = ROOT / "docs" / "benchmarks.md"
 README = ROOT / "README.md"
+METHODS = ROOT / "docs" / "methods.md"  # also carries generated blocks
 DATE_KEYS = ("date", "written", "created")
 
 # What each split's cases are; the 10 validation cases were looked at while settings were chosen.
@@ -318,9 +319,10 @@ def write_atomic(path: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
-                        help="exit 1 when docs/benchmarks.md or the README's generated blocks are out of date")
+                        help="exit 1 when docs/benchmarks.md or a generated block of README.md or docs/methods.md "
+                             "is out of date")
     args = parser.parse_args(argv)
-    outputs = {PAGE: render(), README: readme_blocks.fill(README.read_text())}
+    outputs = {PAGE: render(), **{path: readme_blocks.fill(path.read_text()) for path in (README, METHODS)}}
     stale = [path for path, text in outputs.items() if (path.read_text() if path.exists() else "") != text]
     if args.check:
         for path in stale:
