@@ -56,7 +56,11 @@ class SegmentationSection:
                 self.ui.roiSelector.currentNode(), self.ui.deviceComboBox.currentText,
                 onProgress=onProgress, onFinished=onFinished)
 
-        self.startSegmentationJob(start, _("segmenting..."))
+        # A promptable student reads the ROI as its box: a loose one (the hot-spot button's 50 mm
+        # margin) costs it much more than it costs a prompt-free student (docs/slicer.md).
+        self.startSegmentationJob(start, _("segmenting from the ROI as the student's box (keep it close around "
+                                           "the lesion)...") if self.selectedStudentTakesPrompts()
+                                  else _("segmenting..."))
 
     def startSegmentationJob(self, start, message: str) -> None:
         """Check the dependencies and the PET, then ``start(pet, onProgress, onFinished)`` a
