@@ -133,8 +133,10 @@ def teacher_table(results: Path = RESULTS) -> str:
     for arm, words in ABLATION_NAMES.items():
         versus = _comparison(ablations, arm, "dualview")
         runs = _load(results, Path(versus["arm_file"]).name)["runs"]
+        same_seeds = arm_dice(base_runs, "dualview", versus["seeds"])
         rows.append(f"| `dualview`, {words} | {len(versus['seeds'])} | "
-                    f"{arm_dice(runs, arm, versus['seeds']):.3f} | {cell(find(ablations, arm, 'selftrain'))} | "
+                    f"{arm_dice(runs, arm, versus['seeds']):.3f} (dualview {same_seeds:.3f} on these seeds) | "
+                    f"{cell(find(ablations, arm, 'selftrain'))} | "
                     f"{cell(versus)} | {cell(find(ablations, arm, 'supervised'))} |")
     return ("\n".join(rows) + "\n\n" + _verdict(base) + " "
             f"Dice points, paired by seed and case; in brackets the 95 % bootstrap interval over cases,"
