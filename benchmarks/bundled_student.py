@@ -228,7 +228,8 @@ def catalogue_entry(model: Path, record: dict, heldout: dict, args: argparse.Nam
         "sha256": record["bundle"]["sha256"],
         "bytes": record["bundle"]["bytes"],
         "field_of_view": "crop",
-        "field_of_view_note": "trained on ~5 cm crops around soft-tissue sarcomas: draw an ROI around the lesion",
+        "field_of_view_note": "trained on ~5 cm crops around soft-tissue sarcomas: draw an ROI around the lesion"
+                              + ("; the ROI is its box: keep it close around the lesion" if args.promptable else ""),
         "trained_on": "all 30 sts-petct cases (IBSI validation set from TCIA Soft-tissue-Sarcoma, CC BY 3.0), "
                       f"supervised{', promptable' if args.promptable else ''}, {args.steps} steps, seed {args.seed}",
         "training_cases": record["bundle"]["training_cases"],
