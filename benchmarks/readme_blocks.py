@@ -27,8 +27,12 @@ UNTOUCHED_STATS = "teacher_vs_selftrain_untouched_stats.json"
 ABLATION_STATS = "teacher_ablations_untouched_stats.json"
 PROMPTABLE = "promptable_distillation.json"
 TARGET_OVER_SELFTRAIN = 2.0  # Dice points, with the bootstrap interval above 0
-ABLATION_NAMES = {"dualview_pet_only": "PET teacher only", "dualview_ct_only": "CT teacher only",
-                  "dualview_shipped_teachers": "shipped (untuned) teachers"}
+OTHER_STATS = "other_strategies_untouched_stats.json"  # TS-KD and KnowSAM; absent until they ran
+# Rows below the base arms: (statistics file, {arm: label}); each paired with the base runs' seeds.
+EXTRA_ROWS = [(ABLATION_STATS, {"dualview_pet_only": "`dualview`, PET teacher only",
+                                "dualview_ct_only": "`dualview`, CT teacher only",
+                                "dualview_shipped_teachers": "`dualview`, shipped (untuned) teachers"}),
+              (OTHER_STATS, {"tskd": "`tskd` (one tuned CT teacher)", "knowsam": "`knowsam`"})]
 
 
 def _load(results: Path, name: str) -> dict:
@@ -113,7 +117,6 @@ def teacher_headline(results: Path = RESULTS) -> str:
 def teacher_table(results: Path = RESULTS) -> str:
     """Every arm on the untouched cases, with its seeds and its paired differences."""
     stats = _load(results, UNTOUCHED_STATS)
-    ablations = _load(results, ABLATION_STATS)
     base = _comparison(stats, "dualview", "selftrain")
     base_runs = _load(results, Path(base["arm_file"]).name)["runs"]
     rows = ["| on the untouched cases | seeds | mean Dice | - selftrain | - dualview (both views, tuned) |"
@@ -130,18 +133,27 @@ def teacher_table(results: Path = RESULTS) -> str:
     for arm in ("supervised", "selftrain", "dualview"):
         rows.append(f"| `{arm}` | {len(seeds)} | {arm_dice(base_runs, arm, seeds):.3f} | "
                     f"{cell(find(stats, arm, 'selftrain'))} | | {cell(find(stats, arm, 'supervised'))} |")
-    for arm, words in ABLATION_NAMES.items():
-        versus = _comparison(ablations, arm, "dualview")
-        runs = _load(results, Path(versus["arm_file"]).name)["runs"]
-        same_seeds = arm_dice(base_runs, "dualview", versus["seeds"])
-        rows.append(f"| `dualview`, {words} | {len(versus['seeds'])} | "
-                    f"{arm_dice(runs, arm, versus['seeds']):.3f} (dualview {same_seeds:.3f} on these seeds) | "
-                    f"{cell(find(ablations, arm, 'selftrain'))} | "
-                    f"{cell(versus)} | {cell(find(ablations, arm, 'supervised'))} |")
+    sources = [UNTOUCHED_STATS]
+    for name, labels in EXTRA_ROWS:
+        if not (results / name).is_file():
+            continue
+        extra = _load(results, name)
+        sources.append(name)
+        for arm, label in labels.items():
+            versus = find(extra, arm, "dualview")
+            if versus is None:
+                continue
+            runs = _load(results, Path(versus["arm_file"]).name)["runs"]
+            same_seeds = arm_dice(base_runs, "dualview", versus["seeds"])
+            rows.append(f"| {label} | {len(versus['seeds'])} | "
+                        f"{arm_dice(runs, arm, versus['seeds']):.3f} (dualview {same_seeds:.3f} on these seeds) | "
+                        f"{cell(find(extra, arm, 'selftrain'))} | "
+                        f"{cell(versus)} | {cell(find(extra, arm, 'supervised'))} |")
     return ("\n".join(rows) + "\n\n" + _verdict(base) + " "
             f"Dice points, paired by seed and case; in brackets the 95 % bootstrap interval over cases,"
-            f" then seeds\n(`benchmarks/case_stats.py`; `benchmarks/results/{UNTOUCHED_STATS}`,"
-            f" `{ABLATION_STATS}`). Each ablation\nis paired with the seeds of the base runs it repeats.\n")
+            f" then seeds\n(`benchmarks/case_stats.py`; "
+            + ", ".join(f"`benchmarks/results/{name}`" for name in sources)
+            + "). Each row below the first three\nis paired with the seeds of the base runs it repeats.\n")
 
 
 def untouched_per_seed(results: Path = RESULTS) -> str:
