@@ -335,5 +335,6 @@ def main(argv: list[str] | None = None) -> int:
           f"rewritten: {', '.join(str(p.relative_to(ROOT)) for p in stale) or 'nothing'}")
     return 0
 
+
 if __name__ == "__main__":
     sys.exit(main())
