@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -28,11 +29,12 @@ ABLATION_STATS = "teacher_ablations_untouched_stats.json"
 PROMPTABLE = "promptable_distillation.json"
 TARGET_OVER_SELFTRAIN = 2.0  # Dice points, with the bootstrap interval above 0
 OTHER_STATS = "other_strategies_untouched_stats.json"  # TS-KD and KnowSAM; absent until they ran
+OTHER_LABELS = {"tskd": "`tskd` (one tuned CT teacher)", "knowsam": "`knowsam` (one teacher tuned each round, a co-student)"}
 # Rows below the base arms: (statistics file, {arm: label}); each paired with the base runs' seeds.
 EXTRA_ROWS = [(ABLATION_STATS, {"dualview_pet_only": "`dualview`, PET teacher only",
                                 "dualview_ct_only": "`dualview`, CT teacher only",
                                 "dualview_shipped_teachers": "`dualview`, shipped (untuned) teachers"}),
-              (OTHER_STATS, {"tskd": "`tskd` (one tuned CT teacher)", "knowsam": "`knowsam`"})]
+              (OTHER_STATS, OTHER_LABELS)]
 
 
 def _load(results: Path, name: str) -> dict:
@@ -111,7 +113,32 @@ def teacher_headline(results: Path = RESULTS) -> str:
         f"> (interval above 0 after {' and '.join(above) if above else 'none'} of them),"
         f" {_points(prompt['box']['mean_points'])} from a box alone ({_interval(prompt['box'])};\n"
         f"> {len(prompt['box']['seeds'])} seeds, {prompt['box']['n_cases']} validation cases).\n"
-        f"> [The figures](#does-the-teacher-pay-the-control-without-a-teacher).\n")
+        + other_strategies_sentence(results)
+        + "> [The figures](#does-the-teacher-pay-the-control-without-a-teacher).\n")
+
+
+def other_strategies_sentence(results: Path = RESULTS) -> str:
+    """The other teacher strategies against selftrain on the same untouched cases, or nothing
+    before they ran. Scored cases choose no default, and the sentence says so."""
+    if not (results / OTHER_STATS).is_file():
+        return ""
+    stats = _load(results, OTHER_STATS)
+    parts = []
+    for arm, name in OTHER_LABELS.items():
+        found = [c for c in stats["comparisons"] if c["arm"] == arm and c["baseline"] == "selftrain"]
+        if not found:
+            continue
+        c = found[0]
+        runs = _load(results, Path(c["arm_file"]).name)["runs"]
+        verb = ("beat it" if c["bootstrap_ci95"][0] > 0 else "lost to it" if c["bootstrap_ci95"][1] < 0
+                else "trailed it" if c["mean_points"] < 0 else "did not clearly beat it")
+        parts.append(f"{name} {verb}: {_points(c['mean_points'])} points ({_interval(c)};"
+                     f" Dice {arm_dice(runs, arm, c['seeds']):.3f}, {len(c['seeds'])} seeds)")
+    if not parts:
+        return ""
+    sentence = (f"Against `selftrain` on the same cases, {'; '.join(parts)}. These cases choose no default:"
+                f" a cross-validation on the labelled cases does.")
+    return textwrap.fill(sentence, width=96, initial_indent="> ", subsequent_indent="> ") + "\n"
 
 
 def teacher_table(results: Path = RESULTS) -> str:
