@@ -11,8 +11,9 @@ The README carries blocks between two HTML comments::
 JSON files say, so a figure in the README's first screen cannot outlive the run it came from.
 
 Sources: ``teacher_vs_selftrain_untouched_stats.json`` (``benchmarks/case_stats.py`` over the
-pooled untouched-case runs that its ``arm_file`` names), ``teacher_ablations_untouched_stats.json``
-and ``promptable_distillation.json``.
+pooled untouched-case runs that its ``arm_file`` names), ``teacher_ablations_untouched_stats.json``,
+``other_strategies_untouched_stats.json`` (TS-KD and KnowSAM, once they ran) and
+``promptable_distillation.json``.
 """
 
 from __future__ import annotations
