@@ -42,11 +42,19 @@ def _load(results: Path, name: str) -> dict:
     return json.loads((results / name).read_text())
 
 
-def _comparison(stats: dict, arm: str, baseline: str) -> dict:
+def _find(stats: dict, arm: str, baseline: str) -> Mapping | None:
+    """The one comparison ``arm - baseline`` in a ``case_stats.py`` file, or None when absent."""
     found = [c for c in stats["comparisons"] if c["arm"] == arm and c["baseline"] == baseline]
-    if len(found) != 1:
+    if len(found) > 1:
         raise ValueError(f"{len(found)} comparisons {arm} - {baseline} in the statistics")
-    return found[0]
+    return found[0] if found else None
+
+
+def _comparison(stats: dict, arm: str, baseline: str) -> Mapping:
+    found = _find(stats, arm, baseline)
+    if found is None:
+        raise ValueError(f"0 comparisons {arm} - {baseline} in the statistics")
+    return found
 
 
 def _points(value: float) -> str:
@@ -126,10 +134,9 @@ def other_strategies_sentence(results: Path = RESULTS) -> str:
     stats = _load(results, OTHER_STATS)
     parts = []
     for arm, name in OTHER_LABELS.items():
-        found = [c for c in stats["comparisons"] if c["arm"] == arm and c["baseline"] == "selftrain"]
-        if not found:
+        c = _find(stats, arm, "selftrain")
+        if c is None:
             continue
-        c = found[0]
         runs = _load(results, Path(c["arm_file"]).name)["runs"]
         verb = ("beat it" if c["bootstrap_ci95"][0] > 0 else "lost to it" if c["bootstrap_ci95"][1] < 0
                 else "trailed it" if c["mean_points"] < 0 else "did not clearly beat it")
@@ -153,14 +160,10 @@ def teacher_table(results: Path = RESULTS) -> str:
     def cell(c: Mapping | None) -> str:
         return "" if c is None else f"{_points(c['mean_points'])} ({_interval(c)})"
 
-    def find(source: dict, arm: str, baseline: str) -> Mapping | None:
-        found = [c for c in source["comparisons"] if c["arm"] == arm and c["baseline"] == baseline]
-        return found[0] if found else None
-
     seeds = base["seeds"]
     for arm in ("supervised", "selftrain", "dualview"):
         rows.append(f"| `{arm}` | {len(seeds)} | {arm_dice(base_runs, arm, seeds):.3f} | "
-                    f"{cell(find(stats, arm, 'selftrain'))} | | {cell(find(stats, arm, 'supervised'))} |")
+                    f"{cell(_find(stats, arm, 'selftrain'))} | | {cell(_find(stats, arm, 'supervised'))} |")
     sources = [UNTOUCHED_STATS]
     for name, labels in EXTRA_ROWS:
         if not (results / name).is_file():
@@ -168,15 +171,15 @@ def teacher_table(results: Path = RESULTS) -> str:
         extra = _load(results, name)
         sources.append(name)
         for arm, label in labels.items():
-            versus = find(extra, arm, "dualview")
+            versus = _find(extra, arm, "dualview")
             if versus is None:
                 continue
             runs = _load(results, Path(versus["arm_file"]).name)["runs"]
             same_seeds = arm_dice(base_runs, "dualview", versus["seeds"])
             rows.append(f"| {label} | {len(versus['seeds'])} | "
                         f"{arm_dice(runs, arm, versus['seeds']):.3f} (dualview {same_seeds:.3f} on these seeds) | "
-                        f"{cell(find(extra, arm, 'selftrain'))} | "
-                        f"{cell(versus)} | {cell(find(extra, arm, 'supervised'))} |")
+                        f"{cell(_find(extra, arm, 'selftrain'))} | "
+                        f"{cell(versus)} | {cell(_find(extra, arm, 'supervised'))} |")
     return ("\n".join(rows) + "\n\n" + _verdict(base) + " "
             f"Dice points, paired by seed and case; in brackets the 95 % bootstrap interval over cases,"
             f" then seeds\n(`benchmarks/case_stats.py`; "
