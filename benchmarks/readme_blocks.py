@@ -123,7 +123,7 @@ def teacher_headline(results: Path = RESULTS) -> str:
         f" {_points(prompt['box']['mean_points'])} from a box alone ({_interval(prompt['box'])};\n"
         f"> {len(prompt['box']['seeds'])} seeds, {prompt['box']['n_cases']} validation cases).\n"
         + other_strategies_sentence(results)
-        + "> [The figures](#does-the-teacher-pay-the-control-without-a-teacher).\n")
+        + "> [The figures](docs/methods.md#does-the-teacher-pay-the-control-without-a-teacher).\n")
 
 
 def other_strategies_sentence(results: Path = RESULTS) -> str:
