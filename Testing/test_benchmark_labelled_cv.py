@@ -84,3 +84,27 @@ def test_two_different_methods_compare_over_the_same_folds():
     assert result["challenger_minus_incumbent_points"] == pytest.approx(5.0) and result["challenger_wins"]
     with pytest.raises(ValueError, match="no 'dualview' or supervised run"):
         labelled_cv.fold_scores(selftrain, "dualview")
+
+
+def test_a_candidate_comes_from_an_earlier_cross_validation(tmp_path):
+    for name, values in (("both", [0.7] * 5), ("pet", [0.74, 0.72, 0.71, 0.69, 0.70]),
+                         ("new", [0.8, 0.8, 0.6, 0.8, 0.8])):
+        for case, value in zip(LABELLED, values):
+            (tmp_path / name / case).mkdir(parents=True)
+            (tmp_path / name / case / "distillation.json").write_text(json.dumps(fold(case, value)))
+    earlier = tmp_path / "earlier.json"
+    assert labelled_cv.main(["--incumbent", f"both={tmp_path}/both/*/distillation.json",
+                             "--challenger", f"pet={tmp_path}/pet/*/distillation.json", "--out", str(earlier)]) == 0
+    out = tmp_path / "cv.json"
+    assert labelled_cv.main(["--incumbent", f"pet={earlier}", "--challenger", f"new={tmp_path}/new/*/distillation.json",
+                             "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["per_fold_dice"]["STS_001"]["incumbent"] == pytest.approx(0.74)
+    assert result["challenger_minus_incumbent_points"] == pytest.approx(4.8) and result["folds_ahead"] == 4
+    assert result["incumbent_reused_from"] == str(earlier) and len(result["commands"]) == 5
+    assert labelled_cv.main(["--incumbent", f"other={earlier}", "--challenger", f"new={tmp_path}/new/*/distillation.json",
+                             "--out", str(tmp_path / "no.json")]) == 2
+    assert labelled_cv.main(["--arm", "selftrain", "--incumbent", f"both={earlier}",
+                             "--challenger", f"new={tmp_path}/new/*/distillation.json",
+                             "--out", str(tmp_path / "no.json")]) == 2
+    assert not (tmp_path / "no.json").exists()

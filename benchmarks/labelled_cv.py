@@ -6,6 +6,10 @@ mean raw-mask Dice of its arm over the held-out cases. Both candidates of a fold
 same warm-up, so their supervised arms must agree (to ``--tolerance``); a fold where they do not
 is refused, not averaged.
 
+A candidate already scored in an earlier cross-validation can be given by that result instead
+(``NAME=benchmarks/results/OTHER_cv.json``, NAME being its incumbent or challenger there): its
+per-fold arm and supervised Dice are reused as they were scored, and its arm must be the one asked.
+
 The decision rule is the protocol's: the challenger replaces the incumbent when its mean is at
 least ``--min-gain`` Dice points higher and it is ahead in at least ``--min-folds`` folds.
 
@@ -83,13 +87,41 @@ def decide(incumbent: Mapping[str, Mapping[str, float]], challenger: Mapping[str
             "challenger_wins": gain >= min_gain_points and ahead >= min_folds_ahead, "case_stats": stats}
 
 
-def read_candidate(spec: str) -> tuple[str, list[dict]]:
-    """``NAME=GLOB`` -> the name and the results its files hold (sorted by path)."""
+def folds_from_earlier_cv(result: Mapping[str, Any], name: str, arm: str) -> dict[str, dict[str, float]]:
+    """One candidate's folds from an earlier ``labelled_cv`` result, as :func:`fold_scores` gives them.
+
+    ``name`` is the candidate's name there (its incumbent or challenger); its arm must be ``arm``.
+    """
+    roles = {result["incumbent"]: ("incumbent", result["arm"]),
+             result["challenger"]: ("challenger", result["challenger_arm"])}
+    if name not in roles:
+        raise ValueError(f"{name!r} is neither candidate of that cross-validation ({sorted(roles)})")
+    role, stored_arm = roles[name]
+    if stored_arm != arm:
+        raise ValueError(f"{name!r} trained {stored_arm!r} there, not {arm!r}")
+    return {case: {"arm": float(row[role]), "supervised": float(row["supervised"])}
+            for case, row in result["per_fold_dice"].items()}
+
+
+def read_candidate(spec: str, arm: str) -> tuple[str, dict[str, dict[str, float]], dict[str, Any]]:
+    """``NAME=GLOB`` -> the name, its folds and where they came from (device, load, commands).
+
+    GLOB matches the folds' distillation.json files, or is one earlier ``labelled_cv`` result.
+    """
     name, sep, pattern = spec.partition("=")
     paths = sorted(glob.glob(pattern))
     if not sep or not name or not paths:
-        raise ValueError(f"{spec!r}: want NAME=GLOB matching distillation.json files")
-    return name, [json.loads(Path(p).read_text()) for p in paths]
+        raise ValueError(f"{spec!r}: want NAME=GLOB matching distillation.json files or a labelled_cv result")
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    if len(results) == 1 and results[0].get("benchmark") == "labelled_cv":
+        earlier = results[0]
+        commands = [c for c in earlier["commands"] if f"/{name}/" in c]
+        return name, folds_from_earlier_cv(earlier, name, arm), {
+            "device": earlier["device"], "load_average_end": earlier["load_average_end"],
+            "commands": commands, "reused_from": paths[0]}
+    return name, fold_scores(results, arm), {
+        "device": results[0]["device"], "load_average_end": max(r["load_average_end"] for r in results),
+        "commands": [r["command"] for r in results if r.get("command")]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,18 +138,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the result JSON (written atomically)")
     args = parser.parse_args(argv)
     try:
-        (incumbent_name, incumbent), (challenger_name, challenger) = map(read_candidate, (args.incumbent, args.challenger))
-        result = decide(fold_scores(incumbent, args.arm), fold_scores(challenger, args.challenger_arm or args.arm),
-                        args.min_gain, args.min_folds)
+        incumbent_name, incumbent, incumbent_source = read_candidate(args.incumbent, args.arm)
+        challenger_name, challenger, challenger_source = read_candidate(args.challenger,
+                                                                        args.challenger_arm or args.arm)
+        result = decide(incumbent, challenger, args.min_gain, args.min_folds)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     result = {"benchmark": "labelled_cv", "date": time.strftime("%Y-%m-%d"), "arm": args.arm,
               "challenger_arm": args.challenger_arm or args.arm,
               "incumbent": incumbent_name, "challenger": challenger_name, "protocol": args.protocol,
-              "scored_on": "labelled cases, one held out per fold", "device": incumbent[0]["device"],
-              "load_average_end": max(r["load_average_end"] for r in incumbent + challenger),
-              "commands": [c for r in incumbent + challenger for c in ([r["command"]] if r.get("command") else [])],
+              "scored_on": "labelled cases, one held out per fold", "device": (
+                  challenger_source["device"] if challenger_source["device"] == incumbent_source["device"] else
+                  f"incumbent: {incumbent_source['device']}; challenger: {challenger_source['device']}"),
+              "load_average_end": max(incumbent_source["load_average_end"], challenger_source["load_average_end"]),
+              "commands": incumbent_source["commands"] + challenger_source["commands"],
+              **{f"{role}_reused_from": source["reused_from"] for role, source in
+                 (("incumbent", incumbent_source), ("challenger", challenger_source)) if "reused_from" in source},
               **result}
     write_json_atomic(Path(args.out), result)
     print(f"{'fold':<10}{'supervised':>12}{incumbent_name:>12}{challenger_name:>12}{'points':>9}")
