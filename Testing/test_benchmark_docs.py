@@ -103,3 +103,24 @@ def test_the_headline_names_the_other_strategies_only_once_they_ran(tmp_path):
     other.unlink()
     text = readme_blocks.teacher_headline(results)
     assert "Against `selftrain` on the same cases" not in text and text.endswith("control-without-a-teacher).\n")
+
+
+def test_the_headline_says_which_default_the_labelled_cross_validation_chose(tmp_path):
+    import labelled_cv
+    import readme_blocks
+
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "benchmarks" / "results", results)
+    (results / readme_blocks.DEFAULT_CV).unlink(missing_ok=True)
+    def headline() -> str:
+        return " ".join(readme_blocks.teacher_headline(results).replace("> ", "").split())
+
+    assert "a cross-validation on the labelled cases does." in headline()
+    folds = {c: {"arm": 0.70, "supervised": 0.6} for c in ("STS_001", "STS_002", "STS_003", "STS_004", "STS_005")}
+    for challenger_dice, winner in ((0.72, "`knowsam` becomes the default, not `dualview`"),
+                                    (0.705, "`dualview` is the default, not `knowsam`")):
+        decision = labelled_cv.decide(folds, {c: {**f, "arm": challenger_dice} for c, f in folds.items()})
+        (results / readme_blocks.DEFAULT_CV).write_text(json.dumps(
+            {**decision, "arm": "dualview", "challenger_arm": "knowsam"}))
+        text = headline()
+        assert "cross-validation on the 5 labelled cases did: `knowsam`" in text and winner in text

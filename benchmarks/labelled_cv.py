@@ -84,6 +84,7 @@ def decide(incumbent: Mapping[str, Mapping[str, float]], challenger: Mapping[str
             "challenger_minus_incumbent_points": gain, "per_fold_points": differences, "folds_ahead": ahead,
             "rule": f"challenger wins if its mean is >= {min_gain_points} points higher and it is ahead in "
                     f">= {min_folds_ahead} of {len(cases)} folds",
+            "min_gain_points": min_gain_points, "min_folds_ahead": min_folds_ahead,
             "challenger_wins": gain >= min_gain_points and ahead >= min_folds_ahead, "case_stats": stats}
 
 

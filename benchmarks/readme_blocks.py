@@ -12,7 +12,8 @@ JSON files say, so a figure in the README's first screen cannot outlive the run 
 
 Sources: ``teacher_vs_selftrain_untouched_stats.json`` (``benchmarks/case_stats.py`` over the
 pooled untouched-case runs that its ``arm_file`` names), ``teacher_ablations_untouched_stats.json``,
-``other_strategies_untouched_stats.json`` (TS-KD and KnowSAM, once they ran) and
+``other_strategies_untouched_stats.json`` (TS-KD and KnowSAM, once they ran),
+``default_strategy_by_labelled_cv.json`` (``benchmarks/labelled_cv.py``, once it ran) and
 ``promptable_distillation.json``.
 """
 
@@ -30,6 +31,7 @@ ABLATION_STATS = "teacher_ablations_untouched_stats.json"
 PROMPTABLE = "promptable_distillation.json"
 TARGET_OVER_SELFTRAIN = 2.0  # Dice points, with the bootstrap interval above 0
 OTHER_STATS = "other_strategies_untouched_stats.json"  # TS-KD and KnowSAM; absent until they ran
+DEFAULT_CV = "default_strategy_by_labelled_cv.json"  # KnowSAM against dualview in the labelled folds
 OTHER_LABELS = {"tskd": "`tskd` (one tuned CT teacher)", "knowsam": "`knowsam` (one teacher tuned each round, a co-student)"}
 # Rows below the base arms: (statistics file, {arm: label}); each paired with the base runs' seeds.
 EXTRA_ROWS = [(ABLATION_STATS, {"dualview_pet_only": "`dualview`, PET teacher only",
@@ -144,9 +146,24 @@ def other_strategies_sentence(results: Path = RESULTS) -> str:
                      f" Dice {arm_dice(runs, arm, c['seeds']):.3f}, {len(c['seeds'])} seeds)")
     if not parts:
         return ""
-    sentence = (f"Against `selftrain` on the same cases, {'; '.join(parts)}. These cases choose no default:"
-                f" a cross-validation on the labelled cases does.")
+    sentence = f"Against `selftrain` on the same cases, {'; '.join(parts)}. " + default_choice_clause(results)
     return textwrap.fill(sentence, width=96, initial_indent="> ", subsequent_indent="> ") + "\n"
+
+
+def default_choice_clause(results: Path = RESULTS) -> str:
+    """Which strategy the labelled-case cross-validation made the default, or that it has not run."""
+    if not (results / DEFAULT_CV).is_file():
+        return "These cases choose no default: a cross-validation on the labelled cases does."
+    cv = _load(results, DEFAULT_CV)
+    incumbent, challenger = cv["arm"], cv["challenger_arm"]
+    means = cv["mean_dice"]
+    winner, loser = (challenger, incumbent) if cv["challenger_wins"] else (incumbent, challenger)
+    return (f"These cases choose no default; a cross-validation on the {len(cv['folds'])} labelled cases did:"
+            f" `{challenger}` {means['challenger']:.3f} against `{incumbent}` {means['incumbent']:.3f}"
+            f" ({_points(cv['challenger_minus_incumbent_points'])} points, ahead in {cv['folds_ahead']} of"
+            f" {len(cv['folds'])} folds; rule: {_points(cv['min_gain_points'])} points and"
+            f" {cv['min_folds_ahead']} folds), so `{winner}` {'is' if winner == incumbent else 'becomes'} the"
+            f" default, not `{loser}`.")
 
 
 def teacher_table(results: Path = RESULTS) -> str:
