@@ -222,6 +222,8 @@ def test_corrected_segmentation_round_trips_and_same_case_is_replaced(study, log
     assert [c.case_id for c in cases] == [case_id]
     np.testing.assert_array_equal(read_image(cases[0].label).array, second)
     assert read_dataset_json(dataset)["numTraining"] == 1
+    with pytest.raises(LogicError, match="knowsam also learns from studies without a segmentation, and the training"):
+        logic.trainCommand(dataset, "knowsam", "new.pt")  # not the engine's "--unlabelled" advice after a warm-up
     with pytest.raises(LogicError, match="already in .* with a label"):
         logic.addToTrainingSet(dataset, ct, pet)  # never silently drops a label
     np.testing.assert_array_equal(read_image(cases[0].label).array, second)

@@ -190,7 +190,9 @@ def test_ui_choices_match_the_logic():
     import sys
 
     sys.path.insert(0, str(MODULE))
-    from DistillSegModuleLib.Logic import DEVICES, STRATEGIES
+    from DistillSegModuleLib.Logic import DEFAULT_STRATEGY, DEVICES, STRATEGIES
+
+    from DistillSegLib.distill import DEFAULT_STRATEGY as ENGINE_DEFAULT
 
     root = ET.parse(UI_FILE).getroot()
 
@@ -199,6 +201,10 @@ def test_ui_choices_match_the_logic():
         return tuple(i.find("property/string").text for i in widget.findall("item"))
 
     assert items("strategyComboBox") == STRATEGIES
+    assert DEFAULT_STRATEGY == ENGINE_DEFAULT and DEFAULT_STRATEGY in STRATEGIES
+    parameters = ast.parse((MODULE / "DistillSegModuleLib" / "Parameters.py").read_text())
+    strategy = next(n for n in ast.walk(parameters) if isinstance(n, ast.AnnAssign) and ast.unparse(n.target) == "strategy")
+    assert ast.unparse(strategy.value) == "DEFAULT_STRATEGY"
     assert items("deviceComboBox") == DEVICES
     custom = {c.find("class").text: c.find("header").text for c in root.iter("customwidget")}
     used = {w.get("class") for w in root.iter("widget")}

@@ -41,9 +41,9 @@ from .ProcessRunner import ProcessRunner, SubprocessRunner, python_executable
 from .Results import ANATOMIC_CONTEXT, DEFAULT_CLASSES, TABLE_COLUMNS, TERMINOLOGY_CONTEXT, Results  # noqa: F401
 from .Results import terminologyEntry  # noqa: F401
 from .Study import DicomFileLookup, Study
-from .TrainingSet import STRATEGIES, TrainingSet  # noqa: F401
+from .TrainingSet import DEFAULT_STRATEGY, STRATEGIES, TrainingSet  # noqa: F401
 
-__all__ = ["ANATOMIC_CONTEXT", "DEFAULT_CLASSES", "DEVICES", "STRATEGIES", "TABLE_COLUMNS", "TERMINOLOGY_CONTEXT",
+__all__ = ["ANATOMIC_CONTEXT", "DEFAULT_CLASSES", "DEFAULT_STRATEGY", "DEVICES", "STRATEGIES", "TABLE_COLUMNS", "TERMINOLOGY_CONTEXT",
            "FinishedCallback", "JobResult", "LogicError", "Progress", "ProgressCallback", "SceneLogic", "formatRoi",
            "modelInfo", "terminologyEntry"]
 

@@ -11,7 +11,7 @@ from typing import Annotated
 import slicer
 from slicer.parameterNodeWrapper import Choice, Default, WithinRange, parameterNodeWrapper
 
-from .Logic import DEVICES, STRATEGIES
+from .Logic import DEFAULT_STRATEGY, DEVICES, STRATEGIES
 
 # Distillation steps the GUI offers. The parameter-node connector sets a QSpinBox's range from
 # WithinRange; without it the range becomes the whole int range, 0 and negatives included
@@ -36,5 +36,5 @@ class DistillSegParameterNode:
     roi: slicer.vtkMRMLMarkupsROINode
     segmentation: slicer.vtkMRMLSegmentationNode
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
-    strategy: Annotated[str, Choice(list(STRATEGIES))] = "supervised"
+    strategy: Annotated[str, Choice(list(STRATEGIES))] = DEFAULT_STRATEGY
     steps: Annotated[int, WithinRange(MIN_STEPS, MAX_STEPS), Default(DEFAULT_STEPS)]

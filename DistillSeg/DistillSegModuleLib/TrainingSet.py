@@ -18,6 +18,9 @@ from .Jobs import FinishedCallback, JobResult, ProgressCallback
 from .Nodes import DICOM_UIDS_ATTRIBUTE, SERIES_UID_ATTRIBUTE, LogicError, ijkToRasArray
 
 STRATEGIES = ("supervised", "selftrain", "dualview", "knowsam", "tskd")
+# Distil's strategy unless the user picks another: the engine's default (DistillSegLib.distill.
+# DEFAULT_STRATEGY, chosen by cross-validation on labelled cases), kept equal by a test.
+DEFAULT_STRATEGY = "knowsam"
 
 
 class TrainingSet:
@@ -124,7 +127,12 @@ class TrainingSet:
 
         if strategy not in STRATEGIES:
             raise LogicError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
-        return self.jobs.engineCommand("train", *distil_arguments(dataset, strategy, outModel, initModel, steps, extra))
+        arguments = distil_arguments(dataset, strategy, outModel, initModel, steps, extra)
+        if strategy != "supervised" and "--unlabelled" not in arguments:
+            raise LogicError(f"{strategy} also learns from studies without a segmentation, and the training set "
+                             f"{dataset} has none: add one with 'Add to training set' (no segmentation), or "
+                             "distil with 'supervised'")
+        return self.jobs.engineCommand("train", *arguments)
 
     def startDistillation(self, dataset: str | os.PathLike, strategy: str, outModel: str | os.PathLike,
                           initModel: str | os.PathLike | None = None, steps: int | None = None,

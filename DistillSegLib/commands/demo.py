@@ -12,8 +12,8 @@ Run DistillSeg end to end on the 30 real sts-petct PET/CT cases and write a repo
 
 Fixed split (seed 2015, see DistillSegLib/demo/split.py): STS_001-005 labelled, 10
 validation cases, the other 15 unlabelled. On it, with one training seed: the classic
-SUV threshold (41% of SUVmax), a supervised student, a student distilled with dualview from
-the embedded LiteMedSAM teacher (CT and PET views), and the LiteMedSAM teacher itself
+SUV threshold (41% of SUVmax), a supervised student, a student distilled with knowsam (the
+default strategy) from the embedded LiteMedSAM teacher, and the LiteMedSAM teacher itself
 prompted with boxes from the distilled student (and, as an upper bound, from the ground
 truth). Writes OUT/report.md, report.json, figures/*.png, predictions/<method>/,
 labels/ and models/. `distillseg evaluate --pred OUT/predictions/<method> --gt
@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     advanced = parser.add_argument_group("advanced overrides (replace single settings of the full or --quick run)")
     advanced.add_argument("--steps", type=int, help="training steps of every student")
     advanced.add_argument("--strategies", metavar="NAMES",
-                          help="comma-separated distillation strategies trained beside supervised (default: dualview)")
+                          help="comma-separated distillation strategies trained beside supervised (default: knowsam; "
+                               "dualview, tskd and selftrain are the others)")
     advanced.add_argument("--strategy-options", metavar="OPTIONS",
                           help="extra `distillseg train` options of the distilled students, e.g. \"--consistency 1.0\"")
     advanced.add_argument("--warmup-steps", type=int, metavar="N",

@@ -21,8 +21,10 @@ MODEL's name with .checkpoint.pt; --resume continues from it. SIGINT/SIGTERM sto
 cleanly: the last checkpoint stays usable and an existing MODEL is left untouched.
 Under torchrun the run is data-parallel (DDP; gloo on CPU, nccl on CUDA).
 
-Strategies: supervised; selftrain (the control: the distillation schedule with the student's
-own pseudo-labels, no teacher); dualview, knowsam, tskd (foundation-model teachers). Their
+Strategies: supervised (the default here: labels only); selftrain (the control: the
+distillation schedule with the student's own pseudo-labels, no teacher); knowsam, dualview, tskd
+(foundation-model teachers; knowsam is the demo's and the Slicer module's default, chosen by
+cross-validation on labelled cases, see docs/methods.md). Their
 defaults depart from the papers (teachers asked in rounds, tuned LiteMedSAM teachers, other
 loss weights). dualview is MuDuo's dual-view distillation (CT and PET teachers, random
 fusion) with defaults close to a dual-view TS-KD, hence its own name; MuDuo as published is

@@ -12,7 +12,7 @@ The loop the Slicer module offers a radiologist, simulated on the demo's split
   set; a new student is distilled starting from the previous one (``train --init``, the
   module's *Distil*); it is scored on the validation cases (Dice, HD95, lesion F1, and the
   effort its segmentations would need: a yardstick on the same cases every round).
-* two arms: ``supervised``, and ``distillation`` with a strategy (default ``dualview``) that
+* two arms: ``supervised``, and ``distillation`` with a strategy (default ``knowsam``) that
   also learns from the pool's cases not yet corrected (added to the training set without a
   label, as the module's *Add to training set* does for a study without segmentation).
   Its first student is distilled from the initial one before round 1; when the pool is
@@ -49,6 +49,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from ..atomic import write_json_atomic
+from ..distill import DEFAULT_STRATEGY
 from ..errors import DistillSegError
 from ..io.case import Case
 from ..io.volume import Volume, write_image
@@ -88,7 +89,7 @@ class LoopSettings:
     initial_steps: int = 1200
     round_steps: int = 400
     scratch_arms: tuple[str, ...] = (SUPERVISED,)
-    strategy: str = "dualview"
+    strategy: str = DEFAULT_STRATEGY
     strategy_options: tuple[str, ...] = ()
     refresh_every: int = 400
     roi_margin_mm: float = ROI_MARGIN_MM
