@@ -133,3 +133,12 @@ def test_the_headline_says_which_default_the_labelled_cross_validation_chose(tmp
     assert "`knowsam` (one teacher" not in text
     assert "the default strategy (`knowsam`) - selftrain >= +2.0 points with the interval above 0: **met**" in (
         readme_blocks.teacher_table(results))
+
+
+def test_the_headlines_default_is_the_one_the_code_ships():
+    """The README names the default the result files chose; the demo and the module must use it."""
+    import readme_blocks
+
+    from DistillSegLib.distill import DEFAULT_STRATEGY
+
+    assert readme_blocks.default_strategy() == DEFAULT_STRATEGY
