@@ -137,6 +137,8 @@ FULL_SETTINGS = DemoSettings(max_unlabelled=3, max_teacher_cases=2, strategy_opt
 # evaluation): the teacher only teaches; its evaluation is left to the full run. With knowsam,
 # the default, it took 343 s (its co-student's 200 warm-up steps and a tuned teacher; embeddings
 # cached; benchmarks/results/demo_quick), against 270 s with dualview: over the 5-minute aim.
+# The full run with knowsam took 38.9 min (the cores shared for part of it; knowsam 1,566 s of
+# training against dualview's 1,184 s): over its 30-minute aim too.
 QUICK_SETTINGS = DemoSettings(steps=120, warmup_steps=60, validation_cases=QUICK_VALIDATION_CASES,
                               unlabelled_cases=QUICK_UNLABELLED_CASES, refresh_every=1000, val_every=30,
                               teacher=False, teacher_upper_bound=False, max_teacher_cases=1, overlay_cases=3,
