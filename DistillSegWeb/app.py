@@ -32,7 +32,7 @@ from .paths import ensure_module_logic_importable
 ensure_module_logic_importable()
 
 from DistillSegModuleLib.EngineRunner import EngineRunner  # noqa: E402
-from DistillSegModuleLib.Logic import STRATEGIES, LogicError, SceneLogic  # noqa: E402
+from DistillSegModuleLib.Logic import DEFAULT_STRATEGY, STRATEGIES, LogicError, SceneLogic  # noqa: E402
 from DistillSegModuleLib.Nodes import ensureSegmentationConverters  # noqa: E402
 
 from .workflow import TABLE_COLUMNS, Settings, Workflow, tableRows  # noqa: E402
@@ -125,7 +125,7 @@ class WebApp:
         self.state.ct_path = ""
         self.state.pet_path = ""
         self.state.distil_steps = DEFAULT_STEPS
-        self.state.strategy = "supervised"
+        self.state.strategy = DEFAULT_STRATEGY
         self.effect = "none"
         self.edits = 0
         self.models: list[dict] | None = None  # the student list, read again when a new student appears
@@ -234,6 +234,9 @@ class WebApp:
     def on_add(self) -> None:
         self._guarded(self.workflow.addToTrainingSet)
 
+    def on_add_unlabelled(self) -> None:
+        self._guarded(lambda: self.workflow.addToTrainingSet(labelled=False))
+
     def on_distil(self, steps, strategy: str) -> None:
         def distil() -> None:
             try:
@@ -315,6 +318,8 @@ class WebApp:
         html.Div("Learn", classes="text-subtitle-1")
         v3.VBtn("Add to training set", id="add-to-training-set", click=self.on_add,
                 disabled=("!has_segmentation || !has_training_set",), size="small", classes="mb-1")
+        v3.VBtn("Add without segmentation", id="add-unlabelled-to-training-set", click=self.on_add_unlabelled,
+                disabled=("!loaded || !has_training_set",), size="small", classes="mb-1")
         html.Div("case {{ case_id }}", v_if=("case_id",), id="case-id", classes="text-caption")
         with html.Div(classes="d-flex ga-1 align-center"):
             v3.VSelect(v_model=("strategy",), items=("strategies", list(STRATEGIES)), label="Strategy",

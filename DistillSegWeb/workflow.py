@@ -25,7 +25,7 @@ from .paths import ensure_module_logic_importable
 ensure_module_logic_importable()
 
 from DistillSegModuleLib import Catalogue  # noqa: E402
-from DistillSegModuleLib.Logic import STRATEGIES, JobResult, LogicError, Progress, SceneLogic, formatRoi  # noqa: E402
+from DistillSegModuleLib.Logic import DEFAULT_STRATEGY, STRATEGIES, JobResult, LogicError, Progress, SceneLogic, formatRoi  # noqa: E402
 from DistillSegModuleLib.Logic import TABLE_COLUMNS as MODULE_TABLE_COLUMNS  # noqa: E402
 
 # Columns of the on-screen lesion table: (engine key, title, unit, decimals); the titles and
@@ -221,16 +221,23 @@ class Workflow:
         self._say(f"saved {path}")
         return path
 
-    def addToTrainingSet(self) -> str:
-        """The study and its (corrected) segmentation into the training set (nnU-Net layout)."""
-        self._requireSegmentation()
+    def addToTrainingSet(self, labelled: bool = True) -> str:
+        """The study and its (corrected) segmentation into the training set (nnU-Net layout);
+        with ``labelled=False`` the study alone, for the strategies that also learn from
+        studies without a segmentation (every one but ``supervised``)."""
+        if labelled:
+            self._requireSegmentation()
+        else:
+            self._requireStudy()
         if self.settings.trainingSet is None:
             raise LogicError("no training set: start `distillseg web` with --training-set FOLDER")
-        self.caseId = self.logic.addToTrainingSet(self.settings.trainingSet, self.ct, self.pet, self.segmentation)
-        self._say(f"added case {self.caseId} to {self.settings.trainingSet}")
+        segmentation = self.segmentation if labelled else None
+        self.caseId = self.logic.addToTrainingSet(self.settings.trainingSet, self.ct, self.pet, segmentation)
+        what = "" if labelled else " (no segmentation)"
+        self._say(f"added case {self.caseId}{what} to {self.settings.trainingSet}")
         return self.caseId
 
-    def distil(self, steps: int, strategy: str = "supervised",
+    def distil(self, steps: int, strategy: str = DEFAULT_STRATEGY,
                onDone: Callable[[JobResult], None] = lambda job: None) -> Path:
         """Distil a new student from the training set, starting from the selected student; it
         is selected for Run when it is done. Returns the file it will be written to."""

@@ -3,8 +3,9 @@
 The flow a user clicks through: the study given with --ct/--pet is on screen, Place ROI at
 the PET hot spot, Run (the bundled student on the warm engine), the lesion table, Save (the
 NIfTI must be bit-identical to ``distillseg predict``'s for the same ROI and model), a Paint
-stroke that changes the table and is kept by the next Save, Add to training set, a 10-step
-Distil that selects the new student, a long Distil cancelled from the page, then Scissors and
+stroke that changes the table and is kept by the next Save, Add to training set, Distil at
+the default strategy refused without an unlabelled study, a 10-step supervised Distil that
+selects the new student, a long Distil cancelled from the page, then Scissors and
 a click that removes one island. A second test checks that a
 server bound beyond this machine refuses a browser without the access token.
 
@@ -28,10 +29,11 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import require_data
+from DistillSegLib.distill import DEFAULT_STRATEGY
 from DistillSegLib.io.volume import read_image
-from web_driver import (JOB_TIMEOUT_MS, ROOT, UI_TIMEOUT_MS, chromium_page, click_and_wait_done, done_count,
-                        drag, edited, lesion_rows, missing_web_tools, stroke_and_wait, total_mtv, view_point,
-                        wait_for_status, web_server)
+from web_driver import (JOB_TIMEOUT_MS, ROOT, UI_TIMEOUT_MS, choose, chromium_page, click_and_wait_done,
+                        done_count, drag, edited, lesion_rows, missing_web_tools, stroke_and_wait, total_mtv,
+                        view_point, wait_for_error, wait_for_status, web_server)
 
 pytestmark = pytest.mark.skipif(missing_web_tools() is not None, reason=missing_web_tools() or "")
 
@@ -116,7 +118,19 @@ def test_the_workflow_in_chromium(case, tmp_path):
         assert (training / "labelsTr" / f"{case_id}.nii.gz").is_file()
         assert (training / "imagesTr" / f"{case_id}_0001.nii.gz").is_file(), "PET on the CT grid"
 
+        # Distil at the default strategy also learns from studies without a segmentation: with
+        # none in the training set it refuses in words and writes nothing. The same study cannot
+        # come back unlabelled: its label stays.
+        assert page.input_value("#distil-strategy") == DEFAULT_STRATEGY
         page.fill("#distil-steps", "10")
+        page.click("#distil")
+        wait_for_error(page, f"{DEFAULT_STRATEGY} also learns from studies without a segmentation")
+        page.click("#add-unlabelled-to-training-set")
+        wait_for_error(page, f"case {case_id} is already in")
+        assert (training / "labelsTr" / f"{case_id}.nii.gz").is_file()
+        assert not models.exists() or not list(models.glob("*.pt"))
+
+        choose(page, "distil-strategy", "supervised")
         status = click_and_wait_done(page, "distil")
         assert "new student" in status, status
         trained = list(models.glob("student-supervised-*.pt"))

@@ -182,3 +182,19 @@ def wait_for_status(page, text: str, timeout_ms: int = JOB_TIMEOUT_MS) -> str:
     status = page.inner_text("#status")
     assert page.get_attribute("#status", "data-error") != "true", f"the page reports an error: {status}"
     return status
+
+
+def wait_for_error(page, text: str, timeout_ms: int = UI_TIMEOUT_MS) -> str:
+    """Wait until ``#status`` reports an error that says ``text``; the status line then."""
+    page.wait_for_function(
+        "([text]) => { const s = document.querySelector('#status'); "
+        "return s && s.dataset.error === 'true' && s.innerText.includes(text); }", arg=[text], timeout=timeout_ms)
+    return page.inner_text("#status")
+
+
+def choose(page, select_id: str, option: str) -> None:
+    """Pick ``option`` in the Vuetify select ``#select_id`` as a user does: open it, click the item."""
+    page.locator(".v-select", has=page.locator(f"#{select_id}")).click()  # the field: its input sits under a cover
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_function("([id, option]) => document.querySelector('#' + id).value === option",
+                           arg=[select_id, option], timeout=UI_TIMEOUT_MS)

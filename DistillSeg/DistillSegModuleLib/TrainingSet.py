@@ -130,8 +130,9 @@ class TrainingSet:
         arguments = distil_arguments(dataset, strategy, outModel, initModel, steps, extra)
         if strategy != "supervised" and "--unlabelled" not in arguments:
             raise LogicError(f"{strategy} also learns from studies without a segmentation, and the training set "
-                             f"{dataset} has none: add one with 'Add to training set' (no segmentation), or "
-                             "distil with 'supervised'")
+                             f"{dataset} has none: add a study to it without a segmentation (in Slicer: 'Add to "
+                             "training set' with no segmentation selected; in the browser: 'Add without "
+                             "segmentation'), or distil with 'supervised'")
         return self.jobs.engineCommand("train", *arguments)
 
     def startDistillation(self, dataset: str | os.PathLike, strategy: str, outModel: str | os.PathLike,
