@@ -142,3 +142,22 @@ def test_the_headlines_default_is_the_one_the_code_ships():
     from DistillSegLib.distill import DEFAULT_STRATEGY
 
     assert readme_blocks.default_strategy() == DEFAULT_STRATEGY
+
+
+def test_the_validation_verdict_follows_the_statistics(tmp_path):
+    import readme_blocks
+
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "benchmarks" / "results", results)
+    stats_file = results / readme_blocks.VALIDATION_STATS
+    stats = json.loads(stats_file.read_text())
+    arm = readme_blocks.default_strategy(results)
+    text = readme_blocks.validation_default(results)
+    over_self = next(c for c in stats["comparisons"] if (c["arm"], c["baseline"]) == (arm, "selftrain"))
+    assert f"{over_self['mean_points']:+.1f} ({over_self['bootstrap_ci95'][0]:+.1f} .. " in text
+    over_self.update(mean_points=2.5, bootstrap_ci95=[-0.4, 5.0])  # enough points, the interval not above 0
+    over_sup = next(c for c in stats["comparisons"] if (c["arm"], c["baseline"]) == (arm, "supervised"))
+    over_sup.update(mean_points=2.9)
+    stats_file.write_text(json.dumps(stats))
+    text = readme_blocks.validation_default(results)
+    assert "interval above 0: **not met**" in text and "- supervised >= +3.0: **not met**" in text
