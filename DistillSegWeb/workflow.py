@@ -25,7 +25,8 @@ from .paths import ensure_module_logic_importable
 ensure_module_logic_importable()
 
 from DistillSegModuleLib import Catalogue  # noqa: E402
-from DistillSegModuleLib.Logic import DEFAULT_STRATEGY, STRATEGIES, JobResult, LogicError, Progress, SceneLogic, formatRoi  # noqa: E402
+from DistillSegModuleLib.Logic import (DEFAULT_STRATEGY, STRATEGIES, JobResult, LogicError, Progress,  # noqa: E402
+                                        SceneLogic, formatRoi)
 from DistillSegModuleLib.Logic import TABLE_COLUMNS as MODULE_TABLE_COLUMNS  # noqa: E402
 
 # Columns of the on-screen lesion table: (engine key, title, unit, decimals); the titles and
