@@ -3,9 +3,10 @@
 trame-slicer gives the MRML scene, the slice views (rendered on the server, streamed as
 images) and the ROI / segmentation display; :class:`~.workflow.Workflow` drives the module's
 ``SceneLogic`` on that scene. Element ids are stable for tests and scripts: ``load-study``,
-``place-roi``, ``run-student``, ``segment-with-teacher``, ``cancel``, ``lesion-table``,
-``update-table``, ``save-segmentation``, ``add-to-training-set``, ``distil-steps``, ``distil``,
-``student-model``, ``status``. ``#status`` also carries the state a script waits for:
+``place-roi``, ``run-student``, ``segment-with-teacher``, ``cancel``, ``click-positive``,
+``click-negative``, ``click-stop``, ``correct-with-clicks``, ``clear-clicks``, ``click-counts``,
+``lesion-table``, ``update-table``, ``save-segmentation``, ``add-to-training-set``,
+``add-unlabelled-to-training-set``, ``distil-steps``, ``distil``, ``student-model``, ``status``. ``#status`` also carries the state a script waits for:
 ``data-busy`` (the running job), ``data-done`` (jobs finished so far), ``data-error``,
 ``data-model`` (the student file Run uses), ``data-edits`` (Paint/Erase strokes applied).
 """
@@ -16,6 +17,7 @@ import asyncio
 import time
 from pathlib import Path
 
+from slicer import vtkMRMLMarkupsNode
 from trame.app import get_server
 from trame.ui.vuetify3 import VAppLayout
 from trame.widgets import html
@@ -37,6 +39,7 @@ from DistillSegModuleLib.Nodes import ensureSegmentationConverters  # noqa: E402
 
 from .workflow import TABLE_COLUMNS, Settings, Workflow, tableRows  # noqa: E402
 
+CONTROL_POINT_DEFINED = vtkMRMLMarkupsNode.PointPositionDefinedEvent  # a click placed in a view
 PET_OPACITY = 0.4  # the module's fusion (Widget.showStudy)
 ROI_FILL_OPACITY = 0.05  # the box often fills the view: its outline and handles are what matter
 LAYOUT_ID = "DistillSeg"
@@ -118,6 +121,8 @@ class WebApp:
             self.state.done = self.done
             self.state.has_training_set = w.settings.trainingSet is not None
             self.state.effect = self.effect
+            self.state.clicks_positive, self.state.clicks_negative = w.clickCounts()
+            self.state.placing = self.placing
             self.state.edits = self.edits
 
     def _init_state(self) -> None:
@@ -127,6 +132,8 @@ class WebApp:
         self.state.distil_steps = DEFAULT_STEPS
         self.state.strategy = DEFAULT_STRATEGY
         self.effect = "none"
+        self.placing = ""  # "positive" or "negative" while clicks are being placed
+        self.observed: set[str] = set()  # the click lists whose new points update the page
         self.edits = 0
         self.models: list[dict] | None = None  # the student list, read again when a new student appears
         self.push()
@@ -231,6 +238,35 @@ class WebApp:
     def on_save(self) -> None:
         self._guarded(self.workflow.save)
 
+    def place_clicks(self, positive: bool) -> None:
+        """Each left click in a slice view adds a positive (or negative) click until 'Stop clicking'."""
+        if not self.workflow.takesPrompts():
+            raise LogicError(f"the student {self.workflow.modelPath.name} takes no prompts: select a promptable "
+                             "one (trained with --promptable) for clicks")
+        self.set_effect("none")  # a Segment Editor effect would take the clicks
+        node = self.workflow.clickList(positive)
+        if node.GetID() not in self.observed:  # Slicer's own observers make HasObserver() true already
+            # After the placing widget has finished with the point, or it is not counted yet.
+            node.AddObserver(CONTROL_POINT_DEFINED, lambda *_: asyncio.get_event_loop().call_soon(self.push))
+            self.observed.add(node.GetID())
+        self.slicer.markups_logic.place_node(node, persistent=True)
+        self.placing = "positive" if positive else "negative"
+        self.workflow.status = ("click in a slice view on what the result missed" if positive
+                                else "click in a slice view on what the result wrongly includes")
+        self.push()
+
+    def stop_clicks(self) -> None:
+        self.slicer.markups_logic.disable_place_mode()
+        self.placing = ""
+        self.push()
+
+    def on_correct(self) -> None:
+        def correct() -> None:
+            self.stop_clicks()
+            self.workflow.correctWithClicks(self._finished)
+
+        self._guarded(correct)
+
     def on_add(self) -> None:
         self._guarded(self.workflow.addToTrainingSet)
 
@@ -290,6 +326,21 @@ class WebApp:
                     disabled=("!has_roi || !!busy",), size="small")
             v3.VBtn("Cancel", id="cancel", click=self.on_cancel, disabled=("!busy",), size="small")
         html.Div("ROI {{ roi_text }}", v_if=("roi_text",), id="roi-text", classes="text-caption")
+        with html.Div(classes="d-flex flex-wrap ga-1 mt-1"):
+            for sign, title in ((True, "Click +"), (False, "Click -")):
+                name = "positive" if sign else "negative"
+                v3.VBtn(title, id=f"click-{name}", size="small",
+                        click=lambda sign=sign: self._guarded(lambda: self.place_clicks(sign)),
+                        disabled=("!has_segmentation || !!busy",),
+                        color=(f"placing === '{name}' ? 'primary' : undefined",))
+            v3.VBtn("Stop clicking", id="click-stop", click=lambda: self._guarded(self.stop_clicks),
+                    disabled=("!placing",), size="small")
+            v3.VBtn("Correct with clicks", id="correct-with-clicks", click=self.on_correct, size="small",
+                    disabled=("!has_segmentation || !!busy || clicks_positive + clicks_negative === 0",))
+            v3.VBtn("Clear clicks", id="clear-clicks", click=lambda: self._guarded(self.workflow.clearClicks),
+                    disabled=("clicks_positive + clicks_negative === 0",), size="small")
+        html.Div("clicks: {{ clicks_positive }} +, {{ clicks_negative }} -", id="click-counts",
+                 classes="text-caption")
         v3.VProgressLinear(model_value=("progress || 0",), v_show=("progress !== null",), id="job-progress",
                            height=6, color="primary", classes="my-1")
         # Six columns in the 420-pixel panel: small type and narrow padding, or TLG scrolls out of sight.

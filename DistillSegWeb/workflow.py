@@ -26,7 +26,7 @@ ensure_module_logic_importable()
 
 from DistillSegModuleLib import Catalogue  # noqa: E402
 from DistillSegModuleLib.Logic import (DEFAULT_STRATEGY, STRATEGIES, JobResult, LogicError, Progress,  # noqa: E402
-                                        SceneLogic, formatRoi)
+                                        SceneLogic, formatRoi, modelInfo)
 from DistillSegModuleLib.Logic import TABLE_COLUMNS as MODULE_TABLE_COLUMNS  # noqa: E402
 
 # Columns of the on-screen lesion table: (engine key, title, unit, decimals); the titles and
@@ -52,7 +52,7 @@ class Workflow:
     """The module's workflow on one MRML scene, for a front end without Qt.
 
     Attributes read by the front end (all plain Python values): ``status``, ``error``,
-    ``busy`` (``"run"``, ``"teacher"``, ``"distil"`` or ``""``), ``progress`` (0..1 or
+    ``busy`` (``"run"``, ``"teacher"``, ``"correct"``, ``"distil"`` or ``""``), ``progress`` (0..1 or
     ``None``), ``rows`` (lesion table rows), ``roiText`` (the ROI as the engine's ``--roi``),
     ``savedPath``, ``caseId``, ``modelPath`` (the student used by Run).
     """
@@ -62,6 +62,7 @@ class Workflow:
         self.settings = settings
         self.onChange = onChange
         self.ct = self.pet = self.roi = self.segmentation = None
+        self.clicks: dict[bool, object] = {}  # point lists: True -> positive clicks, False -> negative
         self._studyNodes: list = []  # what to remove when the next study is loaded
         self.status = "load a CT and a PET"
         self.error = False
@@ -120,6 +121,7 @@ class Workflow:
         self.ct, self.pet = ct, self.logic.suvPet(pet)
         self._studyNodes = [ct, pet] + ([self.pet] if self.pet is not pet else [])
         self.roi = self.segmentation = None
+        self.clicks = {}
         self.rows, self.roiText, self.savedPath, self.caseId = [], "", None, ""
         self._say(f"loaded {ct.GetName()} and {pet.GetName()} (PET in SUV over the CT)")
 
@@ -157,6 +159,57 @@ class Workflow:
         self._startJob("teacher", lambda progress, finished: self.logic.startTeacherSegmentation(
             self.ct, self.pet, teacher, roiNode=self.roi, device=self.settings.device,
             onProgress=progress, onFinished=finished), onDone, f"the teacher {teacher} is segmenting...")
+
+    def takesPrompts(self) -> bool:
+        """Whether the selected student takes a box and clicks (trained with ``--promptable``)."""
+        if self.modelPath is None:
+            return False
+        try:
+            return bool(modelInfo(self.modelPath)["metadata"].get("takes_prompts"))
+        except LogicError:
+            return False
+
+    def clickList(self, positive: bool):
+        """The markups point list of the positive (or negative) clicks, made on first use."""
+        self._requireStudy()
+        if positive not in self.clicks:
+            name = "DistillSeg positive clicks" if positive else "DistillSeg negative clicks"
+            node = self.logic.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+            node.CreateDefaultDisplayNodes()
+            node.GetDisplayNode().SetPointLabelsVisibility(False)  # the colour says which: green +, red -
+            node.GetDisplayNode().SetSelectedColor(*((0.2, 0.9, 0.2) if positive else (0.95, 0.2, 0.2)))
+            self.clicks[positive] = node
+            self._studyNodes.append(node)
+        return self.clicks[positive]
+
+    def clickCounts(self) -> tuple[int, int]:
+        """How many positive and negative clicks are placed."""
+        return tuple(self.clicks[sign].GetNumberOfDefinedControlPoints() if sign in self.clicks else 0
+                     for sign in (True, False))
+
+    def clearClicks(self) -> None:
+        for node in self.clicks.values():
+            node.RemoveAllControlPoints()
+        self._say("clicks cleared")
+
+    def correctWithClicks(self, onDone: Callable[[JobResult], None] = lambda job: None) -> None:
+        """The selected promptable student corrects the result's first segment: the ROI as its
+        box, every click placed so far, the segment as its previous mask (only it is replaced).
+
+        Raises:
+            LogicError: no result yet, no click, or a student that takes no prompts.
+        """
+        self._requireSegmentation()
+        self._requireIdle()
+        positive, negative = self.clickCounts()
+        if positive + negative == 0:
+            raise LogicError("a correction needs clicks: 'Click +' on what was missed, 'Click -' on what was "
+                             "wrongly included, then correct")
+        self._startJob("correct", lambda progress, finished: self.logic.startStudentPromptSegmentation(
+            self.ct, self.pet, self.modelPath, roiNode=self.roi, pointsNode=self.clicks.get(True),
+            negativePointsNode=self.clicks.get(False), correct=self.segmentation, device=self.settings.device,
+            onProgress=progress, onFinished=finished), onDone,
+            f"the student is correcting with {positive} positive and {negative} negative click(s)...")
 
     def _startJob(self, kind: str, start, onDone: Callable[[JobResult], None], message: str) -> None:
         def progressed(progress: Progress) -> None:

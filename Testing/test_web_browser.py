@@ -39,6 +39,7 @@ pytestmark = pytest.mark.skipif(missing_web_tools() is not None, reason=missing_
 
 CASES = [c.strip() for c in os.environ.get("DISTILLSEG_WEB_CASES", "STS_019").split(",") if c.strip()]
 MODEL = "sts-petct-crop"  # the bundled student Run uses by default
+PROMPTABLE_TITLE = "STS PET/CT tumour, crop, promptable: box and clicks (supervised, 30 cases) (bundled)"
 THREADS = "1"  # a shared 2-core machine: one torch thread is faster than two fighting
 
 
@@ -172,6 +173,53 @@ def test_the_workflow_in_chromium(case, tmp_path):
     assert as_run.read_bytes() == expected.read_bytes(), "the saved segmentation differs from `distillseg predict`"
     record_timing(case, first_frame_s=round(first_frame_s, 2), run_result_on_screen_s=round(run_on_screen_s, 2),
                   lesions=len(rows), mtv_ml=mtv)
+
+
+@pytest.mark.slow
+def test_clicks_correct_the_result_with_the_promptable_student(tmp_path):
+    """Run with the promptable bundled student (the ROI is its box), a negative and a positive
+    click placed in the axial view, Correct: the segment is replaced by the student's answer to
+    the box, both clicks and the previous mask; a prompt-free student refuses clicks in words."""
+    case = CASES[0]
+    folder = require_data("sts-petct", case)
+    ct, pet = folder / "CT_image.nii.gz", folder / "PET_image.nii.gz"
+    out = tmp_path / "out"
+    with web_server("--ct", str(ct), "--pet", str(pet), "--out", str(out), "--models", str(tmp_path / "models"),
+                    "--device", "cpu", "--threads", THREADS) as server, chromium_page() as page:
+        page.goto(server.wait_for_address())
+        wait_for_status(page, "loaded")
+        page.click("#place-roi")
+        page.wait_for_selector("#roi-text", timeout=UI_TIMEOUT_MS)
+        assert "done" in click_and_wait_done(page, "run-student")
+        page.click("#click-positive")
+        wait_for_error(page, "takes no prompts")  # the default student is prompt-free
+
+        choose(page, "student-model", PROMPTABLE_TITLE)
+        assert "done" in click_and_wait_done(page, "run-student")
+        page.click("#save-segmentation")
+        page.wait_for_selector("#saved-path", timeout=UI_TIMEOUT_MS)
+        saved = Path(page.inner_text("#saved-path").removeprefix("saved ").strip())
+        first = read_image(saved).array
+
+        page.click("#click-negative")
+        wait_for_status(page, "wrongly includes", UI_TIMEOUT_MS)
+        page.mouse.click(*view_point(page, 0, (0.52, 0.47)))  # near the ROI's centre (its handle is there)
+        page.wait_for_selector("#click-counts:has-text('0 +, 1 -')", timeout=UI_TIMEOUT_MS)
+        page.click("#click-positive")
+        page.mouse.click(*view_point(page, 0, (0.46, 0.53)))
+        page.wait_for_selector("#click-counts:has-text('1 +, 1 -')", timeout=UI_TIMEOUT_MS)
+        started = time.monotonic()
+        status = click_and_wait_done(page, "correct-with-clicks")
+        correct_s = time.monotonic() - started
+        assert "done" in status, status
+        assert page.get_attribute("#click-stop", "disabled") is not None, "placing stops when correcting"
+        page.click("#save-segmentation")
+        wait_for_status(page, "saved", UI_TIMEOUT_MS)
+        corrected = read_image(saved).array
+        assert corrected.shape == first.shape and (corrected != first).any(), "the clicks changed nothing"
+        assert corrected.any(), "the correction removed the whole lesion"
+        screenshot(page, tmp_path, "web-clicks")
+    record_timing(case, correct_with_clicks_s=round(correct_s, 2))
 
 
 @pytest.mark.slow
