@@ -167,6 +167,8 @@ class WebApp:
             self.workflow._requireSegmentation()
             if self.editor.active_segmentation_node is not self.workflow.segmentation:
                 self.editor.set_active_segmentation(self.workflow.segmentation, self.workflow.ct)
+        if self.placing:
+            self.stop_clicks()  # a left click is either a click prompt or an effect's, never both
         effect = self.editor.set_active_effect_type(EFFECTS[name])
         if name == "islands":
             effect.set_island_mode(SegmentationIslandsMode.REMOVE_SELECTED)
@@ -205,7 +207,7 @@ class WebApp:
 
     def load(self, ct: str, pet: str) -> None:
         self.workflow._requireIdle()
-        self.set_effect("none")  # the editor lets go of the old segmentation before it is removed
+        self.set_effect("none")  # the editor lets go of the old segmentation (and placing stops) before removal
         self.workflow.load(ct, pet)
         self.state.ct_path, self.state.pet_path = str(ct), str(pet)
         self.show_study()
@@ -241,8 +243,9 @@ class WebApp:
     def place_clicks(self, positive: bool) -> None:
         """Each left click in a slice view adds a positive (or negative) click until 'Stop clicking'."""
         if not self.workflow.takesPrompts():
-            raise LogicError(f"the student {self.workflow.modelPath.name} takes no prompts: select a promptable "
-                             "one (trained with --promptable) for clicks")
+            model = self.workflow.modelPath.name if self.workflow.modelPath else "selected"
+            raise LogicError(f"the student {model} takes no prompts: select a promptable one (trained with "
+                             "--promptable) for clicks")
         self.set_effect("none")  # a Segment Editor effect would take the clicks
         node = self.workflow.clickList(positive)
         if node.GetID() not in self.observed:  # Slicer's own observers make HasObserver() true already

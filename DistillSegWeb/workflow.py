@@ -242,6 +242,9 @@ class Workflow:
         self._say(message)
 
     def _adoptSegmentation(self, node, statistics: list[dict] | None) -> None:
+        if self.segmentation is not node:
+            for clicks in self.clicks.values():
+                clicks.RemoveAllControlPoints()  # they corrected the previous result, not this one
         if self.segmentation is not None and self.segmentation is not node:
             self.segmentation.SetDisplayVisibility(False)  # the newest result is the one shown and saved
         self.segmentation = node

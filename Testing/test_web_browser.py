@@ -219,6 +219,8 @@ def test_clicks_correct_the_result_with_the_promptable_student(tmp_path):
         assert corrected.shape == first.shape and (corrected != first).any(), "the clicks changed nothing"
         assert corrected.any(), "the correction removed the whole lesion"
         screenshot(page, tmp_path, "web-clicks")
+        assert "done" in click_and_wait_done(page, "run-student")  # a new result: the old clicks go
+        page.wait_for_selector("#click-counts:has-text('0 +, 0 -')", timeout=UI_TIMEOUT_MS)
     record_timing(case, correct_with_clicks_s=round(correct_s, 2))
 
 
