@@ -7,8 +7,9 @@ images) and the ROI / segmentation display; :class:`~.workflow.Workflow` drives 
 ``click-negative``, ``click-stop``, ``correct-with-clicks``, ``clear-clicks``, ``click-counts``,
 ``lesion-table``, ``update-table``, ``save-segmentation``, ``add-to-training-set``,
 ``add-unlabelled-to-training-set``, ``distil-steps``, ``distil``, ``student-model``, ``status``.
-``#status`` also carries the state a script waits for: ``data-busy`` (the running job), ``data-done`` (jobs finished so far), ``data-error``,
-``data-model`` (the student file Run uses), ``data-edits`` (Paint/Erase strokes applied).
+``#status`` also carries the state a script waits for: ``data-busy`` (the running job),
+``data-done`` (jobs finished so far), ``data-error``, ``data-model`` (the student file Run
+uses), ``data-edits`` (Paint/Erase strokes applied).
 """
 
 from __future__ import annotations
