@@ -26,7 +26,7 @@ ensure_module_logic_importable()
 
 from DistillSegModuleLib import Catalogue  # noqa: E402
 from DistillSegModuleLib.Logic import (DEFAULT_STRATEGY, STRATEGIES, JobResult, LogicError, Progress,  # noqa: E402
-                                        SceneLogic, formatRoi, modelInfo)
+                                        SceneLogic, formatRoi, modelTakesPrompts)
 from DistillSegModuleLib.Logic import TABLE_COLUMNS as MODULE_TABLE_COLUMNS  # noqa: E402
 
 # Columns of the on-screen lesion table: (engine key, title, unit, decimals); the titles and
@@ -52,9 +52,10 @@ class Workflow:
     """The module's workflow on one MRML scene, for a front end without Qt.
 
     Attributes read by the front end (all plain Python values): ``status``, ``error``,
-    ``busy`` (``"run"``, ``"teacher"``, ``"correct"``, ``"distil"`` or ``""``), ``progress`` (0..1 or
-    ``None``), ``rows`` (lesion table rows), ``roiText`` (the ROI as the engine's ``--roi``),
-    ``savedPath``, ``caseId``, ``modelPath`` (the student used by Run).
+    ``busy`` (``"run"``, ``"teacher"``, ``"correct"``, ``"distil"`` or ``""``), ``progress``
+    (0..1 or ``None``), ``rows`` (lesion table rows), ``roiText`` (the ROI as the engine's
+    ``--roi``), ``savedPath``, ``caseId``, ``modelPath`` (the student used by Run), ``clicks``
+    (the positive and negative click lists, by sign).
     """
 
     def __init__(self, logic: SceneLogic, settings: Settings, onChange: Callable[[], None] = lambda: None) -> None:
@@ -162,12 +163,7 @@ class Workflow:
 
     def takesPrompts(self) -> bool:
         """Whether the selected student takes a box and clicks (trained with ``--promptable``)."""
-        if self.modelPath is None:
-            return False
-        try:
-            return bool(modelInfo(self.modelPath)["metadata"].get("takes_prompts"))
-        except LogicError:
-            return False
+        return modelTakesPrompts(self.modelPath)
 
     def clickList(self, positive: bool):
         """The markups point list of the positive (or negative) clicks, made on first use."""
@@ -201,10 +197,7 @@ class Workflow:
         """
         self._requireSegmentation()
         self._requireIdle()
-        positive, negative = self.clickCounts()
-        if positive + negative == 0:
-            raise LogicError("a correction needs clicks: 'Click +' on what was missed, 'Click -' on what was "
-                             "wrongly included, then correct")
+        positive, negative = self.clickCounts()  # none: the logic refuses, naming what to do
         self._startJob("correct", lambda progress, finished: self.logic.startStudentPromptSegmentation(
             self.ct, self.pet, self.modelPath, roiNode=self.roi, pointsNode=self.clicks.get(True),
             negativePointsNode=self.clicks.get(False), correct=self.segmentation, device=self.settings.device,
@@ -245,8 +238,8 @@ class Workflow:
         if self.segmentation is not node:
             for clicks in self.clicks.values():
                 clicks.RemoveAllControlPoints()  # they corrected the previous result, not this one
-        if self.segmentation is not None and self.segmentation is not node:
-            self.segmentation.SetDisplayVisibility(False)  # the newest result is the one shown and saved
+            if self.segmentation is not None:
+                self.segmentation.SetDisplayVisibility(False)  # the newest result is the one shown and saved
         self.segmentation = node
         self.savedPath = None
         self.rows = statistics if statistics is not None else self.logic.lesionStatistics(node, self.ct, self.pet)

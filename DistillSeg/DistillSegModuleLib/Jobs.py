@@ -389,3 +389,14 @@ def modelInfo(model: str | os.PathLike) -> dict:
     classes = {int(k): v for k, v in (metadata.get("classes") or {}).items()}
     return {"field_of_view": metadata.get("field_of_view"), "classes": classes or DEFAULT_CLASSES,
             "metadata": metadata}
+
+
+def modelTakesPrompts(model: str | os.PathLike | None) -> bool:
+    """Whether a student model file takes a box and clicks (trained with ``--promptable``);
+    False for no model and for a file that is not a DistillSeg student model."""
+    if not model:
+        return False
+    try:
+        return bool(modelInfo(model)["metadata"].get("takes_prompts"))
+    except LogicError:
+        return False

@@ -35,7 +35,7 @@ import slicer
 from . import Pet
 # The names front ends and tests import from here, wherever they now live.
 from .Jobs import (DEVICES, FinishedCallback, JobResult, Jobs, Progress, ProgressCallback,  # noqa: F401
-                   formatRoi, modelInfo)
+                   formatRoi, modelInfo, modelTakesPrompts)
 from .Nodes import LogicError  # noqa: F401
 from .ProcessRunner import ProcessRunner, SubprocessRunner, python_executable
 from .Results import ANATOMIC_CONTEXT, DEFAULT_CLASSES, TABLE_COLUMNS, TERMINOLOGY_CONTEXT, Results  # noqa: F401
@@ -43,9 +43,9 @@ from .Results import terminologyEntry  # noqa: F401
 from .Study import DicomFileLookup, Study
 from .TrainingSet import DEFAULT_STRATEGY, STRATEGIES, TrainingSet  # noqa: F401
 
-__all__ = ["ANATOMIC_CONTEXT", "DEFAULT_CLASSES", "DEFAULT_STRATEGY", "DEVICES", "STRATEGIES", "TABLE_COLUMNS", "TERMINOLOGY_CONTEXT",
-           "FinishedCallback", "JobResult", "LogicError", "Progress", "ProgressCallback", "SceneLogic", "formatRoi",
-           "modelInfo", "terminologyEntry"]
+__all__ = ["ANATOMIC_CONTEXT", "DEFAULT_CLASSES", "DEFAULT_STRATEGY", "DEVICES", "STRATEGIES", "TABLE_COLUMNS",
+           "TERMINOLOGY_CONTEXT", "FinishedCallback", "JobResult", "LogicError", "Progress", "ProgressCallback",
+           "SceneLogic", "formatRoi", "modelInfo", "modelTakesPrompts", "terminologyEntry"]
 
 
 class SceneLogic:

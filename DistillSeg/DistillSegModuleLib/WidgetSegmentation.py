@@ -97,15 +97,9 @@ class SegmentationSection:
 
     def selectedStudentTakesPrompts(self) -> bool:
         """Whether the selected student model is promptable (False when none is selected)."""
-        from .Logic import modelInfo
+        from .Logic import modelTakesPrompts
 
-        model = self.ui.studentModelComboBox.currentData
-        if not model:
-            return False
-        try:
-            return bool(modelInfo(model)["metadata"].get("takes_prompts"))
-        except LogicError:
-            return False
+        return modelTakesPrompts(self.ui.studentModelComboBox.currentData)
 
     def onSegmentWithTeacher(self, correct: bool) -> None:
         """The teacher on the ROI box and clicks: a new segmentation, or (``correct``) the
