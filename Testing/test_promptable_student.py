@@ -6,6 +6,7 @@ is measured in ``benchmarks/interactive.py`` and ``benchmarks/bundled_student.py
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -19,7 +20,7 @@ from DistillSegLib.student.model_file import load_model, read_payload, save_mode
 from DistillSegLib.student.network import build_student
 from DistillSegLib.student.prompt_channels import (
     BOX_DISTANCE_SCALE_MM, DEFAULT_PROMPT_CHANNELS, GridPrompts, PromptableStudent, box_signed_distance,
-    encode_prompts,
+    encode_prompts, promptable_weights_from,
 )
 from DistillSegLib.distill import get_strategy_class
 from DistillSegLib.distill.prompt_simulation import (
@@ -313,8 +314,39 @@ def test_train_cli_makes_a_promptable_student(cli, sts_dir, tmp_path, prompt_fre
     assert model.takes_prompts and model.metadata["prompt_simulation"]["max_clicks"] == 1
     refused = cli("train", "--data", sts_dir, "--labelled", "STS_001", "--steps", "1", "--init", prompt_free_model,
                   "--max-clicks", "1", "--out", tmp_path / "q.pt")
-    assert refused.returncode == 2 and "takes none" in refused.stderr
+    assert refused.returncode == 2 and "takes none: add --promptable" in refused.stderr
     assert json.loads(json.dumps(model.metadata["prompt_simulation"]))  # JSON-ready
+
+
+def test_a_prompt_free_student_becomes_promptable_answering_as_before():
+    torch.manual_seed(0)
+    prompt_free_config = dataclasses.replace(TINY, prompt_channels=())
+    prompt_free = build_student(prompt_free_config)
+    for parameter in prompt_free.parameters():  # trained-looking weights, not MONAI's initial ones
+        parameter.data.normal_(0.0, 0.2)
+    promptable = build_student(TINY)
+    promptable.load_state_dict(promptable_weights_from(prompt_free.state_dict(), TINY))
+    image = torch.randn(1, 2, 32, 32, 16)
+    prompts = torch.rand(1, len(TINY.prompt_channels), 32, 32, 16)  # any prompt at all
+    prompt_free.eval(), promptable.eval()
+    with torch.no_grad():
+        expected = prompt_free(image)
+        assert torch.allclose(promptable(torch.cat([image, prompts], dim=1)), expected, atol=1e-5)
+        assert torch.allclose(promptable(image), expected, atol=1e-5)
+    other = build_student(dataclasses.replace(prompt_free_config, channels=(8, 16, 24))).state_dict()
+    with pytest.raises(DistillSegError, match="has shape"):
+        promptable_weights_from(other, TINY)
+
+
+def test_train_cli_makes_a_prompt_free_student_promptable(cli, sts_dir, tmp_path, prompt_free_model):
+    out = tmp_path / "p.pt"
+    result = cli("train", "--data", sts_dir, "--labelled", "STS_001", "--steps", "2", "--threads", "1",
+                 "--init", prompt_free_model, "--promptable", "--max-clicks", "1", "--out", out)
+    assert result.returncode == 0, result.stderr
+    model, before = load_model(out), load_model(prompt_free_model)
+    assert model.takes_prompts and model.config.prompt_channels == DEFAULT_PROMPT_CHANNELS
+    assert dataclasses.replace(model.config, prompt_channels=()) == before.config
+    assert model.metadata["init_from"]["prompt_channels_added"] == list(DEFAULT_PROMPT_CHANNELS)
 
 
 def test_boxdistil_learns_the_teachers_answer_to_a_box(prepared, sts_001):

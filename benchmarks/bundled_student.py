@@ -57,17 +57,34 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def train(data: Path, cases: list[str], out: Path, args: argparse.Namespace) -> tuple[list[str], float]:
-    """Run ``distillseg train`` in a child process; ``(command, wall seconds)``."""
+def train(data: Path, cases: list[str], out: Path, args: argparse.Namespace, promptable: bool | None = None,
+          init: Path | None = None) -> tuple[list[str], float]:
+    """Run ``distillseg train`` in a child process; ``(command, wall seconds)``.
+
+    ``promptable`` defaults to ``--promptable``; ``init``: the weights to start from (a
+    prompt-free model with ``promptable``: it becomes promptable, answering as before)."""
+    promptable = args.promptable if promptable is None else promptable
     command = [sys.executable, "-m", "DistillSegLib", "train", "--data", str(data), "--labelled", ",".join(cases),
                "--strategy", "supervised", "--steps", str(args.steps), "--seed", str(args.seed),
                "--threads", str(args.threads), "--device", "cpu", "--out", str(out),
                "--checkpoint", str(Path(args.work) / f"{out.parent.name}-{out.stem}.checkpoint.pt")]  # never beside the bundled file
-    if args.promptable:
+    if promptable:
         command.append("--promptable")
+    if init is not None:
+        command += ["--init", str(init)]
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return command, time.perf_counter() - started
+
+
+def start_from_prompt_free(data: Path, cases: list[str], folder: Path, args: argparse.Namespace) -> tuple[Path, dict]:
+    """The prompt-free recipe's model on ``cases`` (trained into ``folder`` unless already
+    there, e.g. by the heldout stage without ``--promptable``), and what made it."""
+    model = folder / "student.pt"
+    if model.is_file():
+        return model, {"model": str(model), "trained": "before this run (reused)"}
+    command, seconds = train(data, cases, model, args, promptable=False)
+    return model, {"model": str(model), "command": " ".join(command[1:]), "train_seconds_wall": round(seconds, 1)}
 
 
 def evaluate_heldout(model_path: Path, data: Path, validation: list[str], folder: Path) -> dict:
@@ -153,9 +170,17 @@ def main() -> int:
     parser.add_argument("--promptable", action="store_true",
                         help="the promptable recipe (`distillseg train --promptable`): box, clicks and previous mask "
                              "as input channels, trained with simulated prompts; recorded under steps_N_promptable")
+    parser.add_argument("--from-prompt-free", action="store_true",
+                        help="with --promptable: start from the prompt-free recipe's model on the same cases (the "
+                             "heldout stage's WORK/heldout-N/student.pt, trained first if absent; for the bundle, "
+                             "WORK/bundle-N/student.pt), its prompt channels weighted zero; recorded under "
+                             "steps_N_promptable_from_prompt_free and bundled as sts-petct-crop itself")
     args = parser.parse_args()
+    if args.from_prompt_free and not args.promptable:
+        parser.error("--from-prompt-free goes with --promptable")
     if args.out_model is None:
-        args.out_model = str(MODELS / f"{PROMPTABLE_NAME if args.promptable else MODEL_NAME}.pt")
+        promptable_file = args.promptable and not args.from_prompt_free
+        args.out_model = str(MODELS / f"{PROMPTABLE_NAME if promptable_file else MODEL_NAME}.pt")
 
     from DistillSegLib.demo.split import SPLIT_SEED, sts_split
     from DistillSegLib.io.dataset import find_cases
@@ -168,18 +193,26 @@ def main() -> int:
     heldout_training = sorted(set(all_cases) - set(validation))
     results_path = Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    key = f"steps_{args.steps}" + ("_promptable" if args.promptable else "")
+    key = (f"steps_{args.steps}" + ("_promptable" if args.promptable else "")
+           + ("_from_prompt_free" if args.from_prompt_free else ""))
     results[key] = record = results.get(key, {})
     record["recipe"] = {"strategy": "supervised", "steps": args.steps, "seed": args.seed, "threads": args.threads,
                         "student": "default StudentConfig (MONAI UNet 16,32,64,128, 2 residual units)"
-                                   + (" + prompt channels box,positive,negative,previous" if args.promptable else "")}
+                                   + (" + prompt channels box,positive,negative,previous" if args.promptable else "")
+                                   + (", started from the prompt-free recipe's model (prompt channels weighted zero)"
+                                      if args.from_prompt_free else "")}
+    variant = "-promptable" + ("-from-prompt-free" if args.from_prompt_free else "") if args.promptable else ""
 
     if "heldout" in stages:
-        model = work / f"heldout-{args.steps}{'-promptable' if args.promptable else ''}" / "student.pt"
-        command, seconds = train(data, heldout_training, model, args)
+        model = work / f"heldout-{args.steps}{variant}" / "student.pt"
+        init, started_from = None, None
+        if args.from_prompt_free:
+            init, started_from = start_from_prompt_free(data, heldout_training, work / f"heldout-{args.steps}", args)
+        command, seconds = train(data, heldout_training, model, args, init=init)
         result = evaluate_heldout(model, data, validation, model.parent)
         record["heldout"] = {
-            "command": " ".join(command[1:]), "training_cases": heldout_training, "validation_cases": validation,
+            "command": " ".join(command[1:]), **({"started_from": started_from} if started_from else {}),
+            "training_cases": heldout_training, "validation_cases": validation,
             "train_seconds_wall": round(seconds, 1), "load_average_1_5_15": list(os.getloadavg()),
             "mean": result["mean"], "cases": result["cases"],
         }
@@ -188,7 +221,7 @@ def main() -> int:
               f"({args.steps} steps, {seconds:.0f} s wall, load {os.getloadavg()[0]:.1f})")
 
     if "margin" in stages:
-        model = work / f"heldout-{args.steps}{'-promptable' if args.promptable else ''}" / "student.pt"
+        model = work / f"heldout-{args.steps}{variant}" / "student.pt"
         if not model.is_file():
             raise SystemExit(f"error: the margin stage needs the heldout model {model}: run the heldout stage first")
         print(f"{'case':<10}{'+10 mm':>9}{'+50 mm':>9}")
@@ -199,11 +232,15 @@ def main() -> int:
     if "bundle" in stages:
         out = Path(args.out_model)
         out.parent.mkdir(parents=True, exist_ok=True)
-        command, seconds = train(data, all_cases, out, args)
+        init, started_from = None, None
+        if args.from_prompt_free:
+            init, started_from = start_from_prompt_free(data, all_cases, work / f"bundle-{args.steps}", args)
+        command, seconds = train(data, all_cases, out, args, init=init)
         size = out.stat().st_size
         if size > MAX_BYTES:
             raise SystemExit(f"error: {out} is {size / 1e6:.1f} MB, over the {MAX_BYTES / 1e6:.1f} MB budget")
-        record["bundle"] = {"command": " ".join(command[1:]), "training_cases": all_cases,
+        record["bundle"] = {"command": " ".join(command[1:]), **({"started_from": started_from} if started_from else {}),
+                            "training_cases": all_cases,
                             "train_seconds_wall": round(seconds, 1), "bytes": size, "sha256": sha256_file(out),
                             "load_average_1_5_15": list(os.getloadavg())}
         write_json(results_path, results)

@@ -63,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (default: MODEL with .checkpoint.pt)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint (with the arguments it was started with)")
-    parser.add_argument("--init", metavar="MODEL", help="start from an existing student's weights (same configuration)")
+    parser.add_argument("--init", metavar="MODEL",
+                        help="start from an existing student's weights (same configuration); with --promptable, a "
+                             "prompt-free student becomes promptable, answering as before until trained")
     parser.add_argument("--warmup-steps", type=non_negative_int, metavar="N",
                         help="supervised steps on the labelled cases before a strategy's first round, with their own "
                              "optimiser and schedule; --steps then counts the strategy's steps (default: 200 for "
@@ -129,6 +131,23 @@ def _numbers(text: str, kind=float) -> tuple:
         return tuple(kind(v) for v in text.split(","))
     except ValueError as exc:
         raise DistillSegError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def made_promptable(args: argparse.Namespace, config, weights, init_from: dict):
+    """``(config, weights)`` to start from: a prompt-free ``--init`` given ``--promptable`` (or
+    ``--prompt-channels``) becomes the promptable student that answers exactly as it
+    (:func:`~DistillSegLib.student.prompt_channels.promptable_weights_from`); otherwise unchanged."""
+    import dataclasses
+
+    from ..distill.prompt_options import prompt_config_values
+    from ..student.prompt_channels import promptable_weights_from
+
+    wanted = prompt_config_values(args)
+    if config.takes_prompts or not wanted.get("prompt_channels"):
+        return config, weights
+    config = dataclasses.replace(config, **wanted)
+    init_from["prompt_channels_added"] = list(config.prompt_channels)
+    return config, promptable_weights_from(weights, config)
 
 
 def student_config_from_args(args: argparse.Namespace):
@@ -328,6 +347,7 @@ def _train(args, out, checkpoint, labelled_src, unlabelled_src, val_src, device,
         init_weights = payload["weights"]
         # The file name only: a model is shared, and a folder can name a patient or a user.
         metadata["init_from"] = {"path": Path(args.init).name, "weights_sha256": payload["metadata"]["weights_sha256"]}
+        config, init_weights = made_promptable(args, config, init_weights, metadata["init_from"])
     if args.resume:
         check_resume(checkpoint, args, config, labelled_src, unlabelled_src, val_src)
     from ..distill.prompt_options import prompt_simulation_from_args

@@ -54,7 +54,7 @@ def prompt_simulation_from_args(args: argparse.Namespace, config):
     given = {k: v for k, v in given.items() if v is not None}
     if not config.takes_prompts:
         if given or getattr(args, "promptable", False) or getattr(args, "prompt_channels", None):
-            raise DistillSegError("--promptable/--prompt-channels/--prompt-free-fraction/--max-clicks need a student "
-                                  "that takes prompts; the --init model takes none (train a new one without --init)")
+            raise DistillSegError("--prompt-free-fraction/--max-clicks need a student that takes prompts; the --init "
+                                  "model takes none: add --promptable to make it promptable")
         return None
     return PromptSimulation(**given)
