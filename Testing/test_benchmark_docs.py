@@ -161,3 +161,40 @@ def test_the_validation_verdict_follows_the_statistics(tmp_path):
     stats_file.write_text(json.dumps(stats))
     text = readme_blocks.validation_default(results)
     assert "interval above 0: **not met**" in text and "- supervised >= +3.0: **not met**" in text
+
+
+def test_the_warm_start_decision_follows_the_figures_and_the_block_follows_the_decision(tmp_path):
+    import readme_blocks
+    from promptable_warm_start import summarise
+
+    cases = [f"STS_{n:03d}" for n in range(1, 6)]
+
+    def arm(no_prompt: float, box: float | None = None) -> dict:
+        values = {"no prompt": {c: no_prompt + 0.01 * i for i, c in enumerate(cases)}}
+        if box is not None:
+            for measure in readme_blocks.PROMPT_MEASURES[1:]:
+                values[measure] = {c: box for c in cases}
+        return values
+
+    runs = {s: {"free": arm(0.75), "scratch": arm(0.72, 0.82), "warm": arm(0.745, 0.815)} for s in (0, 1)}
+    assert summarise(runs)["decision"]["bundled_becomes_promptable"] is True
+    runs[1]["warm"] = arm(0.745, 0.78)  # the box falls by more than a point on average
+    decision = summarise(runs)["decision"]
+    assert decision["a_prompt_free_within_1_point"] and not decision["bundled_becomes_promptable"]
+    runs[0]["free"]["no prompt"].pop(cases[0])  # a case left out of one arm's mean is refused
+    with pytest.raises(SystemExit, match="not the cases"):
+        summarise(runs)
+
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "benchmarks" / "results", results)
+    summary_file = results / readme_blocks.WARM_START
+    summary = json.loads(summary_file.read_text())
+    stayed = "the bundled students stay as they were"
+    def block() -> str:  # one line: the paragraph is wrapped
+        return " ".join(readme_blocks.promptable_warm_start(results).split())
+
+    assert (stayed in block()) != summary["decision"]["bundled_becomes_promptable"]
+    summary["decision"].update(a_prompt_free_within_1_point=True, b_box_within_1_point_of_scratch=True,
+                               bundled_becomes_promptable=True)
+    summary_file.write_text(json.dumps(summary))
+    assert "the bundled `sts-petct-crop` becomes" in block() and stayed not in block()

@@ -17,10 +17,10 @@ from DistillSegLib.errors import DistillSegError
 from DistillSegLib.io.volume import apply_affine
 from DistillSegLib.student.config import StudentConfig
 from DistillSegLib.student.model_file import load_model, read_payload, save_model
-from DistillSegLib.student.network import build_student
+from DistillSegLib.student.network import build_student, promptable_weights_from
 from DistillSegLib.student.prompt_channels import (
     BOX_DISTANCE_SCALE_MM, DEFAULT_PROMPT_CHANNELS, GridPrompts, PromptableStudent, box_signed_distance,
-    encode_prompts, promptable_weights_from,
+    encode_prompts,
 )
 from DistillSegLib.distill import get_strategy_class
 from DistillSegLib.distill.prompt_simulation import (

@@ -136,11 +136,11 @@ def _numbers(text: str, kind=float) -> tuple:
 def made_promptable(args: argparse.Namespace, config, weights, init_from: dict):
     """``(config, weights)`` to start from: a prompt-free ``--init`` given ``--promptable`` (or
     ``--prompt-channels``) becomes the promptable student that answers exactly as it
-    (:func:`~DistillSegLib.student.prompt_channels.promptable_weights_from`); otherwise unchanged."""
+    (:func:`~DistillSegLib.student.network.promptable_weights_from`); otherwise unchanged."""
     import dataclasses
 
     from ..distill.prompt_options import prompt_config_values
-    from ..student.prompt_channels import promptable_weights_from
+    from ..student.network import promptable_weights_from
 
     wanted = prompt_config_values(args)
     if config.takes_prompts or not wanted.get("prompt_channels"):
