@@ -175,7 +175,16 @@ def main() -> int:
                              "heldout stage's WORK/heldout-N/student.pt, trained first if absent; for the bundle, "
                              "WORK/bundle-N/student.pt), its prompt channels weighted zero; recorded under "
                              "steps_N_promptable_from_prompt_free and bundled as sts-petct-crop itself")
+    parser.add_argument("--training-cases", metavar="IDS",
+                        help="heldout stage: train on these cases instead of the 20 outside the validation split "
+                             "(a cross-validation fold; give --validation-cases too)")
+    parser.add_argument("--validation-cases", metavar="IDS",
+                        help="heldout and margin stages: score these cases instead of the demo's 10 validation cases")
     args = parser.parse_args()
+    if bool(args.training_cases) != bool(args.validation_cases):
+        parser.error("--training-cases and --validation-cases go together")
+    if args.training_cases and "bundle" in args.stages:
+        parser.error("--training-cases is for the heldout and margin stages; the bundle trains on every case")
     if args.from_prompt_free and not args.promptable:
         parser.error("--from-prompt-free goes with --promptable")
     if args.out_model is None:
@@ -191,6 +200,12 @@ def main() -> int:
     split = sts_split(all_cases, SPLIT_SEED)
     validation = list(split.validation)
     heldout_training = sorted(set(all_cases) - set(validation))
+    if args.training_cases:  # a fold of a cross-validation inside the training cases
+        heldout_training = [c.strip() for c in args.training_cases.split(",") if c.strip()]
+        validation = [c.strip() for c in args.validation_cases.split(",") if c.strip()]
+        unknown = sorted(set(heldout_training + validation) - set(all_cases))
+        if unknown or set(heldout_training) & set(validation):
+            parser.error(f"the folds must be disjoint labelled cases of {data} (unknown: {unknown})")
     results_path = Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     key = (f"steps_{args.steps}" + ("_promptable" if args.promptable else "")
