@@ -82,7 +82,7 @@ def start_from_prompt_free(data: Path, cases: list[str], folder: Path, args: arg
     there, e.g. by the heldout stage without ``--promptable``), and what made it."""
     model = folder / "student.pt"
     if model.is_file():
-        return model, {"model": str(model), "trained": "before this run (reused)"}
+        return model, {"model": str(model), "trained": "before this run (reused)", "sha256": sha256_file(model)}
     command, seconds = train(data, cases, model, args, promptable=False)
     return model, {"model": str(model), "command": " ".join(command[1:]), "train_seconds_wall": round(seconds, 1)}
 
@@ -175,6 +175,9 @@ def main() -> int:
                              "heldout stage's WORK/heldout-N/student.pt, trained first if absent; for the bundle, "
                              "WORK/bundle-N/student.pt), its prompt channels weighted zero; recorded under "
                              "steps_N_promptable_from_prompt_free and bundled as sts-petct-crop itself")
+    parser.add_argument("--interactive", default=str(INTERACTIVE),
+                        help="with --promptable --update-catalogue: the interactive.py JSON that scored the heldout "
+                             f"model's box and clicks (default: {INTERACTIVE.relative_to(ROOT)})")
     parser.add_argument("--training-cases", metavar="IDS",
                         help="heldout stage: train on these cases instead of the 20 outside the validation split "
                              "(a cross-validation fold; give --validation-cases too)")
@@ -188,8 +191,7 @@ def main() -> int:
     if args.from_prompt_free and not args.promptable:
         parser.error("--from-prompt-free goes with --promptable")
     if args.out_model is None:
-        promptable_file = args.promptable and not args.from_prompt_free
-        args.out_model = str(MODELS / f"{PROMPTABLE_NAME if promptable_file else MODEL_NAME}.pt")
+        args.out_model = str(MODELS / f"{default_name(args)}.pt")
 
     from DistillSegLib.demo.split import SPLIT_SEED, sts_split
     from DistillSegLib.io.dataset import find_cases
@@ -265,15 +267,21 @@ def main() -> int:
             heldout = record.get("heldout")
             if heldout is None:
                 raise SystemExit("error: --update-catalogue needs the heldout stage of the same --steps first")
-            update_catalogue(catalogue_entry(out, record, heldout, args))
+            update_catalogue(catalogue_entry(out, record, heldout, args, Path(args.interactive)))
             print(f"updated {CATALOGUE}")
     return 0
 
 
-def catalogue_entry(model: Path, record: dict, heldout: dict, args: argparse.Namespace) -> dict:
-    """The catalogue's description of a bundled student (what ``Catalogue``/``catalogue.py`` read)."""
+def catalogue_entry(model: Path, record: dict, heldout: dict, args: argparse.Namespace,
+                    interactive: Path = INTERACTIVE) -> dict:
+    """The catalogue's description of a bundled student (what ``Catalogue``/``catalogue.py`` read);
+    its name is the file's (``sts-petct-crop`` or ``sts-petct-crop-promptable``)."""
+    name = model.stem
+    if name not in (MODEL_NAME, PROMPTABLE_NAME):
+        raise SystemExit(f"error: a bundled student is {MODEL_NAME}.pt or {PROMPTABLE_NAME}.pt, not {model.name}")
+    start = (", started from the prompt-free recipe's weights" if args.from_prompt_free else "")
     entry = {
-        "name": PROMPTABLE_NAME if args.promptable else MODEL_NAME,
+        "name": name,
         "title": ("STS PET/CT tumour, crop, promptable: box and clicks (supervised, 30 cases)" if args.promptable
                   else "STS PET/CT tumour, crop (supervised, 30 cases)"),
         "file": f"Models/{model.name}",
@@ -283,7 +291,8 @@ def catalogue_entry(model: Path, record: dict, heldout: dict, args: argparse.Nam
         "field_of_view_note": "trained on ~5 cm crops around soft-tissue sarcomas: draw an ROI around the lesion"
                               + ("; the ROI is its box: keep it close around the lesion" if args.promptable else ""),
         "trained_on": "all 30 sts-petct cases (IBSI validation set from TCIA Soft-tissue-Sarcoma, CC BY 3.0), "
-                      f"supervised{', promptable' if args.promptable else ''}, {args.steps} steps, seed {args.seed}",
+                      f"supervised{', promptable' if args.promptable else ''}, {args.steps} steps, seed {args.seed}"
+                      + start,
         "training_cases": record["bundle"]["training_cases"],
         "heldout_dice": round(heldout["mean"]["dice"], 3),
         "heldout_note": "mean Dice on the demo's 10 validation cases (DistillSegLib/demo/split.py) of the same "
@@ -292,25 +301,34 @@ def catalogue_entry(model: Path, record: dict, heldout: dict, args: argparse.Nam
         "heldout_validation_cases": heldout["validation_cases"],
         "rebuild": "DISTILLSEG_DATA=../shared/data .venv/bin/python benchmarks/bundled_student.py "
                    f"--steps {args.steps} --seed {args.seed} --threads {args.threads}"
-                   + (" --promptable" if args.promptable else "") + " --update-catalogue",
+                   + (" --promptable" if args.promptable else "")
+                   + (" --from-prompt-free" if args.from_prompt_free else "")
+                   + (f" --out-model {model.relative_to(ROOT)}" if model != MODELS / f"{default_name(args)}.pt" else "")
+                   + " --update-catalogue",
     }
     if args.promptable:
-        entry["heldout_prompted"] = heldout_prompted(heldout["command"])
+        entry["heldout_prompted"] = heldout_prompted(heldout["command"], interactive)
     return entry
 
 
-def heldout_prompted(heldout_command: str) -> dict:
-    """Box and click Dice of the promptable heldout model, from ``interactive_side_by_side.json``.
+def default_name(args: argparse.Namespace) -> str:
+    """The bundled file's name without --out-model."""
+    return PROMPTABLE_NAME if args.promptable and not args.from_prompt_free else MODEL_NAME
+
+
+def heldout_prompted(heldout_command: str, interactive: Path = INTERACTIVE) -> dict:
+    """Box and click Dice of the promptable heldout model, from ``interactive`` (an
+    ``interactive.py`` JSON; by default ``interactive_side_by_side.json``).
 
     Refused when that file scored another model than the heldout run of this recipe (its
     ``--out`` path), so the catalogue never quotes another model's figures."""
-    scored = json.loads(INTERACTIVE.read_text())
+    scored = json.loads(interactive.read_text())
     out = heldout_command.split("--out ", 1)[1].split()[0]
     if scored.get("promptable") != out:
-        raise SystemExit(f"error: {INTERACTIVE.name} scored {scored.get('promptable')}, not the heldout model {out}: "
+        raise SystemExit(f"error: {interactive.name} scored {scored.get('promptable')}, not the heldout model {out}: "
                          "run benchmarks/interactive.py --promptable on it first")
     mean = scored["mean"]["promptable"]
-    return {"note": f"the heldout model (the 20 other cases) on the 10 validation cases, {INTERACTIVE.name}: "
+    return {"note": f"the heldout model (the 20 other cases) on the 10 validation cases, {interactive.name}: "
                     "one box 10 % larger than the tumour, then simulated clicks",
             **{key: round(mean[key], 3) for key in ("box", "box+1 clicks", "box+2 clicks", "box+3 clicks")}}
 
