@@ -174,7 +174,7 @@ def main() -> int:
                         help="with --promptable: start from the prompt-free recipe's model on the same cases (the "
                              "heldout stage's WORK/heldout-N/student.pt, trained first if absent; for the bundle, "
                              "WORK/bundle-N/student.pt), its prompt channels weighted zero; recorded under "
-                             "steps_N_promptable_from_prompt_free and bundled as sts-petct-crop itself")
+                             "steps_N_promptable_from_prompt_free and bundled as sts-petct-crop itself (or as --out-model)")
     parser.add_argument("--interactive", default=str(INTERACTIVE),
                         help="with --promptable --update-catalogue: the interactive.py JSON that scored the heldout "
                              f"model's box and clicks (default: {INTERACTIVE.relative_to(ROOT)})")

@@ -181,4 +181,3 @@ class PromptableStudent(torch.nn.Module):
             raise DistillSegError(f"the promptable student takes {self.image_channels} image channels, optionally "
                                   f"followed by {len(self.prompt_channels)} prompt channels; got {x.shape[1]}")
         return self.network(x)
-
