@@ -358,11 +358,14 @@ def test_bundled_student_is_listed_with_its_facts_and_loads_without_running_code
     assert "benchmarks/bundled_student.py" in entry["rebuild"]
     assert ("--promptable" in entry["rebuild"]) == model.takes_prompts
     results = json.loads((ROOT / "benchmarks" / "results" / "bundled_student.json").read_text())
-    measured = results[f"steps_{metadata['training']['steps_done']}" + ("_promptable" if model.takes_prompts else "")]
+    from_prompt_free = "prompt_channels_added" in metadata.get("init_from", {})  # made promptable by --init
+    measured = results[f"steps_{metadata['training']['steps_done']}" + ("_promptable" if model.takes_prompts else "")
+                       + ("_from_prompt_free" if from_prompt_free else "")]
     assert round(measured["heldout"]["mean"]["dice"], 3) == entry["heldout_dice"]
     assert measured["bundle"]["sha256"] == entry["sha256"]
     if model.takes_prompts:  # its box and click figures are those of its own heldout twin
-        scored = json.loads((ROOT / "benchmarks" / "results" / "interactive_side_by_side.json").read_text())
+        source = entry["heldout_prompted"].get("source", "benchmarks/results/interactive_side_by_side.json")
+        scored = json.loads((ROOT / source).read_text())
         assert scored["promptable"] in measured["heldout"]["command"]
         assert entry["heldout_prompted"]["box"] == round(scored["mean"]["promptable"]["box"], 3)
         assert entry["heldout_prompted"]["box+3 clicks"] == round(scored["mean"]["promptable"]["box+3 clicks"], 3)

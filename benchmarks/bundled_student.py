@@ -330,7 +330,9 @@ def heldout_prompted(heldout_command: str, interactive: Path = INTERACTIVE) -> d
     mean = scored["mean"]["promptable"]
     return {"note": f"the heldout model (the 20 other cases) on the 10 validation cases, {interactive.name}: "
                     "one box 10 % larger than the tumour, then simulated clicks",
+            "source": str(interactive.resolve().relative_to(ROOT)),
             **{key: round(mean[key], 3) for key in ("box", "box+1 clicks", "box+2 clicks", "box+3 clicks")}}
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
