@@ -266,16 +266,16 @@ def test_cli_promptable_student_answers_a_box_and_records_it(cli, sts_case_dir, 
         [float(v) for v in text.split(",")], abs=1e-3)
 
 
-def test_the_bundled_promptable_student_answers_a_box_by_name(cli, sts_case_dir, sts_001, tmp_path):
-    """``sts-petct-crop-promptable`` ships beside the prompt-free student: found by name, it
-    answers a 10 %-grown box on a real case inside that box (it was trained on this case: the
-    figure checks the wiring, its validation accuracy is in the catalogue)."""
+def test_the_bundled_student_answers_a_box_by_name(cli, sts_case_dir, sts_001, tmp_path):
+    """The bundled ``sts-petct-crop`` takes prompts: found by name, it answers a 10 %-grown box
+    on a real case inside that box (it was trained on this case: the figure checks the wiring,
+    its validation accuracy is in the catalogue)."""
     from DistillSegLib.io.volume import read_image
     from DistillSegLib.metrics.segmentation import dice
 
     low, high = box_around(sts_001.label_on_ct)
     out = tmp_path / "bundled-box.nii.gz"
-    result = cli("predict", "--model", "sts-petct-crop-promptable",
+    result = cli("predict", "--model", "sts-petct-crop",
                  "--prompt-box=" + ",".join(f"{v:.2f}" for v in [*low, *high]), *case_args(sts_case_dir), "--out", out)
     assert result.returncode == 0, result.stderr
     answer = read_image(out).array > 0

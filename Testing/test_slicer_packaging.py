@@ -137,8 +137,7 @@ def test_models_folder_offers_students_not_checkpoints(tmp_path):
     os.utime(older, (1, 1))
     offered = Catalogue.studentModels(tmp_path, Catalogue.bundledCatalogue())
     assert [e.path for e in offered if e.source == "user"] == [newer, older]
-    assert [e.path.name for e in offered if e.source == "bundled"] == ["sts-petct-crop.pt",
-                                                                        "sts-petct-crop-promptable.pt"]
+    assert [e.path.name for e in offered if e.source == "bundled"] == ["sts-petct-crop.pt"]
     assert Catalogue.newModelPath(tmp_path, "muduo") != newer or not newer.exists()
     sam = next(t for t in Catalogue.bundledCatalogue()["teachers"] if t["name"] == "sam")
     assert Catalogue.teacherAvailability(sam, None) == (False, f"{sam['title']}: select its checkpoint "

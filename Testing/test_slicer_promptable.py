@@ -90,10 +90,13 @@ def test_run_gives_the_roi_as_the_box_and_clicks_correct_one_segment(study, prom
 
 
 def test_clicks_need_a_student_that_takes_prompts(study, tmp_path, sts_dir):
-    from DistillSegLib.student.catalogue import resolve_model
+    from DistillSegLib.student.config import StudentConfig
+    from DistillSegLib.student.model_file import save_model
+    from DistillSegLib.student.network import build_student
 
     scene, logic, ct, pet, roi, centre, _ = study
+    prompt_free = save_model(tmp_path / "prompt-free.pt", build_student(StudentConfig()), StudentConfig(), {})
     before = scene_snapshot(scene)
     with pytest.raises(LogicError, match="takes no prompts"):
-        logic.startStudentPromptSegmentation(ct, pet, resolve_model("sts-petct-crop"), roiNode=roi)
+        logic.startStudentPromptSegmentation(ct, pet, prompt_free, roiNode=roi)
     assert scene_snapshot(scene) == before and not logic.isRunning()

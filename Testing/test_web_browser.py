@@ -39,7 +39,7 @@ pytestmark = pytest.mark.skipif(missing_web_tools() is not None, reason=missing_
 
 CASES = [c.strip() for c in os.environ.get("DISTILLSEG_WEB_CASES", "STS_019").split(",") if c.strip()]
 MODEL = "sts-petct-crop"  # the bundled student Run uses by default
-PROMPTABLE_TITLE = "STS PET/CT tumour, crop, promptable: box and clicks (supervised, 30 cases) (bundled)"
+BUNDLED_TITLE = "STS PET/CT tumour, crop, promptable: box and clicks (supervised, 30 cases) (bundled)"
 THREADS = "1"  # a shared 2-core machine: one torch thread is faster than two fighting
 
 
@@ -164,10 +164,10 @@ def test_the_workflow_in_chromium(case, tmp_path):
         edited(page, lambda: page.mouse.click(*view_point(page, 0, (0.3, 0.5))))  # on the painted stroke
         assert total_mtv(page) < after_cut, "the clicked island is still there"
 
-    # The engine's own predict on the same study, ROI and model: the saved file, byte for byte.
+    # The engine's own predict on the same study and model, the ROI as its box: the saved file, byte for byte.
     expected = tmp_path / "predict.nii.gz"
     subprocess.run([sys.executable, "-m", "DistillSegLib", "predict", "--model", MODEL, "--ct", str(ct),
-                    "--pet", str(pet), f"--roi={roi}", "--out", str(expected), "--device", "cpu",
+                    "--pet", str(pet), f"--prompt-box={roi}", "--out", str(expected), "--device", "cpu",
                     "--threads", THREADS], check=True, cwd=ROOT, capture_output=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert as_run.read_bytes() == expected.read_bytes(), "the saved segmentation differs from `distillseg predict`"
@@ -177,25 +177,33 @@ def test_the_workflow_in_chromium(case, tmp_path):
 
 @pytest.mark.slow
 def test_clicks_correct_the_result_with_the_promptable_student(tmp_path):
-    """Run with the promptable bundled student (the ROI is its box), a negative and a positive
-    click placed in the axial view, Correct: the segment is replaced by the student's answer to
-    the box, both clicks and the previous mask; a prompt-free student refuses clicks in words."""
+    """Run with the bundled student, which takes prompts (the ROI is its box), a negative and a
+    positive click placed in the axial view, Correct: the segment is replaced by the student's
+    answer to the box, both clicks and the previous mask; a prompt-free student refuses clicks
+    in words."""
+    from DistillSegLib.student.config import StudentConfig
+    from DistillSegLib.student.model_file import save_model
+    from DistillSegLib.student.network import build_student
+
     case = CASES[0]
     folder = require_data("sts-petct", case)
     ct, pet = folder / "CT_image.nii.gz", folder / "PET_image.nii.gz"
-    out = tmp_path / "out"
-    with web_server("--ct", str(ct), "--pet", str(pet), "--out", str(out), "--models", str(tmp_path / "models"),
+    out, models = tmp_path / "out", tmp_path / "models"
+    models.mkdir()
+    # A user's own prompt-free student (untrained: only its refusal of clicks is tested), listed first.
+    save_model(models / "my-prompt-free.pt", build_student(StudentConfig()), StudentConfig(), {})
+    with web_server("--ct", str(ct), "--pet", str(pet), "--out", str(out), "--models", str(models),
                     "--device", "cpu", "--threads", THREADS) as server, chromium_page() as page:
         page.goto(server.wait_for_address())
         wait_for_status(page, "loaded")
         page.click("#place-roi")
         page.wait_for_selector("#roi-text", timeout=UI_TIMEOUT_MS)
+        choose(page, "student-model", BUNDLED_TITLE)  # the user's own student is listed first
         assert "done" in click_and_wait_done(page, "run-student")
+        choose(page, "student-model", "my-prompt-free (yours)")
         page.click("#click-positive")
-        wait_for_error(page, "takes no prompts")  # the default student is prompt-free
-
-        choose(page, "student-model", PROMPTABLE_TITLE)
-        assert "done" in click_and_wait_done(page, "run-student")
+        wait_for_error(page, "takes no prompts")
+        choose(page, "student-model", BUNDLED_TITLE)
         page.click("#save-segmentation")
         page.wait_for_selector("#saved-path", timeout=UI_TIMEOUT_MS)
         saved = Path(page.inner_text("#saved-path").removeprefix("saved ").strip())

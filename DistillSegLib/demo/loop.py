@@ -161,10 +161,17 @@ def roi_around_reference(case: Case, margin_mm: float) -> tuple[np.ndarray, np.n
 
 
 def segment(model, case: Case, margin_mm: float) -> Volume:
-    """*Run*: the student's label map on the CT grid inside the radiologist's ROI (as ``predict``)."""
+    """*Run*: the student's label map on the CT grid inside the radiologist's ROI (as ``predict``);
+    a student that takes prompts gets the ROI as its box, as the module's *Run* gives it."""
     from ..student.inference import predict_case
 
-    return predict_case(model, case, roi_around_reference(case, margin_mm), device="cpu").label
+    roi = roi_around_reference(case, margin_mm)
+    if model.takes_prompts:
+        from ..student.prompt_inference import predict_with_prompt
+        from ..teachers import UserPrompt
+
+        return predict_with_prompt(model, case, UserPrompt(box=roi)).label
+    return predict_case(model, case, roi, device="cpu").label
 
 
 class Workbench(Protocol):

@@ -18,5 +18,6 @@ from .base import Teacher
 from .prompts import Prompt
 from .registry import load_teacher
 from .run import segment_with_teacher, teacher_on_case
+from .user_prompts import UserPrompt
 
-__all__ = ["Prompt", "Teacher", "load_teacher", "segment_with_teacher", "teacher_on_case"]
+__all__ = ["Prompt", "Teacher", "UserPrompt", "load_teacher", "segment_with_teacher", "teacher_on_case"]
