@@ -16,11 +16,23 @@ labelled, so there is no unlabelled data to distil from):
    10 or 50 mm, as the Slicer module's ROIs are) instead of on the whole crop: the students are
    trained on ~5 cm crops, and this measures what a tighter region of interest costs.
 
+``--promptable`` trains the promptable recipe instead (box, clicks and previous mask as input
+channels); with ``--from-prompt-free`` it starts from the prompt-free recipe's model on the same
+cases, trained first. The shipped ``sts-petct-crop`` is that student (chosen by a
+cross-validation on the training cases, ``benchmarks/protocols/promptable_student_by_training_cv.json``);
+its box and click figures come from ``benchmarks/interactive.py`` on the heldout model
+(``--interactive``).
+
 Prints a table and writes ``benchmarks/results/bundled_student.json`` (per stage, so a
-partial run keeps what it measured). The command that rebuilt the shipped file:
+partial run keeps what it measured). The commands that rebuild the shipped file are in
+docs/slicer.md ("The bundled student"):
 
     DISTILLSEG_DATA=../shared/data .venv/bin/python benchmarks/bundled_student.py \
-        --steps 1200 --threads 1 --update-catalogue
+        --steps 1200 --seed 0 --threads 1 --promptable --from-prompt-free --stages heldout
+    .venv/bin/python benchmarks/interactive.py --model WORK/heldout-1200/student.pt --walks '' \
+        --promptable WORK/heldout-1200-promptable-from-prompt-free/student.pt --out SCORED.json
+    DISTILLSEG_DATA=../shared/data .venv/bin/python benchmarks/bundled_student.py --steps 1200 --seed 0 \
+        --threads 1 --promptable --from-prompt-free --stages bundle --interactive SCORED.json --update-catalogue
 """
 
 from __future__ import annotations
