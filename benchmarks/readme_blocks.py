@@ -341,7 +341,7 @@ def promptable_warm_start(results: Path = RESULTS) -> str:
                     f" point of the prompt-free recipe **{'met' if decision['a_prompt_free_within_1_point'] else 'not met'}**,"
                     f" from a box within 1 point of the recipe from scratch"
                     f" **{'met' if decision['b_box_within_1_point_of_scratch'] else 'not met'}**: {verdict}."
-                    f" Dice points, paired by seed and case, 95 % bootstrap over cases then seeds"
+                    f" Dice points, paired by seed and case, 95 % bootstrap over cases then seeds."
                     f" Run: the module's *Run* in an ROI of the label's box plus a margin, given as the box to a"
                     f" promptable student, the region a prompt-free one segments. Training seconds of the arm alone"
                     f" (the start from the prompt-free weights adds the prompt-free recipe's)"
