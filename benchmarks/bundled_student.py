@@ -124,26 +124,19 @@ def evaluate_roi_margins(model_path: Path, data: Path, validation: list[str], ma
 
     A prompt-free student runs inside the ROI; a promptable one gets the ROI as its box, as
     the module's Run gives it (``Jobs.startSegmentation``): what a loose ROI costs it."""
+    from DistillSegLib.demo.loop import run_in_roi
     from DistillSegLib.io.dataset import find_cases
     from DistillSegLib.metrics.segmentation import dice
-    from DistillSegLib.student.inference import predict_case, roi_from_mask
+    from DistillSegLib.student.inference import roi_from_mask
     from DistillSegLib.student.model_file import load_model
-    from DistillSegLib.student.prompt_inference import predict_with_prompt
-    from DistillSegLib.teachers.user_prompts import UserPrompt
 
     model = load_model(model_path)
     sources = {c.case_id: c for c in find_cases(data)}
-
-    def segment(case, margin: float):
-        roi = roi_from_mask(case.label, margin)
-        if model.takes_prompts:
-            return predict_with_prompt(model, case, UserPrompt(box=roi))
-        return predict_case(model, case, roi, "cpu")
-
     cases = {}
     for case_id in validation:
         case = sources[case_id].load()
-        cases[case_id] = {str(m): round(float(dice(segment(case, m).label.array > 0, case.label.array > 0)), 4)
+        cases[case_id] = {str(m): round(float(dice(run_in_roi(model, case, roi_from_mask(case.label, m)).array > 0,
+                                                   case.label.array > 0)), 4)
                           for m in margins}
         print(f"{case_id:<10}" + "".join(f"{cases[case_id][str(m)]:>9.3f}" for m in margins), flush=True)
     mean = {str(m): round(sum(c[str(m)] for c in cases.values()) / len(cases), 4) for m in margins}

@@ -161,11 +161,16 @@ def roi_around_reference(case: Case, margin_mm: float) -> tuple[np.ndarray, np.n
 
 
 def segment(model, case: Case, margin_mm: float) -> Volume:
-    """*Run*: the student's label map on the CT grid inside the radiologist's ROI (as ``predict``);
-    a student that takes prompts gets the ROI as its box, as the module's *Run* gives it."""
+    """*Run* in the radiologist's ROI, the tumour's box + ``margin_mm`` (:func:`run_in_roi`)."""
+    return run_in_roi(model, case, roi_around_reference(case, margin_mm))
+
+
+def run_in_roi(model, case: Case, roi: tuple[np.ndarray, np.ndarray]) -> Volume:
+    """*Run*: the student's label map on the CT grid inside ``roi`` (RAS mm corners, as
+    ``predict``); a student that takes prompts gets the ROI as its box, as the module's *Run*
+    gives it."""
     from ..student.inference import predict_case
 
-    roi = roi_around_reference(case, margin_mm)
     if model.takes_prompts:
         from ..student.prompt_inference import predict_with_prompt
         from ..teachers import UserPrompt
