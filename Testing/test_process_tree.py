@@ -53,6 +53,30 @@ def interpreter_of(pid: int, timeout: float = 60.0) -> psutil.Process:
     raise TimeoutError("the launcher started no interpreter")
 
 
+def suspend(process: psutil.Process, timeout: float = 10.0) -> None:
+    """Stop ``process`` and wait until every thread of it has stopped.
+
+    ``SIGSTOP`` stops a process's threads one by one as the kernel gets to them: until
+    the group stop reaches the reader thread, a line written to the engine is still read
+    and handled. The test waits for the kernel to report every thread stopped before it
+    writes anything.
+    """
+    process.suspend()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = [_thread_state(process.pid, thread.id) for thread in process.threads()]
+        if states and all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"process {process.pid} did not stop within {timeout} s")
+
+
+def _thread_state(pid: int, tid: int) -> str:
+    """The kernel's one-letter state of thread ``tid`` (``T``: stopped); Linux ``/proc``."""
+    stat_line = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    return stat_line.rsplit(")", 1)[1].split()[0]
+
+
 def gone(process: psutil.Process, timeout: float = 10.0) -> bool:
     """Whether ``process`` ends within ``timeout`` s (a zombie, dead but not yet reaped, counts)."""
     deadline = time.monotonic() + timeout
@@ -82,11 +106,11 @@ def test_every_kill_path_stops_the_engine_behind_a_launcher(launcher, how):
         elif how == "shutdown":
             engine.wait_ready(timeout=300)
             # An engine that does not answer: stopped, it neither reads nor exits; shutdown kills it.
-            interpreter.suspend()
+            suspend(interpreter)
             engine.shutdown(timeout=1.0)
         else:  # a cancel that is not answered in time kills the engine and restarts it
             engine.wait_ready(timeout=300)
-            interpreter.suspend()
+            suspend(interpreter)
             job = engine.submit(["teachers", "--json"])
             engine.cancel(job)
             result = engine.wait(job, timeout=60)
