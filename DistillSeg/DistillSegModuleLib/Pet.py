@@ -56,27 +56,16 @@ def hotSpotBox(petNode, searchBounds: Sequence[float] | None = None,
         searchBounds: ``(x0, y0, z0, x1, y1, z1)`` RAS mm where the hot spot is looked for
             (in Slicer: what the slice view shows), or ``None`` for the whole PET.
     """
-    from scipy import ndimage
-
-    from DistillSegLib.errors import DistillSegError
-    from DistillSegLib.io.volume import Volume
-    from DistillSegLib.metrics.baselines import SUVMAX_FRACTION, roi_mask_on_grid
+    from DistillSegLib.metrics.baselines import NoHotSpotError, hot_spot_mask
     from DistillSegLib.student.inference import roi_from_mask
 
     from .Nodes import LogicError
 
-    pet = volumeFromNode(petNode)
     try:
-        search = roi_mask_on_grid(pet, None if searchBounds is None else (searchBounds[:3], searchBounds[3:]))
-    except DistillSegError as exc:
-        raise LogicError(f"no PET voxel in the region searched for a hot spot: {exc}") from exc
-    values = np.where(search, pet.array, -np.inf)
-    peak = np.unravel_index(int(np.argmax(values)), values.shape)
-    if not np.isfinite(values[peak]) or values[peak] <= 0:
-        raise LogicError(f"the PET {petNode.GetName()} has no uptake in the region searched: place the ROI by hand")
-    regions, _ = ndimage.label(values >= SUVMAX_FRACTION * values[peak])
-    hot = (regions == regions[peak]).astype(np.uint8)
-    return roi_from_mask(Volume(hot, pet.affine), margin_mm)
+        hot = hot_spot_mask(volumeFromNode(petNode), None if searchBounds is None else (searchBounds[:3], searchBounds[3:]))
+    except NoHotSpotError as exc:
+        raise LogicError(f"{exc} ({petNode.GetName()}): place the ROI by hand") from exc
+    return roi_from_mask(hot, margin_mm)
 
 
 def setRoiBox(roiNode, low: Sequence[float], high: Sequence[float]) -> None:

@@ -98,3 +98,38 @@ def suv_threshold_segmentation(
     mask = (inside & (pet.array >= threshold)).astype(np.uint8)
     label = Volume(mask, case.ct.affine.copy(), {"label_names": {1: "tumour"}, "method": "suv41"})
     return SuvThresholdResult(label, suv_max, threshold, fraction)
+
+
+class NoHotSpotError(DistillSegError):
+    """No PET voxel in the region searched, or no uptake there: nowhere to place a hot spot."""
+
+
+def hot_spot_mask(pet: Volume, search: RoiBox | None = None, fraction: float = SUVMAX_FRACTION) -> Volume:
+    """The PET hot spot: the connected region at or above ``fraction`` of SUVmax that holds the
+    hottest voxel inside ``search`` (the module's *Place ROI at PET hot spot*).
+
+    Args:
+        pet: PET volume in SUV, ``(I, J, K)`` on its own grid.
+        search: RAS box ``(min_xyz, max_xyz)`` mm where the hottest voxel is looked for (in Slicer:
+            what the slice view shows), or ``None`` for the whole PET. The region grows from it
+            by face connectivity over voxels inside ``search``.
+        fraction: fraction of SUVmax, 0.41 per the EANM guideline.
+
+    Returns:
+        uint8 mask on the PET's grid (1 = the hot spot).
+
+    Raises:
+        NoHotSpotError: ``search`` holds no PET voxel, or no positive SUV.
+    """
+    from scipy import ndimage
+
+    try:
+        inside = roi_mask_on_grid(pet, search)
+    except DistillSegError as exc:
+        raise NoHotSpotError(f"no PET voxel in the region searched for a hot spot: {exc}") from exc
+    values = np.where(inside, np.asarray(pet.array, float), -np.inf)
+    peak = np.unravel_index(int(np.argmax(values)), values.shape)
+    if not np.isfinite(values[peak]) or values[peak] <= 0:
+        raise NoHotSpotError(f"the PET {pet.describe()} has no uptake in the region searched")
+    regions, _ = ndimage.label(values >= fraction * values[peak])
+    return Volume((regions == regions[peak]).astype(np.uint8), pet.affine.copy())

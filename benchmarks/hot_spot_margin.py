@@ -1,0 +1,181 @@
+"""How far around the PET hot spot should *Place ROI at PET hot spot* put the region of interest?
+
+Protocol ``benchmarks/protocols/hot_spot_margin_cv.json`` (frozen before the run). For each
+case the ROI is placed as the module places it (:func:`DistillSegLib.metrics.baselines.hot_spot_mask`:
+the connected 41 %-of-SUVmax region holding the hottest PET voxel, whole PET searched; its
+bounding box grown by the margin) and the module's *Run* segments it
+(:func:`DistillSegLib.demo.loop.run_in_roi`: a promptable student gets the ROI as its box, a
+prompt-free one segments inside it). Dice is scored against the reference on the whole crop.
+
+The groups with role ``choose`` are the fold models of a cross-validation on the 20 training
+cases; their held-out cases take the protocol's decisions. The ``report`` groups (the 10
+validation cases, models trained on the 20 training cases, two seeds) report only.
+
+Prints a table per group, the paired statistics against 50 mm and the decisions; writes
+``benchmarks/results/hot_spot_margin.json`` (atomically, after every group)::
+
+    OMP_WAIT_POLICY=PASSIVE nice -n 10 .venv/bin/python benchmarks/hot_spot_margin.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from case_stats import case_statistics, describe  # noqa: E402
+
+PROTOCOL = ROOT / "benchmarks" / "protocols" / "hot_spot_margin_cv.json"
+RESULTS = ROOT / "benchmarks" / "results" / "hot_spot_margin.json"
+TOLERANCE = 0.010  # the protocol's decision rules, in Dice
+TODAY_MM = 50.0  # the margin the module uses before this protocol
+KINDS = ("promptable", "prompt-free")
+
+
+def tumour_inside(label, roi) -> float:
+    """Fraction of the reference tumour's voxels whose centres lie inside the RAS box ``roi``."""
+    from DistillSegLib.metrics.baselines import roi_mask_on_grid
+
+    tumour = np.asarray(label.array) > 0
+    return float((tumour & roi_mask_on_grid(label, roi)).sum() / max(int(tumour.sum()), 1))
+
+
+def score_group(group: dict, margins: list[float], data: Path) -> dict:
+    """``{case: {"tumour_in_roi": {margin: fraction}, "dice": {kind: {margin: Dice}}, "seconds": s}}``."""
+    from DistillSegLib.demo.loop import run_in_roi
+    from DistillSegLib.io.dataset import find_cases
+    from DistillSegLib.metrics.baselines import hot_spot_mask
+    from DistillSegLib.metrics.segmentation import dice
+    from DistillSegLib.student.inference import roi_from_mask
+    from DistillSegLib.student.model_file import load_model
+
+    models = {kind: load_model(Path(group["models"][kind])) for kind in KINDS}
+    for kind, model in models.items():
+        if model.takes_prompts != (kind == "promptable"):
+            raise SystemExit(f"error: {group['models'][kind]} is not a {kind} student")
+    sources = {c.case_id: c for c in find_cases(data)}
+    missing = [c for c in group["cases"] if c not in sources]
+    if missing:
+        raise SystemExit(f"error: cases {missing} are not in {data}")
+    cases = {}
+    for case_id in group["cases"]:
+        started = time.perf_counter()
+        case = sources[case_id].load()
+        hot = hot_spot_mask(case.pet)
+        rois = {m: roi_from_mask(hot, m) for m in margins}
+        record = {"tumour_in_roi": {str(m): round(tumour_inside(case.label, rois[m]), 4) for m in margins},
+                  "dice": {kind: {str(m): round(float(dice(run_in_roi(model, case, rois[m]).array > 0,
+                                                           case.label.array > 0)), 4) for m in margins}
+                           for kind, model in models.items()}}
+        record["seconds"] = round(time.perf_counter() - started, 1)
+        cases[case_id] = record
+        print(f"  {case_id:<9}" + "".join(f"{record['tumour_in_roi'][str(m)]:>7.2f}" for m in margins) + "  |"
+              + "  |".join("".join(f"{record['dice'][k][str(m)]:>7.3f}" for m in margins) for k in KINDS), flush=True)
+    return cases
+
+
+def header(margins: list[float]) -> str:
+    per = "".join(f"{m:>5.0f}mm" for m in margins)
+    return f"  {'case':<9}{per}  |{per}  |{per}\n  {'':<9}{'tumour in ROI':^{7 * len(margins)}}  |" + "  |".join(
+        f"{k + ' Dice':^{7 * len(margins)}}" for k in KINDS)
+
+
+def pooled(groups: dict, names: list[str], kind: str, margin: float) -> dict[int, dict[str, float]]:
+    """``{seed-like index: {case: Dice}}``: folds pool into one seed (their cases differ);
+    report groups with the same cases are seeds."""
+    out: dict[int, dict[str, float]] = {}
+    for name in names:
+        cases = groups[name]["cases"]
+        index = 0 if groups[name]["role"] == "choose" else names.index(name)
+        out.setdefault(index, {}).update({c: r["dice"][kind][str(margin)] for c, r in cases.items()})
+    return out
+
+
+def mean_of(seeds: dict[int, dict[str, float]]) -> float:
+    return float(np.mean([d for cases in seeds.values() for d in cases.values()]))
+
+
+def decide(groups: dict, margins: list[float]) -> dict:
+    """The protocol's H1 (promptable) and H2 (prompt-free) on the ``choose`` groups."""
+    names = [n for n, g in groups.items() if g["role"] == "choose"]
+    decisions = {}
+    for rule, kind in (("H1", "promptable"), ("H2", "prompt-free")):
+        means = {m: mean_of(pooled(groups, names, kind, m)) for m in margins}
+        best = max(margins, key=lambda m: (round(means[m], 6), m))  # ties to the larger margin
+        chosen = best if means[best] >= means[TODAY_MM] + TOLERANCE else TODAY_MM
+        decisions[rule] = {"kind": kind, "mean_dice_by_margin": {str(m): round(means[m], 4) for m in margins},
+                           "n_cases": len(next(iter(pooled(groups, names, kind, TODAY_MM).values()))),
+                           "best_mm": best, "chosen_mm": chosen,
+                           "verdict": (f"{kind} students: {chosen:.0f} mm (mean Dice {means[chosen]:.3f} against "
+                                       f"{means[TODAY_MM]:.3f} at {TODAY_MM:.0f} mm over the held-out training cases)")}
+    return decisions
+
+
+def statistics(groups: dict, role: str, margins: list[float]) -> dict:
+    """Paired differences against 50 mm, per kind and margin, over a role's groups."""
+    names = [n for n, g in groups.items() if g["role"] == role]
+    out = {}
+    for kind in KINDS:
+        base = pooled(groups, names, kind, TODAY_MM)
+        for m in margins:
+            if m != TODAY_MM:
+                out[f"{kind} {m:.0f} mm - {TODAY_MM:.0f} mm"] = case_statistics(pooled(groups, names, kind, m), base)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", type=Path, default=PROTOCOL)
+    parser.add_argument("--data", type=Path,
+                        default=Path(os.environ.get("DISTILLSEG_DATA", ROOT.parent / "shared" / "data")) / "sts-petct",
+                        help="the sts-petct cases (default: $DISTILLSEG_DATA/sts-petct, or ../shared/data/sts-petct)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results JSON (default: {RESULTS.relative_to(ROOT)})")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from DistillSegLib.atomic import write_json_atomic
+
+    torch.set_num_threads(args.threads)
+    protocol = json.loads(args.protocol.read_text())
+    margins = [float(m) for m in protocol["margins_mm"]]
+    if TODAY_MM not in margins:
+        raise SystemExit(f"error: the protocol's margins {margins} must include today's {TODAY_MM:.0f} mm")
+    result = {"protocol": str(args.protocol.relative_to(ROOT)) if args.protocol.is_relative_to(ROOT) else str(args.protocol),
+              "margins_mm": margins, "threads": args.threads, "groups": {}}
+    for name, group in protocol["groups"].items():
+        print(f"{name} ({group['role']}):\n{header(margins)}", flush=True)
+        result["groups"][name] = {"role": group["role"], "models": group["models"],
+                                  "cases": score_group(group, margins, args.data)}
+        write_json_atomic(args.out, result)
+    result["decisions"] = decide(result["groups"], margins)
+    result["statistics"] = {role: statistics(result["groups"], role, margins) for role in ("choose", "report")}
+    for role in ("choose", "report"):
+        print(f"\n{role}: mean Dice by margin (mm)")
+        names = [n for n, g in result["groups"].items() if g["role"] == role]
+        for kind in KINDS:
+            print(f"  {kind:<12}" + "".join(f"{m:>5.0f}: {mean_of(pooled(result['groups'], names, kind, m)):.3f}"
+                                            for m in margins))
+        for label, stats in result["statistics"][role].items():
+            kind_margin, base = label.split(" - ")
+            print("  " + describe(kind_margin, base, stats))
+    print()
+    for rule, decision in result["decisions"].items():
+        print(f"{rule}: {decision['verdict']}")
+    write_json_atomic(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
