@@ -1,0 +1,165 @@
+"""Where should *Place ROI at PET hot spot* look: the whole PET, or the slice the radiologist views?
+
+Protocol ``benchmarks/protocols/hot_spot_search.json`` (frozen before the run). Per case the ROI
+is the 41 %-of-SUVmax hot spot (:func:`DistillSegLib.metrics.baselines.hot_spot_mask`) grown by
+the module's 50 mm, its hottest voxel looked for
+
+* ``whole PET``: anywhere (the module before this protocol);
+* ``viewed slice``: among the PET voxels the viewed axial plane crosses, the plane simulated as
+  the radiologist's: through the CT slice where the reference tumour is largest (``largest``),
+  and, reported only, at 25 % and 75 % of the tumour's axial extent.
+
+The module's *Run* then segments it (:func:`DistillSegLib.demo.loop.run_in_roi`), with the
+cross-validation fold models (role ``choose``: they take the decision) and the validation-case
+models (role ``report``) of the protocol; Dice on the whole crop. Prints the tables, the paired
+statistics against the whole-PET search and the decision; writes
+``benchmarks/results/hot_spot_search.json`` (atomically, after every group)::
+
+    OMP_WAIT_POLICY=PASSIVE nice -n 10 .venv/bin/python benchmarks/hot_spot_search.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from case_stats import case_statistics, describe  # noqa: E402
+from hot_spot_margin import KINDS, TOLERANCE, tumour_inside  # noqa: E402
+
+PROTOCOL = ROOT / "benchmarks" / "protocols" / "hot_spot_search.json"
+RESULTS = ROOT / "benchmarks" / "results" / "hot_spot_search.json"
+SEARCHES = ("whole PET", "slice largest", "slice 25 %", "slice 75 %")
+
+
+def viewed_planes(label) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{search: (point, normal)}`` RAS mm: axial planes (the CT grid's third axis) through the
+    tumour's largest slice and at 25 % / 75 % of its extent along that axis."""
+    from DistillSegLib.io.volume import apply_affine
+
+    area = (np.asarray(label.array) > 0).sum(axis=(0, 1))
+    slices = np.flatnonzero(area)
+    first, last = int(slices[0]), int(slices[-1])
+    chosen = {"slice largest": int(np.argmax(area)),
+              "slice 25 %": first + int(round(0.25 * (last - first))),
+              "slice 75 %": first + int(round(0.75 * (last - first)))}
+    normal = np.asarray(label.affine, float)[:3, 2]
+    return {name: (apply_affine(label.affine, np.array([[0.0, 0.0, k]]))[0], normal) for name, k in chosen.items()}
+
+
+def score_group(group: dict, margin: float, data: Path) -> dict:
+    """``{case: {"tumour_in_roi": {search: fraction}, "dice": {kind: {search: Dice}}}}``."""
+    from DistillSegLib.demo.loop import run_in_roi
+    from DistillSegLib.io.dataset import find_cases
+    from DistillSegLib.metrics.baselines import hot_spot_mask
+    from DistillSegLib.metrics.segmentation import dice
+    from DistillSegLib.student.inference import roi_from_mask
+    from DistillSegLib.student.model_file import load_model
+
+    models = {kind: load_model(Path(group["models"][kind])) for kind in KINDS}
+    for kind, model in models.items():
+        if model.takes_prompts != (kind == "promptable"):
+            raise SystemExit(f"error: {group['models'][kind]} is not a {kind} student")
+    sources = {c.case_id: c for c in find_cases(data)}
+    missing = [c for c in group["cases"] if c not in sources]
+    if missing:
+        raise SystemExit(f"error: cases {missing} are not in {data}")
+    cases = {}
+    for case_id in group["cases"]:
+        started = time.perf_counter()
+        case = sources[case_id].load()
+        planes = {"whole PET": None, **viewed_planes(case.label)}
+        rois = {name: roi_from_mask(hot_spot_mask(case.pet, plane=plane), margin) for name, plane in planes.items()}
+        record = {"tumour_in_roi": {name: round(tumour_inside(case.label, roi), 4) for name, roi in rois.items()},
+                  "dice": {kind: {name: round(float(dice(run_in_roi(model, case, roi).array > 0,
+                                                         case.label.array > 0)), 4) for name, roi in rois.items()}
+                           for kind, model in models.items()},
+                  "seconds": round(time.perf_counter() - started, 1)}
+        cases[case_id] = record
+        print(f"  {case_id:<9}" + "".join(f"{record['tumour_in_roi'][s]:>8.2f}" for s in SEARCHES) + "  |"
+              + "  |".join("".join(f"{record['dice'][k][s]:>8.3f}" for s in SEARCHES) for k in KINDS), flush=True)
+    return cases
+
+
+def per_seed(groups: dict, role: str, kind: str, search: str) -> dict[int, dict[str, float]]:
+    """``{seed-like index: {case: Dice}}``: CV folds pool into one; report groups are seeds."""
+    names = [n for n, g in groups.items() if g["role"] == role]
+    out: dict[int, dict[str, float]] = {}
+    for i, name in enumerate(names):
+        out.setdefault(0 if role == "choose" else i, {}).update(
+            {c: r["dice"][kind][search] for c, r in groups[name]["cases"].items()})
+    return out
+
+
+def mean_of(seeds: dict[int, dict[str, float]]) -> float:
+    return float(np.mean([d for cases in seeds.values() for d in cases.values()]))
+
+
+def decide(groups: dict) -> dict:
+    """The protocol's S1 on the promptable fold models."""
+    means = {s: mean_of(per_seed(groups, "choose", "promptable", s)) for s in SEARCHES}
+    off_largest = (means["slice 25 %"] + means["slice 75 %"]) / 2
+    adopt = means["slice largest"] >= means["whole PET"] + TOLERANCE and off_largest >= means["whole PET"] - TOLERANCE
+    return {"S1": {"mean_dice": {s: round(m, 4) for s, m in means.items()},
+                   "mean_dice_25_75": round(off_largest, 4), "adopt_viewed_slice": bool(adopt),
+                   "verdict": ("search the viewed slice" if adopt else "keep the whole-PET search")
+                   + f": promptable fold models over the held-out training cases, whole PET {means['whole PET']:.3f}, "
+                     f"viewed slice at the largest tumour area {means['slice largest']:.3f}, at 25 %/75 % "
+                     f"{off_largest:.3f}"}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", type=Path, default=PROTOCOL)
+    parser.add_argument("--data", type=Path,
+                        default=Path(os.environ.get("DISTILLSEG_DATA", ROOT.parent / "shared" / "data")) / "sts-petct",
+                        help="the sts-petct cases (default: $DISTILLSEG_DATA/sts-petct, or ../shared/data/sts-petct)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results JSON (default: {RESULTS.relative_to(ROOT)})")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from DistillSegLib.atomic import write_json_atomic
+
+    torch.set_num_threads(args.threads)
+    protocol = json.loads(args.protocol.read_text())
+    margin = float(protocol["margin_mm"])
+    result = {"protocol": str(args.protocol.relative_to(ROOT)) if args.protocol.is_relative_to(ROOT) else str(args.protocol),
+              "margin_mm": margin, "searches": list(SEARCHES), "threads": args.threads, "groups": {}}
+    columns = "".join(f"{s:>8}" for s in ("whole", "largest", "25 %", "75 %"))
+    for name, group in protocol["groups"].items():
+        print(f"{name} ({group['role']}): tumour in ROI | " + " | ".join(f"{k} Dice" for k in KINDS)
+              + f"\n  {'case':<9}{columns}  |{columns}  |{columns}", flush=True)
+        result["groups"][name] = {"role": group["role"], "models": group["models"],
+                                  "cases": score_group(group, margin, args.data)}
+        write_json_atomic(args.out, result)
+    result["decisions"] = decide(result["groups"])
+    result["statistics"] = {role: {f"{kind} {s} - whole PET": case_statistics(per_seed(result["groups"], role, kind, s),
+                                                                            per_seed(result["groups"], role, kind, "whole PET"))
+                                   for kind in KINDS for s in SEARCHES[1:]} for role in ("choose", "report")}
+    for role in ("choose", "report"):
+        print(f"\n{role}: mean Dice")
+        for kind in KINDS:
+            print(f"  {kind:<12}" + "".join(f"  {s}: {mean_of(per_seed(result['groups'], role, kind, s)):.3f}"
+                                            for s in SEARCHES))
+        for label, stats in result["statistics"][role].items():
+            arm, base = label.split(" - ")
+            print("  " + describe(arm, base, stats))
+    print(f"\nS1: {result['decisions']['S1']['verdict']}")
+    write_json_atomic(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
