@@ -127,16 +127,27 @@ class Workflow:
         self._say(f"loaded {ct.GetName()} and {pet.GetName()} (PET in SUV over the CT)")
 
     def placeRoi(self) -> tuple[float, ...]:
-        """A new (or the current) ROI around the PET hot spot; its RAS bounds (mm)."""
+        """A new (or the current) ROI around the PET hot spot on the slice the axial (red) view
+        shows, as in Slicer; its RAS bounds (mm)."""
         self._requireStudy()
         if self.roi is None:
             self.roi = self.logic.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "DistillSeg ROI")
             self._studyNodes.append(self.roi)
-        self.logic.placeRoiAtHotSpot(self.roi, self.pet)
+        self.logic.placeRoiAtHotSpot(self.roi, self.pet, self.axialSliceNode())
         bounds = self.logic.requireUsableRoi(self.roi, self.ct)
         self.roiText = formatRoi(bounds)
-        self._say("region of interest placed around the PET hot spot: check it in the slice views")
+        self._say("region of interest placed around the PET hot spot of the axial view's slice: check it in the "
+                  "slice views")
         return bounds
+
+    def axialSliceNode(self):
+        """The red (axial) view's slice node, or ``None`` when the layout has none."""
+        nodes = self.logic.scene.GetNodesByClass("vtkMRMLSliceNode")
+        for i in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(i)
+            if node.GetLayoutName() == "Red":
+                return node
+        return None
 
     def run(self, onDone: Callable[[JobResult], None] = lambda job: None) -> None:
         """Segment with the selected student on the ROI (the warm engine runs it)."""

@@ -497,6 +497,20 @@ def test_lesion_table_is_a_table_node_saved_with_the_scene(study, logic, scene, 
 # ------------------------------------------------------------------------- region of interest and Run
 
 
+def axial_slice_node(scene, centre, field_of_view_mm: float = 250.0, pixels: int = 400):
+    """A red (axial) slice node as a slice view has it: ``pixels`` square, centred on ``centre``
+    (RAS mm), its XY-to-RAS matrix computed by MRML itself."""
+    node = slicer.vtkMRMLSliceNode()
+    node.SetLayoutName("Red")
+    scene.AddNode(node)
+    node.SetOrientationToAxial()
+    node.SetDimensions(pixels, pixels, 1)
+    node.SetFieldOfView(field_of_view_mm, field_of_view_mm, 1.0)
+    node.JumpSliceByCentering(*[float(v) for v in centre])
+    node.UpdateMatrices()
+    return node
+
+
 def test_a_new_roi_is_placed_around_the_pet_hot_spot_and_an_empty_one_is_refused(study, logic, scene, tmp_path):
     from DistillSegLib.io.volume import apply_affine
     from DistillSegLib.student.inference import roi_from_mask
@@ -509,26 +523,32 @@ def test_a_new_roi_is_placed_around_the_pet_hot_spot_and_an_empty_one_is_refused
         logic.requireUsableRoi(roi, ct)
     assert scene_snapshot(scene) == before and logic.jobFolder() is None
 
-    # The widget searches what the red slice view shows; here a view around the lesion. (On
-    # STS_001 the hottest PET voxel of the whole crop is not in the tumour: the user navigates
-    # to the lesion first, as docs/slicer.md says.)
+    # The widget looks on the slice the red view shows: here an axial view scrolled to the
+    # tumour's largest slice. (On STS_001 the hottest PET voxel of the whole crop is not in the
+    # tumour: without a slice the ROI would go around it.)
     mask = read_image(folder / "CT_mask.nii.gz")
-    view = np.concatenate(roi_from_mask(mask, 30.0))
-    hot_low, hot_high = Pet.hotSpotBox(pet, view, margin_mm=0.0)  # the 41%-of-SUVmax region itself
+    largest = int(np.argmax((mask.array > 0).sum(axis=(0, 1))))
+    centre = apply_affine(mask.affine, np.array([[*(np.array(mask.shape[:2]) / 2), largest]]))[0]
+    red = axial_slice_node(scene, centre)
+    search, plane = Pet.viewedSlice(red)
+    np.testing.assert_allclose(plane[0][2], centre[2], atol=1e-3)  # on the lesion's slice
+    hot_low, hot_high = Pet.hotSpotBox(pet, search, plane, margin_mm=0.0)  # the 41%-of-SUVmax region itself
     tumour_low, tumour_high = roi_from_mask(mask, 0.0)
     overlap = np.prod(np.clip(np.minimum(hot_high, tumour_high) - np.maximum(hot_low, tumour_low), 0, None))
     union = np.prod(hot_high - hot_low) + np.prod(tumour_high - tumour_low) - overlap
     assert overlap / union > 0.6, f"the hot-spot region's box overlaps the tumour's box by {overlap / union:.0%}"
-    logic.placeRoiAtHotSpot(roi, pet, view)
+    whole_low, whole_high = Pet.hotSpotBox(pet, margin_mm=0.0)  # no slice: the crop's hottest organ
+    assert np.any(whole_low >= tumour_high) or np.any(whole_high <= tumour_low)
+    logic.placeRoiAtHotSpot(roi, pet, red)
     bounds = np.asarray(logic.requireUsableRoi(roi, ct))
     np.testing.assert_allclose(bounds, [*(hot_low - Pet.ROI_MARGIN_MM), *(hot_high + Pet.ROI_MARGIN_MM)], atol=1e-3)
     tumour = apply_affine(mask.affine, np.argwhere(mask.array > 0))
     assert np.all((tumour >= bounds[:3]) & (tumour <= bounds[3:])), "the hot-spot ROI cuts the tumour"
     ct_low, ct_high = volumeFromNode(ct, withArray=False).world_bounds()
 
-    far = (*(ct_low - 500.0), *(ct_low - 400.0))  # a view showing nothing of the PET
+    away = axial_slice_node(scene, ct_high + 500.0)  # a view scrolled past the PET
     with pytest.raises(LogicError, match="no PET voxel in the region searched"):
-        logic.placeRoiAtHotSpot(roi, pet, far)
+        logic.placeRoiAtHotSpot(roi, pet, away)
     roi.SetCenter(*(ct_low - 300.0))
     with pytest.raises(LogicError, match="lies outside the CT"):
         logic.requireUsableRoi(roi, ct)

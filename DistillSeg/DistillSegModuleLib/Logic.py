@@ -149,9 +149,9 @@ class SceneLogic:
         """See :meth:`Study.requireUsableRoi`."""
         return self.study.requireUsableRoi(roiNode, ctNode)
 
-    def placeRoiAtHotSpot(self, roiNode, petNode, searchBounds: Sequence[float] | None = None) -> None:
+    def placeRoiAtHotSpot(self, roiNode, petNode, sliceNode=None) -> None:
         """See :meth:`Study.placeRoiAtHotSpot`."""
-        return self.study.placeRoiAtHotSpot(roiNode, petNode, searchBounds)
+        return self.study.placeRoiAtHotSpot(roiNode, petNode, sliceNode)
 
     def placeRoiAroundSegmentation(self, roiNode, segmentationNode, ctNode,
                                    margin_mm: float = Pet.ROI_MARGIN_MM) -> None:

@@ -46,26 +46,47 @@ def suvState(node) -> str:
     return UNKNOWN
 
 
-def hotSpotBox(petNode, searchBounds: Sequence[float] | None = None,
+def hotSpotBox(petNode, searchBounds: Sequence[float] | None = None, plane=None,
                margin_mm: float = ROI_MARGIN_MM) -> tuple[np.ndarray, np.ndarray]:
     """RAS box ``(low, high)`` around the PET hot spot: the connected region at or above 41%
-    of SUVmax that holds the hottest voxel, grown by ``margin_mm``.
+    of SUVmax that holds the hottest voxel on ``plane`` (the viewed slice), grown by ``margin_mm``.
 
     Args:
         petNode: PET volume (SUV).
-        searchBounds: ``(x0, y0, z0, x1, y1, z1)`` RAS mm where the hot spot is looked for
-            (in Slicer: what the slice view shows), or ``None`` for the whole PET.
+        searchBounds: ``(x0, y0, z0, x1, y1, z1)`` RAS mm where the hot spot is looked for and
+            may grow (in Slicer: what the slice view shows), or ``None`` for the whole PET.
+        plane: ``(point, normal)`` RAS mm of the viewed slice (:func:`viewedSlice`): the hottest
+            voxel is looked for on it, the region grows in 3D; ``None``: anywhere in the PET.
     """
     from DistillSegLib.metrics.baselines import NoHotSpotError, hot_spot_mask
     from DistillSegLib.student.inference import roi_from_mask
 
     from .Nodes import LogicError
 
+    search = None if searchBounds is None else (searchBounds[:3], searchBounds[3:])
     try:
-        hot = hot_spot_mask(volumeFromNode(petNode), None if searchBounds is None else (searchBounds[:3], searchBounds[3:]))
+        hot = hot_spot_mask(volumeFromNode(petNode), search, plane)
     except NoHotSpotError as exc:
         raise LogicError(f"{exc} ({petNode.GetName()}): place the ROI by hand") from exc
     return roi_from_mask(hot, margin_mm)
+
+
+def viewedSlice(sliceNode) -> tuple[list[float], tuple[np.ndarray, np.ndarray]]:
+    """What a slice view shows: its in-plane RAS bounds ``(x0, y0, z0, x1, y1, z1)`` (unbounded
+    along its normal) and its plane ``(point, normal)``, RAS mm.
+
+    From the node's XY-to-RAS matrix and its dimensions in pixels (``vtkMRMLSliceNode::GetXYToRAS``,
+    ``GetDimensions``, Slicer v5.10.0 and main): pixel ``(x, y)`` of slice 0 is at
+    ``XYToRAS @ (x, y, 0, 1)``; the third column is the slice normal.
+    """
+    matrix = sliceNode.GetXYToRAS()
+    xyToRas = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    width, height = sliceNode.GetDimensions()[:2]
+    corners = np.array([xyToRas @ [x, y, 0, 1] for x in (0, width) for y in (0, height)])[:, :3]
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    normal = xyToRas[:3, 2] / max(float(np.linalg.norm(xyToRas[:3, 2])), 1e-9)
+    low[np.abs(normal) > 0.5], high[np.abs(normal) > 0.5] = -1e6, 1e6
+    return [*low, *high], (xyToRas[:3, 3].copy(), normal)
 
 
 def setRoiBox(roiNode, low: Sequence[float], high: Sequence[float]) -> None:

@@ -240,12 +240,16 @@ class Study:
                              "move it onto the lesion")
         return tuple(float(v) for v in bounds)
 
-    def placeRoiAtHotSpot(self, roiNode, petNode, searchBounds: Sequence[float] | None = None) -> None:
-        """Give a (new) markups ROI the box around the PET hot spot (``Pet.hotSpotBox``),
-        searched in ``searchBounds`` (RAS mm; in Slicer what the slice view shows)."""
+    def placeRoiAtHotSpot(self, roiNode, petNode, sliceNode=None) -> None:
+        """Give a (new) markups ROI the box around the PET hot spot (``Pet.hotSpotBox``) on the
+        slice ``sliceNode`` shows (the hottest voxel of that slice inside the view, its region
+        grown in 3D), or anywhere in the PET without a slice node. The slice keeps it on the
+        lesion the radiologist looks at: the hottest voxel of a whole study is often an organ
+        (benchmarks/results/hot_spot_search.json)."""
         if petNode is None:
             raise LogicError("no PET volume selected: the region of interest is placed around the PET hot spot")
-        Pet.setRoiBox(roiNode, *Pet.hotSpotBox(self.suvPet(petNode), searchBounds))
+        searchBounds, plane = Pet.viewedSlice(sliceNode) if sliceNode is not None else (None, None)
+        Pet.setRoiBox(roiNode, *Pet.hotSpotBox(self.suvPet(petNode), searchBounds, plane))
 
     @staticmethod
     def exportVolume(node, path: str | os.PathLike, compress: bool = True) -> Path:

@@ -84,7 +84,8 @@ class StudySection:
 
     def placeNewRoi(self, roi) -> None:
         """A new ROI (the selector's "Create new", or the button) goes around the PET hot spot
-        that the red slice view shows, instead of being an empty box."""
+        on the slice the red view shows (the lesion the radiologist looks at, not the hottest
+        organ of the study), instead of being an empty box."""
         if not self.dependenciesReady():
             return
         pet = self.suvPet()
@@ -93,27 +94,16 @@ class StudySection:
                           "lesion."), error=True)
             return
         try:
-            self.scene.placeRoiAtHotSpot(roi, pet, _viewBounds("Red"))
+            self.scene.placeRoiAtHotSpot(roi, pet, _sliceNode("Red"))
         except LogicError as error:
             self.status(str(error), error=True)
             return
-        self.status(_("Region of interest placed around the PET hot spot: check it in the slice views."))
+        self.status(_("Region of interest placed around the PET hot spot of the red view's slice: check it in the "
+                      "slice views."))
 
 
-def _viewBounds(viewName: str) -> list[float] | None:
-    """RAS box ``(x0, y0, z0, x1, y1, z1)`` of what a slice view shows (unbounded along its
-    normal), or ``None`` when the view is not there."""
-    import numpy as np
-
+def _sliceNode(viewName: str):
+    """The MRML slice node of a slice view, or ``None`` when the view is not there."""
     layoutManager = slicer.app.layoutManager()
     widget = layoutManager.sliceWidget(viewName) if layoutManager is not None else None
-    if widget is None:
-        return None
-    sliceNode = widget.mrmlSliceNode()
-    width, height = sliceNode.GetDimensions()[:2]
-    xyToRas = slicer.util.arrayFromVTKMatrix(sliceNode.GetXYToRAS())
-    corners = np.array([xyToRas @ [x, y, 0, 1] for x in (0, width) for y in (0, height)])[:, :3]
-    low, high = corners.min(axis=0), corners.max(axis=0)
-    normal = np.abs(xyToRas[:3, 2]) / max(np.linalg.norm(xyToRas[:3, 2]), 1e-9)
-    low[normal > 0.5], high[normal > 0.5] = -1e6, 1e6
-    return [*low, *high]
+    return widget.mrmlSliceNode() if widget is not None else None
