@@ -198,3 +198,29 @@ def test_the_warm_start_decision_follows_the_figures_and_the_block_follows_the_d
                                bundled_becomes_promptable=True)
     summary_file.write_text(json.dumps(summary))
     assert "the bundled `sts-petct-crop` becomes" in block() and stayed not in block()
+
+
+def test_the_hot_spot_decisions_follow_the_figures_and_the_block_follows_the_decisions(tmp_path):
+    import hot_spot_margin
+    import hot_spot_search
+    import readme_blocks
+
+    search = json.loads((ROOT / "benchmarks" / "results" / "hot_spot_search.json").read_text())
+    assert hot_spot_search.decide(search["groups"]) == search["decisions"]  # the file's verdict is the rule's
+    for group in search["groups"].values():  # the viewed slice now misses: the whole-PET search stays
+        for case in group["cases"].values():
+            case["dice"]["promptable"]["slice largest"] = case["dice"]["promptable"]["whole PET"] - 0.02
+    assert hot_spot_search.decide(search["groups"])["S1"]["adopt_viewed_slice"] is False
+
+    margin = json.loads((ROOT / "benchmarks" / "results" / "hot_spot_margin.json").read_text())
+    margins = margin["margins_mm"]
+    assert hot_spot_margin.decide(margin["groups"], margins) == margin["decisions"]
+    for group in margin["groups"].values():  # 20 mm 2 points above 50 mm: H1 takes it
+        for case in group["cases"].values():
+            case["dice"]["promptable"]["20.0"] = case["dice"]["promptable"]["50.0"] + 0.02
+    assert hot_spot_margin.decide(margin["groups"], margins)["H1"]["chosen_mm"] == 20.0
+
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "benchmarks" / "results", results)
+    (results / "hot_spot_search.json").write_text(json.dumps({**search, "decisions": hot_spot_search.decide(search["groups"])}))
+    assert "keep the whole-PET search" in " ".join(readme_blocks.hot_spot(results).split())
