@@ -141,13 +141,18 @@ class Workflow:
         return bounds
 
     def axialSliceNode(self):
-        """The red (axial) view's slice node, or ``None`` when the layout has none."""
+        """The red (axial) view's slice node: the hot spot is looked for on the slice it shows.
+
+        Raises:
+            LogicError: the layout has no red view (the hottest voxel of the whole study, often
+                an organ, is never taken instead).
+        """
         nodes = self.logic.scene.GetNodesByClass("vtkMRMLSliceNode")
         for i in range(nodes.GetNumberOfItems()):
             node = nodes.GetItemAsObject(i)
             if node.GetLayoutName() == "Red":
                 return node
-        return None
+        raise LogicError("no axial (red) slice view to look for the PET hot spot on: draw the ROI by hand")
 
     def run(self, onDone: Callable[[JobResult], None] = lambda job: None) -> None:
         """Segment with the selected student on the ROI (the warm engine runs it)."""
