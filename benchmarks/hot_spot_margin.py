@@ -49,13 +49,10 @@ def tumour_inside(label, roi) -> float:
     return float((tumour & roi_mask_on_grid(label, roi)).sum() / max(int(tumour.sum()), 1))
 
 
-def score_group(group: dict, margins: list[float], data: Path) -> dict:
-    """``{case: {"tumour_in_roi": {margin: fraction}, "dice": {kind: {margin: Dice}}, "seconds": s}}``."""
-    from DistillSegLib.demo.loop import run_in_roi
+def group_models_and_cases(group: dict, data: Path) -> tuple[dict, dict]:
+    """``({kind: StudentModel}, {case_id: CaseSource})`` of a protocol group, each model checked to
+    be of its kind and every case present."""
     from DistillSegLib.io.dataset import find_cases
-    from DistillSegLib.metrics.baselines import hot_spot_mask
-    from DistillSegLib.metrics.segmentation import dice
-    from DistillSegLib.student.inference import roi_from_mask
     from DistillSegLib.student.model_file import load_model
 
     models = {kind: load_model(Path(group["models"][kind])) for kind in KINDS}
@@ -66,6 +63,29 @@ def score_group(group: dict, margins: list[float], data: Path) -> dict:
     missing = [c for c in group["cases"] if c not in sources]
     if missing:
         raise SystemExit(f"error: cases {missing} are not in {data}")
+    return models, sources
+
+
+def arguments(doc: str, results: Path, protocol: Path, argv: list[str] | None) -> argparse.Namespace:
+    """The options both hot-spot benchmarks take."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--protocol", type=Path, default=protocol)
+    parser.add_argument("--data", type=Path,
+                        default=Path(os.environ.get("DISTILLSEG_DATA", ROOT.parent / "shared" / "data")) / "sts-petct",
+                        help="the sts-petct cases (default: $DISTILLSEG_DATA/sts-petct, or ../shared/data/sts-petct)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    parser.add_argument("--out", type=Path, default=results, help=f"results JSON (default: {results.relative_to(ROOT)})")
+    return parser.parse_args(argv)
+
+
+def score_group(group: dict, margins: list[float], data: Path) -> dict:
+    """``{case: {"tumour_in_roi": {margin: fraction}, "dice": {kind: {margin: Dice}}, "seconds": s}}``."""
+    from DistillSegLib.demo.loop import run_in_roi
+    from DistillSegLib.metrics.baselines import hot_spot_mask
+    from DistillSegLib.metrics.segmentation import dice
+    from DistillSegLib.student.inference import roi_from_mask
+
+    models, sources = group_models_and_cases(group, data)
     cases = {}
     for case_id in group["cases"]:
         started = time.perf_counter()
@@ -89,14 +109,14 @@ def header(margins: list[float]) -> str:
         f"{k + ' Dice':^{7 * len(margins)}}" for k in KINDS)
 
 
-def pooled(groups: dict, names: list[str], kind: str, margin: float) -> dict[int, dict[str, float]]:
-    """``{seed-like index: {case: Dice}}``: folds pool into one seed (their cases differ);
-    report groups with the same cases are seeds."""
+def pooled(groups: dict, names: list[str], kind: str, column: float | str) -> dict[int, dict[str, float]]:
+    """``{seed-like index: {case: Dice}}`` of ``kind`` in one column (a margin, or a search):
+    folds pool into one seed (their cases differ); report groups with the same cases are seeds."""
     out: dict[int, dict[str, float]] = {}
     for name in names:
         cases = groups[name]["cases"]
         index = 0 if groups[name]["role"] == "choose" else names.index(name)
-        out.setdefault(index, {}).update({c: r["dice"][kind][str(margin)] for c, r in cases.items()})
+        out.setdefault(index, {}).update({c: r["dice"][kind][str(column)] for c, r in cases.items()})
     return out
 
 
@@ -133,14 +153,7 @@ def statistics(groups: dict, role: str, margins: list[float]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--protocol", type=Path, default=PROTOCOL)
-    parser.add_argument("--data", type=Path,
-                        default=Path(os.environ.get("DISTILLSEG_DATA", ROOT.parent / "shared" / "data")) / "sts-petct",
-                        help="the sts-petct cases (default: $DISTILLSEG_DATA/sts-petct, or ../shared/data/sts-petct)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results JSON (default: {RESULTS.relative_to(ROOT)})")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, RESULTS, PROTOCOL, argv)
 
     import torch
 

@@ -20,9 +20,7 @@ statistics against the whole-PET search and the decision; writes
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from case_stats import case_statistics, describe  # noqa: E402
-from hot_spot_margin import KINDS, TOLERANCE, tumour_inside  # noqa: E402
+from hot_spot_margin import (KINDS, TOLERANCE, arguments, group_models_and_cases, mean_of, pooled,  # noqa: E402
+                             tumour_inside)
 
 PROTOCOL = ROOT / "benchmarks" / "protocols" / "hot_spot_search.json"
 RESULTS = ROOT / "benchmarks" / "results" / "hot_spot_search.json"
@@ -59,20 +58,11 @@ def viewed_planes(label) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def score_group(group: dict, margin: float, data: Path) -> dict:
     """``{case: {"tumour_in_roi": {search: fraction}, "dice": {kind: {search: Dice}}}}``."""
     from DistillSegLib.demo.loop import run_in_roi
-    from DistillSegLib.io.dataset import find_cases
     from DistillSegLib.metrics.baselines import hot_spot_mask
     from DistillSegLib.metrics.segmentation import dice
     from DistillSegLib.student.inference import roi_from_mask
-    from DistillSegLib.student.model_file import load_model
 
-    models = {kind: load_model(Path(group["models"][kind])) for kind in KINDS}
-    for kind, model in models.items():
-        if model.takes_prompts != (kind == "promptable"):
-            raise SystemExit(f"error: {group['models'][kind]} is not a {kind} student")
-    sources = {c.case_id: c for c in find_cases(data)}
-    missing = [c for c in group["cases"] if c not in sources]
-    if missing:
-        raise SystemExit(f"error: cases {missing} are not in {data}")
+    models, sources = group_models_and_cases(group, data)
     cases = {}
     for case_id in group["cases"]:
         started = time.perf_counter()
@@ -91,17 +81,8 @@ def score_group(group: dict, margin: float, data: Path) -> dict:
 
 
 def per_seed(groups: dict, role: str, kind: str, search: str) -> dict[int, dict[str, float]]:
-    """``{seed-like index: {case: Dice}}``: CV folds pool into one; report groups are seeds."""
-    names = [n for n, g in groups.items() if g["role"] == role]
-    out: dict[int, dict[str, float]] = {}
-    for i, name in enumerate(names):
-        out.setdefault(0 if role == "choose" else i, {}).update(
-            {c: r["dice"][kind][search] for c, r in groups[name]["cases"].items()})
-    return out
-
-
-def mean_of(seeds: dict[int, dict[str, float]]) -> float:
-    return float(np.mean([d for cases in seeds.values() for d in cases.values()]))
+    """``{seed-like index: {case: Dice}}`` of a role's groups (:func:`hot_spot_margin.pooled`)."""
+    return pooled(groups, [n for n, g in groups.items() if g["role"] == role], kind, search)
 
 
 def decide(groups: dict) -> dict:
@@ -118,14 +99,7 @@ def decide(groups: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--protocol", type=Path, default=PROTOCOL)
-    parser.add_argument("--data", type=Path,
-                        default=Path(os.environ.get("DISTILLSEG_DATA", ROOT.parent / "shared" / "data")) / "sts-petct",
-                        help="the sts-petct cases (default: $DISTILLSEG_DATA/sts-petct, or ../shared/data/sts-petct)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results JSON (default: {RESULTS.relative_to(ROOT)})")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, RESULTS, PROTOCOL, argv)
 
     import torch
 
