@@ -128,8 +128,8 @@ def hot_spot_mask(pet: Volume, search: RoiBox | None = None, plane: Plane | None
     hottest voxel inside ``search`` and on ``plane`` (the module's *Place ROI at PET hot spot*).
 
     Looking on the viewed plane finds the lesion the radiologist is looking at; the hottest
-    voxel of the whole volume is often an organ (the bladder at a thigh crop's edge, 8 of the
-    30 sts-petct cases: ``benchmarks/results/hot_spot_margin.json``).
+    voxel of the whole volume is often elsewhere (another structure at the crop's edge, 60-100 mm
+    from the tumour, on 8 of the 30 sts-petct cases: ``benchmarks/results/hot_spot_margin.json``).
 
     Args:
         pet: PET volume in SUV, ``(I, J, K)`` on its own grid.
@@ -146,14 +146,16 @@ def hot_spot_mask(pet: Volume, search: RoiBox | None = None, plane: Plane | None
 
     Raises:
         NoHotSpotError: no PET voxel inside ``search`` (and on ``plane``), or no positive SUV there.
+        DistillSegError: a malformed ``plane``.
     """
     from scipy import ndimage
 
+    on_plane = voxels_on_plane(pet, plane) if plane is not None else None  # a malformed plane: its own error
     try:
         inside = roi_mask_on_grid(pet, search)
-        looked_at = inside & voxels_on_plane(pet, plane) if plane is not None else inside
     except DistillSegError as exc:
         raise NoHotSpotError(f"no PET voxel in the region searched for a hot spot: {exc}") from exc
+    looked_at = inside if on_plane is None else inside & on_plane
     if not looked_at.any():
         raise NoHotSpotError(f"no PET voxel in the region searched for a hot spot: the viewed slice misses "
                              f"{pet.describe()}")
