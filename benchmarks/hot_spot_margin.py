@@ -2,8 +2,9 @@
 
 Protocol ``benchmarks/protocols/hot_spot_margin_cv.json`` (frozen before the run). For each
 case the ROI is placed as the module places it (:func:`DistillSegLib.metrics.baselines.hot_spot_mask`:
-the connected 41 %-of-SUVmax region holding the hottest PET voxel, whole PET searched; its
-bounding box grown by the margin) and the module's *Run* segments it
+the connected 41 %-of-SUVmax region holding the hottest PET voxel, whole PET searched, or with a
+protocol's ``search`` on a viewed plane of :func:`viewed_planes`; its bounding box grown by the
+margin) and the module's *Run* segments it
 (:func:`DistillSegLib.demo.loop.run_in_roi`: a promptable student gets the ROI as its box, a
 prompt-free one segments inside it). Dice is scored against the reference on the whole crop.
 
@@ -15,6 +16,9 @@ Prints a table per group, the paired statistics against 50 mm and the decisions;
 ``benchmarks/results/hot_spot_margin.json`` (atomically, after every group)::
 
     OMP_WAIT_POLICY=PASSIVE nice -n 10 .venv/bin/python benchmarks/hot_spot_margin.py --threads 1
+    OMP_WAIT_POLICY=PASSIVE nice -n 10 .venv/bin/python benchmarks/hot_spot_margin.py --threads 1 \
+        --protocol benchmarks/protocols/hot_spot_margin_on_viewed_slice.json \
+        --out benchmarks/results/hot_spot_margin_on_viewed_slice.json
 """
 
 from __future__ import annotations
@@ -49,6 +53,21 @@ def tumour_inside(label, roi) -> float:
     return float((tumour & roi_mask_on_grid(label, roi)).sum() / max(int(tumour.sum()), 1))
 
 
+def viewed_planes(label) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{search: (point, normal)}`` RAS mm: axial planes (the CT grid's third axis) through the
+    tumour's largest slice and at 25 % / 75 % of its extent along that axis."""
+    from DistillSegLib.io.volume import apply_affine
+
+    area = (np.asarray(label.array) > 0).sum(axis=(0, 1))
+    slices = np.flatnonzero(area)
+    first, last = int(slices[0]), int(slices[-1])
+    chosen = {"slice largest": int(np.argmax(area)),
+              "slice 25 %": first + int(round(0.25 * (last - first))),
+              "slice 75 %": first + int(round(0.75 * (last - first)))}
+    normal = np.asarray(label.affine, float)[:3, 2]
+    return {name: (apply_affine(label.affine, np.array([[0.0, 0.0, k]]))[0], normal) for name, k in chosen.items()}
+
+
 def group_models_and_cases(group: dict, data: Path) -> tuple[dict, dict]:
     """``({kind: StudentModel}, {case_id: CaseSource})`` of a protocol group, each model checked to
     be of its kind and every case present."""
@@ -78,8 +97,9 @@ def arguments(doc: str, results: Path, protocol: Path, argv: list[str] | None) -
     return parser.parse_args(argv)
 
 
-def score_group(group: dict, margins: list[float], data: Path) -> dict:
-    """``{case: {"tumour_in_roi": {margin: fraction}, "dice": {kind: {margin: Dice}}, "seconds": s}}``."""
+def score_group(group: dict, margins: list[float], data: Path, search: str | None = None) -> dict:
+    """``{case: {"tumour_in_roi": {margin: fraction}, "dice": {kind: {margin: Dice}}, "seconds": s}}``;
+    ``search``: a plane of :func:`viewed_planes` the hot spot is looked for on, or ``None`` (whole PET)."""
     from DistillSegLib.demo.loop import run_in_roi
     from DistillSegLib.metrics.baselines import hot_spot_mask
     from DistillSegLib.metrics.segmentation import dice
@@ -90,7 +110,7 @@ def score_group(group: dict, margins: list[float], data: Path) -> dict:
     for case_id in group["cases"]:
         started = time.perf_counter()
         case = sources[case_id].load()
-        hot = hot_spot_mask(case.pet)
+        hot = hot_spot_mask(case.pet, plane=None if search is None else viewed_planes(case.label)[search])
         rois = {m: roi_from_mask(hot, m) for m in margins}
         record = {"tumour_in_roi": {str(m): round(tumour_inside(case.label, rois[m]), 4) for m in margins},
                   "dice": {kind: {str(m): round(float(dice(run_in_roi(model, case, rois[m]).array > 0,
@@ -118,6 +138,11 @@ def pooled(groups: dict, names: list[str], kind: str, column: float | str) -> di
         index = 0 if groups[name]["role"] == "choose" else names.index(name)
         out.setdefault(index, {}).update({c: r["dice"][kind][str(column)] for c, r in cases.items()})
     return out
+
+
+def roles_of(groups: dict) -> list[str]:
+    """The roles the groups have, ``choose`` first (a partial protocol may lack one)."""
+    return [role for role in ("choose", "report") if any(g["role"] == role for g in groups.values())]
 
 
 def mean_of(seeds: dict[int, dict[str, float]]) -> float:
@@ -162,18 +187,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     protocol = json.loads(args.protocol.read_text())
     margins = [float(m) for m in protocol["margins_mm"]]
+    search = protocol.get("search")  # a viewed plane of viewed_planes(), or the whole PET
     if TODAY_MM not in margins:
         raise SystemExit(f"error: the protocol's margins {margins} must include today's {TODAY_MM:.0f} mm")
     result = {"protocol": str(args.protocol.relative_to(ROOT)) if args.protocol.is_relative_to(ROOT) else str(args.protocol),
-              "margins_mm": margins, "threads": args.threads, "groups": {}}
+              "margins_mm": margins, "search": search or "whole PET", "threads": args.threads, "groups": {}}
     for name, group in protocol["groups"].items():
         print(f"{name} ({group['role']}):\n{header(margins)}", flush=True)
         result["groups"][name] = {"role": group["role"], "models": group["models"],
-                                  "cases": score_group(group, margins, args.data)}
+                                  "cases": score_group(group, margins, args.data, search)}
         write_json_atomic(args.out, result)
     result["decisions"] = decide(result["groups"], margins)
-    result["statistics"] = {role: statistics(result["groups"], role, margins) for role in ("choose", "report")}
-    for role in ("choose", "report"):
+    result["statistics"] = {role: statistics(result["groups"], role, margins) for role in roles_of(result["groups"])}
+    for role in roles_of(result["groups"]):
         print(f"\n{role}: mean Dice by margin (mm)")
         names = [n for n, g in result["groups"].items() if g["role"] == role]
         for kind in KINDS:

@@ -33,26 +33,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from case_stats import case_statistics, describe  # noqa: E402
 from hot_spot_margin import (KINDS, TOLERANCE, arguments, group_models_and_cases, mean_of, pooled,  # noqa: E402
-                             tumour_inside)
+                             roles_of, tumour_inside, viewed_planes)
 
 PROTOCOL = ROOT / "benchmarks" / "protocols" / "hot_spot_search.json"
 RESULTS = ROOT / "benchmarks" / "results" / "hot_spot_search.json"
 SEARCHES = ("whole PET", "slice largest", "slice 25 %", "slice 75 %")
-
-
-def viewed_planes(label) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{search: (point, normal)}`` RAS mm: axial planes (the CT grid's third axis) through the
-    tumour's largest slice and at 25 % / 75 % of its extent along that axis."""
-    from DistillSegLib.io.volume import apply_affine
-
-    area = (np.asarray(label.array) > 0).sum(axis=(0, 1))
-    slices = np.flatnonzero(area)
-    first, last = int(slices[0]), int(slices[-1])
-    chosen = {"slice largest": int(np.argmax(area)),
-              "slice 25 %": first + int(round(0.25 * (last - first))),
-              "slice 75 %": first + int(round(0.75 * (last - first)))}
-    normal = np.asarray(label.affine, float)[:3, 2]
-    return {name: (apply_affine(label.affine, np.array([[0.0, 0.0, k]]))[0], normal) for name, k in chosen.items()}
 
 
 def score_group(group: dict, margin: float, data: Path) -> dict:
@@ -120,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     result["decisions"] = decide(result["groups"])
     result["statistics"] = {role: {f"{kind} {s} - whole PET": case_statistics(per_seed(result["groups"], role, kind, s),
                                                                             per_seed(result["groups"], role, kind, "whole PET"))
-                                   for kind in KINDS for s in SEARCHES[1:]} for role in ("choose", "report")}
-    for role in ("choose", "report"):
+                                   for kind in KINDS for s in SEARCHES[1:]} for role in roles_of(result["groups"])}
+    for role in roles_of(result["groups"]):
         print(f"\n{role}: mean Dice")
         for kind in KINDS:
             print(f"  {kind:<12}" + "".join(f"  {s}: {mean_of(per_seed(result['groups'], role, kind, s)):.3f}"
