@@ -133,7 +133,7 @@ class Workflow:
         if self.roi is None:
             self.roi = self.logic.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "DistillSeg ROI")
             self._studyNodes.append(self.roi)
-        self.logic.placeRoiAtHotSpot(self.roi, self.pet, self.axialSliceNode())
+        self.logic.placeRoiAtHotSpot(self.roi, self.pet, self.axialSliceNode(), self.modelPath)
         bounds = self.logic.requireUsableRoi(self.roi, self.ct)
         self.roiText = formatRoi(bounds)
         self._say("region of interest placed around the PET hot spot of the axial view's slice: check it in the "

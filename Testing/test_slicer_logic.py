@@ -546,6 +546,14 @@ def test_a_new_roi_is_placed_around_the_pet_hot_spot_and_an_empty_one_is_refused
     assert np.all((tumour >= bounds[:3]) & (tumour <= bounds[3:])), "the hot-spot ROI cuts the tumour"
     ct_low, ct_high = volumeFromNode(ct, withArray=False).world_bounds()
 
+    # A student that reads the ROI as its box gets the closer margin chosen for it.
+    from DistillSegModuleLib.Catalogue import bundledStudent
+
+    assert Pet.hotSpotMargin(True) < Pet.hotSpotMargin(False) == Pet.ROI_MARGIN_MM
+    logic.placeRoiAtHotSpot(roi, pet, red, str(bundledStudent()))  # the bundled student takes prompts
+    close = Pet.PROMPTABLE_HOT_SPOT_MARGIN_MM
+    np.testing.assert_allclose(logic.requireUsableRoi(roi, ct), [*(hot_low - close), *(hot_high + close)], atol=1e-3)
+
     away = axial_slice_node(scene, ct_high + 500.0)  # a view scrolled past the PET
     with pytest.raises(LogicError, match="no PET voxel in the region searched"):
         logic.placeRoiAtHotSpot(roi, pet, away)

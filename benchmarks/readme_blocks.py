@@ -387,13 +387,15 @@ def promptable_training_cv(results: Path = RESULTS) -> str:
 
 def hot_spot(results: Path = RESULTS) -> str:
     """*Place ROI at PET hot spot*: how much of the tumour the ROI holds and what Run scores in it,
-    for the whole-PET search at each margin and for the viewed slice, with the decisions taken on
-    the held-out training cases (``hot_spot_margin.json``, ``hot_spot_search.json``)."""
+    for the whole-PET search and the viewed slice at each margin, with the decisions taken on the
+    held-out training cases (``hot_spot_margin.json``, ``hot_spot_search.json``,
+    ``hot_spot_margin_on_viewed_slice.json``)."""
     margin, search = _load(results, "hot_spot_margin.json"), _load(results, "hot_spot_search.json")
+    on_slice = _load(results, "hot_spot_margin_on_viewed_slice.json")
 
-    def mean(groups: Mapping, role: str, kind: str, column: str, field: str = "dice") -> float:
-        values = [(case[field][kind] if field == "dice" else case[field])[column]
-                  for group in groups.values() if group["role"] == role for case in group["cases"].values()]
+    def mean(groups: Mapping, role: str, kind: str, column: str) -> float:
+        values = [case["dice"][kind][column] for group in groups.values() if group["role"] == role
+                  for case in group["cases"].values()]
         return sum(values) / len(values)
 
     def misses(groups: Mapping, role: str, column: str) -> int:
@@ -401,27 +403,27 @@ def hot_spot(results: Path = RESULTS) -> str:
                  for c, r in g["cases"].items()}
         return sum(1 for share in cases.values() if share < 0.5)
 
-    columns = [(margin, f"{m:.0f}", f"whole PET, + {m:.0f} mm") for m in margin["margins_mm"]]
-    slices = {"slice largest": "at the tumour's largest area", "slice 25 %": "at 25 % of the tumour's extent",
-              "slice 75 %": "at 75 % of the tumour's extent"}
-    columns += [(search, name, f"viewed slice {slices[name]}, + {search['margin_mm']:.0f} mm")
-                for name in search["searches"][1:]]
+    columns = [(margin, str(float(m)), f"whole PET, + {m:.0f} mm") for m in margin["margins_mm"]]
+    columns += [(on_slice, str(float(m)), f"viewed slice at the tumour's largest area, + {m:.0f} mm")
+                for m in on_slice["margins_mm"]]
+    columns += [(search, name, f"viewed slice at {name.split()[1]} % of the tumour's extent, + {search['margin_mm']:.0f} mm")
+                for name in ("slice 25 %", "slice 75 %")]
     rows = ["| ROI of *Place at PET hot spot* | cases with < half the tumour in it (training / validation) | "
             "promptable, training CV | prompt-free, training CV | promptable, validation | prompt-free, validation |",
             "|---|---|---|---|---|---|"]
     for data, column, label in columns:
-        key = column if data is search else str(float(column))
         groups = data["groups"]
-        rows.append(f"| {label} | {misses(groups, 'choose', key)} / {misses(groups, 'report', key)} | "
-                    + " | ".join(f"{mean(groups, role, kind, key):.3f}" for role in ("choose", "report")
+        rows.append(f"| {label} | {misses(groups, 'choose', column)} / {misses(groups, 'report', column)} | "
+                    + " | ".join(f"{mean(groups, role, kind, column):.3f}" for role in ("choose", "report")
                                  for kind in ("promptable", "prompt-free")) + " |")
-    decisions = margin["decisions"]
+    first, second = margin["decisions"], on_slice["decisions"]
     return ("\n".join(rows) + "\n\n"
             + _wrap(f"Decided on the 20 held-out training cases (each scored by the 2-fold CV model that did not train"
-                    f" on it; seed 0), the validation cases (two seeds) only report. Margin (H1/H2):"
-                    f" {decisions['H1']['verdict']}; {decisions['H2']['verdict']}. Search (S1):"
-                    f" {search['decisions']['S1']['verdict']}. (`benchmarks/results/hot_spot_margin.json`,"
-                    f" `hot_spot_search.json`.)", quote=False))
+                    f" on it; seed 0); the validation cases (two seeds) only report. First the margin with the"
+                    f" whole-PET search (H1/H2): {first['H1']['verdict']}; {first['H2']['verdict']}. Then the search"
+                    f" (S1): {search['decisions']['S1']['verdict']}. Then the margin again on the viewed slice:"
+                    f" {second['H1']['verdict']}; {second['H2']['verdict']}. (`benchmarks/results/hot_spot_margin.json`,"
+                    f" `hot_spot_search.json`, `hot_spot_margin_on_viewed_slice.json`.)", quote=False))
 
 
 BLOCKS: dict[str, Callable[[Path], str]] = {"teacher-headline": teacher_headline, "teacher-table": teacher_table,

@@ -149,9 +149,11 @@ class SceneLogic:
         """See :meth:`Study.requireUsableRoi`."""
         return self.study.requireUsableRoi(roiNode, ctNode)
 
-    def placeRoiAtHotSpot(self, roiNode, petNode, sliceNode=None) -> None:
-        """See :meth:`Study.placeRoiAtHotSpot`."""
-        return self.study.placeRoiAtHotSpot(roiNode, petNode, sliceNode)
+    def placeRoiAtHotSpot(self, roiNode, petNode, sliceNode=None, studentModel=None) -> None:
+        """See :meth:`Study.placeRoiAtHotSpot`; the margin suits ``studentModel``, the student that
+        will Run in the ROI (``Pet.hotSpotMargin``: closer for one that reads the ROI as its box)."""
+        return self.study.placeRoiAtHotSpot(roiNode, petNode, sliceNode,
+                                            Pet.hotSpotMargin(modelTakesPrompts(studentModel)))
 
     def placeRoiAroundSegmentation(self, roiNode, segmentationNode, ctNode,
                                    margin_mm: float = Pet.ROI_MARGIN_MM) -> None:

@@ -240,16 +240,16 @@ class Study:
                              "move it onto the lesion")
         return tuple(float(v) for v in bounds)
 
-    def placeRoiAtHotSpot(self, roiNode, petNode, sliceNode=None) -> None:
+    def placeRoiAtHotSpot(self, roiNode, petNode, sliceNode=None, margin_mm: float = Pet.ROI_MARGIN_MM) -> None:
         """Give a (new) markups ROI the box around the PET hot spot (``Pet.hotSpotBox``) on the
         slice ``sliceNode`` shows (the hottest voxel of that slice inside the view, its region
-        grown in 3D), or anywhere in the PET without a slice node. The slice keeps it on the
-        lesion the radiologist looks at: the hottest voxel of a whole study is often an organ
-        (benchmarks/results/hot_spot_search.json)."""
+        grown in 3D), or anywhere in the PET without a slice node, grown by ``margin_mm``. The
+        slice keeps it on the lesion the radiologist looks at: the hottest voxel of a whole
+        study is often elsewhere (benchmarks/results/hot_spot_search.json)."""
         if petNode is None:
             raise LogicError("no PET volume selected: the region of interest is placed around the PET hot spot")
         searchBounds, plane = Pet.viewedSlice(sliceNode) if sliceNode is not None else (None, None)
-        Pet.setRoiBox(roiNode, *Pet.hotSpotBox(self.suvPet(petNode), searchBounds, plane))
+        Pet.setRoiBox(roiNode, *Pet.hotSpotBox(self.suvPet(petNode), searchBounds, plane, margin_mm))
 
     @staticmethod
     def exportVolume(node, path: str | os.PathLike, compress: bool = True) -> Path:

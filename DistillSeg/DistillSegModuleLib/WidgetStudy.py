@@ -94,7 +94,7 @@ class StudySection:
                           "lesion."), error=True)
             return
         try:
-            self.scene.placeRoiAtHotSpot(roi, pet, _sliceNode("Red"))
+            self.scene.placeRoiAtHotSpot(roi, pet, _sliceNode("Red"), self.ui.studentModelComboBox.currentData)
         except LogicError as error:
             self.status(str(error), error=True)
             return
