@@ -144,15 +144,18 @@ def view_point(page, view: int, point: tuple[float, float]) -> tuple[float, floa
     return box["x"] + box["width"] * point[0], box["y"] + box["height"] * point[1]
 
 
-def drag(page, view: int, path: list[tuple[float, float]], steps: int = 10) -> None:
+def drag(page, view: int, path: list[tuple[float, float]], steps: int = 10, pause_ms: int = 0) -> None:
     """A mouse drag in slice view ``view`` through ``path`` (fractions of the view), ``steps``
-    moves per leg."""
+    moves per leg, ``pause_ms`` after each (a hand's pace: a loaded server can merge moves
+    sent faster, and a Scissors outline merged to a line encloses nothing)."""
     corners = [view_point(page, view, p) for p in path]
     page.mouse.move(*corners[0])
     page.mouse.down()
     for (x0, y0), (x1, y1) in zip(corners, corners[1:]):
         for i in range(1, steps + 1):
             page.mouse.move(x0 + (x1 - x0) * i / steps, y0 + (y1 - y0) * i / steps)
+            if pause_ms:
+                page.wait_for_timeout(pause_ms)
     page.mouse.up()
 
 
@@ -167,6 +170,17 @@ def edited(page, action) -> None:
 def stroke_and_wait(page, view: int, start: tuple[float, float], end: tuple[float, float]) -> None:
     """A straight drag from ``start`` to ``end``, then wait until the server applied it."""
     edited(page, lambda: drag(page, view, [start, end]))
+
+
+def mtv_once_changed(page, before: float, timeout_s: float = 10.0) -> float:
+    """The lesion table's total MTV once it differs from ``before`` (or after ``timeout_s``): the
+    table follows an edit a moment after the edit count, on a loaded machine."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (now := total_mtv(page)) == before and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    return now
 
 
 def total_mtv(page) -> float:
