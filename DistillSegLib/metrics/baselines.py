@@ -22,7 +22,7 @@ import numpy as np
 
 from ..io.case import Case
 from ..errors import DistillSegError
-from ..io.volume import Volume, apply_affine
+from ..io.volume import Volume
 
 # Boellaard et al. 2015 (EJNMMI 42:328), EANM guideline v2.0: 41% of SUVmax.
 SUVMAX_FRACTION = 0.41
@@ -47,6 +47,14 @@ class SuvThresholdResult:
     fraction: float
 
 
+def index_linear(shape: Sequence[int], coefficients: Sequence[float], offset: float) -> np.ndarray:
+    """``(I, J, K)`` float array of ``c0 i + c1 j + c2 k + offset`` over the voxel indices of
+    ``shape`` (a world coordinate, or a distance along a direction), built by broadcasting
+    instead of an ``(N, 3)`` table of indices."""
+    i, j, k = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    return coefficients[0] * i + coefficients[1] * j + coefficients[2] * k + offset
+
+
 def roi_mask_on_grid(reference: Volume, roi: RoiBox | None) -> np.ndarray:
     """Boolean ``(I, J, K)`` mask of the voxels of ``reference`` whose centres lie in an RAS box.
 
@@ -62,9 +70,11 @@ def roi_mask_on_grid(reference: Volume, roi: RoiBox | None) -> np.ndarray:
     lo, hi = (np.asarray(v, dtype=float) for v in roi)
     if lo.shape != (3,) or hi.shape != (3,) or np.any(hi < lo):
         raise DistillSegError(f"ROI must be (min x,y,z), (max x,y,z) in RAS mm with min <= max, got {roi}")
-    index = np.indices(reference.shape).reshape(3, -1).T
-    world = apply_affine(reference.affine, index)
-    inside = np.all((world >= lo) & (world <= hi), axis=1).reshape(reference.shape)
+    affine = np.asarray(reference.affine, float)
+    inside = np.ones(reference.shape, dtype=bool)
+    for axis in range(3):  # one world coordinate at a time: a whole-body grid holds tens of millions of voxels
+        coordinate = index_linear(reference.shape, affine[axis, :3], affine[axis, 3])
+        inside &= (coordinate >= lo[axis]) & (coordinate <= hi[axis])
     if not inside.any():
         raise DistillSegError(f"ROI {lo.tolist()}..{hi.tolist()} mm contains no voxel of {reference.describe()}")
     return inside
@@ -116,10 +126,10 @@ def voxels_on_plane(grid: Volume, plane: Plane) -> np.ndarray:
     if point.shape != (3,) or normal.shape != (3,) or length == 0.0:
         raise DistillSegError(f"a plane is (a point x,y,z), (a normal x,y,z) in RAS mm, got {plane}")
     normal = normal / length
-    half_voxel = 0.5 * float(np.abs(normal @ np.asarray(grid.affine, float)[:3, :3]).sum())
-    index = np.indices(grid.shape).reshape(3, -1).T
-    distance = (apply_affine(grid.affine, index) - point) @ normal
-    return (np.abs(distance) <= half_voxel).reshape(grid.shape)
+    affine = np.asarray(grid.affine, float)
+    step = normal @ affine[:3, :3]  # mm along the normal per voxel step on each index axis
+    distance = index_linear(grid.shape, step, float((affine[:3, 3] - point) @ normal))
+    return np.abs(distance) <= 0.5 * float(np.abs(step).sum())
 
 
 def hot_spot_mask(pet: Volume, search: RoiBox | None = None, plane: Plane | None = None,
