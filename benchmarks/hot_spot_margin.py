@@ -29,6 +29,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -177,6 +178,23 @@ def statistics(groups: dict, role: str, margins: list[float]) -> dict:
     return out
 
 
+def report(result: dict, columns: Sequence, label: Callable[[Any], str] = str) -> None:
+    """Print each role's mean Dice per kind and column (a margin or a search), its paired
+    comparisons and the decisions."""
+    for role in roles_of(result["groups"]):
+        names = [n for n, g in result["groups"].items() if g["role"] == role]
+        print(f"\n{role}: mean Dice")
+        for kind in KINDS:
+            print(f"  {kind:<12}" + "".join(f"  {label(column)}: {mean_of(pooled(result['groups'], names, kind, column)):.3f}"
+                                            for column in columns))
+        for name, stats in result["statistics"][role].items():
+            arm, base = name.split(" - ")
+            print("  " + describe(arm, base, stats))
+    print()
+    for rule, decision in result["decisions"].items():
+        print(f"{rule}: {decision['verdict']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = arguments(__doc__, RESULTS, PROTOCOL, argv)
 
@@ -199,18 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(args.out, result)
     result["decisions"] = decide(result["groups"], margins)
     result["statistics"] = {role: statistics(result["groups"], role, margins) for role in roles_of(result["groups"])}
-    for role in roles_of(result["groups"]):
-        print(f"\n{role}: mean Dice by margin (mm)")
-        names = [n for n, g in result["groups"].items() if g["role"] == role]
-        for kind in KINDS:
-            print(f"  {kind:<12}" + "".join(f"{m:>5.0f}: {mean_of(pooled(result['groups'], names, kind, m)):.3f}"
-                                            for m in margins))
-        for label, stats in result["statistics"][role].items():
-            kind_margin, base = label.split(" - ")
-            print("  " + describe(kind_margin, base, stats))
-    print()
-    for rule, decision in result["decisions"].items():
-        print(f"{rule}: {decision['verdict']}")
+    report(result, margins, lambda margin: f"{margin:.0f} mm")
     write_json_atomic(args.out, result)
     print(f"wrote {args.out}")
     return 0

@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from case_stats import case_statistics, describe  # noqa: E402
+from case_stats import case_statistics  # noqa: E402
 from hot_spot_margin import (KINDS, TOLERANCE, arguments, group_models_and_cases, mean_of, pooled,  # noqa: E402
-                             roles_of, tumour_inside, viewed_planes)
+                             report, roles_of, tumour_inside, viewed_planes)
 
 PROTOCOL = ROOT / "benchmarks" / "protocols" / "hot_spot_search.json"
 RESULTS = ROOT / "benchmarks" / "results" / "hot_spot_search.json"
@@ -106,15 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     result["statistics"] = {role: {f"{kind} {s} - whole PET": case_statistics(per_seed(result["groups"], role, kind, s),
                                                                             per_seed(result["groups"], role, kind, "whole PET"))
                                    for kind in KINDS for s in SEARCHES[1:]} for role in roles_of(result["groups"])}
-    for role in roles_of(result["groups"]):
-        print(f"\n{role}: mean Dice")
-        for kind in KINDS:
-            print(f"  {kind:<12}" + "".join(f"  {s}: {mean_of(per_seed(result['groups'], role, kind, s)):.3f}"
-                                            for s in SEARCHES))
-        for label, stats in result["statistics"][role].items():
-            arm, base = label.split(" - ")
-            print("  " + describe(arm, base, stats))
-    print(f"\nS1: {result['decisions']['S1']['verdict']}")
+    report(result, SEARCHES)
     write_json_atomic(args.out, result)
     print(f"wrote {args.out}")
     return 0
